@@ -1,0 +1,259 @@
+//! verify: check sets against their manifests and collect every finding instead of stopping
+//! at the first. Checksums of every file; a full decompress and read of the volume archive
+//! with its digest recomputed; `deep` also extracts it and digests the extracted tree;
+//! `against_live` reports how the live volume drifted from the set (as warnings).
+
+use std::path::Path;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repository::{Repository, Set, check};
+use crate::result::{Finding, Level, TaskResult};
+use crate::task::{Operation, Task, VerifyOptions};
+use crate::volume::digest::{self, DigestEntry};
+use crate::volume::{self, tree};
+
+/// How many paths a drift warning names.
+const DRIFT_EXAMPLES: usize = 10;
+
+pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
+    let repo = Repository::open(&task.repository)?;
+    let _lock = repo.lock(Operation::Verify, task.wait_for_lock)?;
+    let (sets, broken) = repo.scan()?;
+    let mut findings = Vec::new();
+    let chosen: Vec<&Set> = match &opts.backup_id {
+        Some(id) => match sets.iter().find(|s| &s.id == id) {
+            Some(set) => vec![set],
+            None => {
+                let why = broken.iter().find(|b| &b.id == id).map_or_else(
+                    || "no such set: `list` shows the sets".to_string(),
+                    |b| b.problem.clone(),
+                );
+                return Err(Error::new(
+                    ErrorKind::BackupNotFound,
+                    format!("backup set {id} cannot be verified: {why}"),
+                ));
+            }
+        },
+        None => {
+            for b in &broken {
+                let level = if b.incomplete {
+                    Level::Warning
+                } else {
+                    Level::Error
+                };
+                findings.push(Finding {
+                    level,
+                    set: b.id.clone(),
+                    component: "manifest".into(),
+                    message: b.problem.clone(),
+                });
+            }
+            sets.iter().collect()
+        }
+    };
+    if chosen.is_empty() && findings.is_empty() {
+        return Err(Error::new(
+            ErrorKind::BackupNotFound,
+            format!(
+                "repository {} holds no complete backup set to verify",
+                repo.root.display()
+            ),
+        ));
+    }
+
+    let mut newest_entries = None;
+    for (i, set) in chosen.iter().enumerate() {
+        let entries = check_set(&repo, set, opts.deep, &mut findings)?;
+        if i == 0 {
+            newest_entries = entries;
+        }
+    }
+    if opts.against_live {
+        let Some(source) = &task.volume else {
+            return Err(Error::new(
+                ErrorKind::InvalidTask,
+                "/against_live: needs `volume` to compare with",
+            ));
+        };
+        let dir = volume::resolve(source)?;
+        match (chosen.first(), newest_entries) {
+            (Some(set), Some(set_entries)) => drift(set, &dir, &set_entries, &mut findings)?,
+            (Some(set), None) => findings.push(Finding {
+                level: Level::Warning,
+                set: set.id.clone(),
+                component: "live".into(),
+                message: "no drift report: the set's volume half could not be read or is absent"
+                    .into(),
+            }),
+            (None, _) => {}
+        }
+    }
+
+    let errors = findings.iter().filter(|f| f.level == Level::Error).count();
+    let warnings = findings.len() - errors;
+    let checked = chosen.len();
+    if errors > 0 {
+        let first = findings
+            .iter()
+            .find(|f| f.level == Level::Error)
+            .expect("an error finding");
+        let error = Error::new(
+            ErrorKind::IntegrityError,
+            format!(
+                "{errors} problem(s) in {checked} set(s) checked, first in {} ({}): {}; do not restore from a damaged set",
+                first.set, first.component, first.message
+            ),
+        );
+        let mut result = TaskResult::failed(Some(Operation::Verify), task.dry_run, error);
+        result.findings = Some(findings);
+        return Ok(result);
+    }
+    let mut result = TaskResult::ok(
+        Operation::Verify,
+        task.dry_run,
+        false,
+        format!(
+            "{checked} set(s) verified, no problem found{}",
+            if warnings > 0 {
+                format!(", {warnings} warning(s)")
+            } else {
+                String::new()
+            }
+        ),
+    );
+    result.findings = Some(findings);
+    Ok(result)
+}
+
+/// Checks one set; returns the digest lines of its volume archive when it could be read.
+fn check_set(
+    repo: &Repository,
+    set: &Set,
+    deep: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<Option<Vec<DigestEntry>>> {
+    let mut add = |component: &str, message: String| {
+        findings.push(Finding {
+            level: Level::Error,
+            set: set.id.clone(),
+            component: component.into(),
+            message,
+        })
+    };
+    for p in check::checksums(&set.path, &set.manifest) {
+        add(p.component, p.message);
+    }
+    if set.manifest.volume.is_none() {
+        return Ok(None);
+    }
+    let entries = match check::volume(&set.path, &set.manifest, None) {
+        Ok((contents, problems)) => {
+            for p in problems {
+                add(p.component, p.message);
+            }
+            Some(contents.entries)
+        }
+        Err(e) => {
+            add("volume", e.message);
+            None
+        }
+    };
+    if deep && entries.is_some() {
+        let scratch = repo.stage(&format!("verify-{}", set.id))?;
+        let outcome = check::volume(&set.path, &set.manifest, Some(&scratch)).and_then(|_| {
+            let tree = tree::scan(&scratch)
+                .map_err(|e| Error::io("cannot read extracted tree", &scratch, e))?;
+            let mut lines = digest::live_entries(&scratch, &tree)
+                .map_err(|e| Error::io("cannot read extracted tree", &scratch, e))?;
+            Ok(digest::content_digest(&mut lines))
+        });
+        let _ = std::fs::remove_dir_all(&scratch);
+        let expected = &set
+            .manifest
+            .volume
+            .as_ref()
+            .expect("volume present")
+            .content_digest;
+        match outcome {
+            Ok(extracted) if &extracted == expected => {}
+            Ok(extracted) => add(
+                "volume",
+                format!("the extracted tree's digest is {extracted}, the manifest says {expected}"),
+            ),
+            Err(e) if e.kind == ErrorKind::NoSpace => return Err(e),
+            Err(e) => add("volume", format!("deep check: {}", e.message)),
+        }
+    }
+    Ok(entries)
+}
+
+/// Compares the set's entries with the live volume and reports differences as warnings.
+fn drift(
+    set: &Set,
+    dir: &Path,
+    set_entries: &[DigestEntry],
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let listing = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+    let mut live =
+        digest::live_entries(dir, &listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
+    let live_digest_value = digest::content_digest(&mut live);
+    let expected = &set
+        .manifest
+        .volume
+        .as_ref()
+        .expect("volume present")
+        .content_digest;
+    if &live_digest_value == expected {
+        return Ok(());
+    }
+    let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < set_entries.len() || j < live.len() {
+        let name = |e: &DigestEntry| String::from_utf8_lossy(&e.path).into_owned();
+        match (set_entries.get(i), live.get(j)) {
+            (Some(a), Some(b)) if a.path == b.path => {
+                if a != b {
+                    changed.push(name(b));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.path < b.path => {
+                removed.push(name(a));
+                i += 1;
+            }
+            (Some(a), None) => {
+                removed.push(name(a));
+                i += 1;
+            }
+            (_, Some(b)) => {
+                added.push(name(b));
+                j += 1;
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+    let examples = |v: &[String]| {
+        v.iter()
+            .take(DRIFT_EXAMPLES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    findings.push(Finding {
+        level: Level::Warning,
+        set: set.id.clone(),
+        component: "live".into(),
+        message: format!(
+            "the live volume drifted from the set: {} added [{}], {} removed [{}], {} changed [{}]",
+            added.len(),
+            examples(&added),
+            removed.len(),
+            examples(&removed),
+            changed.len(),
+            examples(&changed)
+        ),
+    });
+    Ok(())
+}

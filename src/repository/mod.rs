@@ -1,0 +1,269 @@
+//! Backup sets on disk.
+//!
+//! ```text
+//! <repository>/
+//!   .lock              the repository lock (see lock.rs)
+//!   .staging/          sets being built or deleted; emptied by the next task that locks
+//!   <backup_id>/       a set: manifest.json (written last), volume.tar.gz, db.tgz
+//! ```
+//!
+//! A set is built under `.staging/`, every file and directory fsynced, then renamed into place
+//! and the repository directory fsynced: a crash leaves either no set or a complete one. A set
+//! is deleted by renaming it into `.staging/` first, so it never appears half-deleted.
+
+pub mod check;
+pub mod lock;
+pub mod manifest;
+
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::task::Operation;
+use manifest::Manifest;
+
+/// Where sets are built.
+pub const STAGING: &str = ".staging";
+/// The lock file.
+pub const LOCK: &str = ".lock";
+/// Prefix of the safety sets a restore writes.
+pub const SAFETY_PREFIX: &str = "pre-restore-";
+
+/// A repository directory.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub root: PathBuf,
+}
+
+/// A complete backup set.
+#[derive(Debug, Clone)]
+pub struct Set {
+    pub id: String,
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Set {
+    /// Whether a restore wrote this set as its safety backup.
+    pub fn is_safety(&self) -> bool {
+        self.id.starts_with(SAFETY_PREFIX)
+    }
+}
+
+/// A directory in the repository that is not a usable set, and why.
+#[derive(Debug, Clone)]
+pub struct Broken {
+    pub id: String,
+    pub problem: String,
+    /// No manifest at all: a set that never completed, as opposed to a damaged one.
+    pub incomplete: bool,
+}
+
+impl Repository {
+    /// An existing repository.
+    pub fn open(root: &Path) -> Result<Repository> {
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => Ok(Repository {
+                root: root.to_path_buf(),
+            }),
+            Ok(_) => Err(Error::new(
+                ErrorKind::RepositoryError,
+                format!("repository {} is not a directory", root.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::new(
+                ErrorKind::RepositoryError,
+                format!(
+                    "repository {} does not exist: check the path, or run a backup first",
+                    root.display()
+                ),
+            )),
+            Err(e) => Err(Error::repo("cannot read repository", root, e)),
+        }
+    }
+
+    /// Whether `root` exists (for dry runs, which must not create it).
+    pub fn exists(root: &Path) -> bool {
+        root.is_dir()
+    }
+
+    /// The repository at `root`, created with mode 0700 if missing.
+    pub fn create(root: &Path) -> Result<Repository> {
+        if !root.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(|e| Error::repo("cannot create repository", root, e))?;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::repo("cannot set mode of repository", root, e))?;
+            if let Some(parent) = root.parent() {
+                let _ = fsync_dir(parent);
+            }
+        }
+        Repository::open(root)
+    }
+
+    /// Takes the repository lock, waiting up to `wait`.
+    pub fn lock(&self, operation: Operation, wait: Duration) -> Result<lock::Lock> {
+        let what = format!("repository {}", self.root.display());
+        lock::acquire(&self.root.join(LOCK), &what, operation, wait)
+    }
+
+    /// Every directory of the repository: complete sets newest first, and the rest.
+    pub fn scan(&self) -> Result<(Vec<Set>, Vec<Broken>)> {
+        let mut sets = Vec::new();
+        let mut broken = Vec::new();
+        let read = fs::read_dir(&self.root)
+            .map_err(|e| Error::repo("cannot read repository", &self.root, e))?;
+        for item in read {
+            let item = item.map_err(|e| Error::repo("cannot read repository", &self.root, e))?;
+            let Ok(id) = item.file_name().into_string() else {
+                continue;
+            };
+            if id.starts_with('.') || !item.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = item.path();
+            if !path.join(manifest::FILE).exists() {
+                broken.push(Broken {
+                    id,
+                    problem: "no manifest.json: an incomplete set, never used".into(),
+                    incomplete: true,
+                });
+                continue;
+            }
+            match Manifest::read(&path) {
+                Ok(m) if m.id == id => sets.push(Set {
+                    id,
+                    path,
+                    manifest: m,
+                }),
+                Ok(m) => broken.push(Broken {
+                    id,
+                    problem: format!("its manifest names another set, {}", m.id),
+                    incomplete: false,
+                }),
+                Err(e) => broken.push(Broken {
+                    id,
+                    problem: e.message,
+                    incomplete: false,
+                }),
+            }
+        }
+        sets.sort_by(|a, b| (&b.manifest.created_at, &b.id).cmp(&(&a.manifest.created_at, &a.id)));
+        Ok((sets, broken))
+    }
+
+    /// Complete sets, newest first.
+    pub fn sets(&self) -> Result<Vec<Set>> {
+        Ok(self.scan()?.0)
+    }
+
+    /// The complete set named `id`.
+    pub fn find(&self, id: &str) -> Result<Option<Set>> {
+        Ok(self.sets()?.into_iter().find(|s| s.id == id))
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.root.join(STAGING)
+    }
+
+    /// Removes what an interrupted task left under `.staging/`. Call only with the lock held.
+    pub fn clean_staging(&self) -> Result<()> {
+        let staging = self.staging();
+        match fs::read_dir(&staging) {
+            Ok(read) => {
+                for item in read.flatten() {
+                    let path = item.path();
+                    let result = if item.file_type().is_ok_and(|t| t.is_dir()) {
+                        fs::remove_dir_all(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
+                    result.map_err(|e| Error::repo("cannot clean leftover", &path, e))?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::repo("cannot read", &staging, e)),
+        }
+    }
+
+    /// A fresh, empty directory under `.staging/` to build something in.
+    pub fn stage(&self, name: &str) -> Result<PathBuf> {
+        let staging = self.staging();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|e| Error::repo("cannot create", &staging, e))?;
+        let dir = staging.join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| Error::repo("cannot clean", &dir, e))?;
+        }
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::repo("cannot create", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Moves a fully written and synced staged set into place, atomically.
+    pub fn publish(&self, staged: &Path, id: &str) -> Result<PathBuf> {
+        fsync_dir(staged).map_err(|e| Error::repo("cannot sync", staged, e))?;
+        let target = self.root.join(id);
+        if target.exists() {
+            return Err(Error::new(
+                ErrorKind::RepositoryError,
+                format!(
+                    "cannot publish set {id}: {} already exists",
+                    target.display()
+                ),
+            ));
+        }
+        fs::rename(staged, &target)
+            .map_err(|e| Error::repo("cannot publish set into", &target, e))?;
+        fsync_dir(&self.root).map_err(|e| Error::repo("cannot sync", &self.root, e))?;
+        Ok(target)
+    }
+
+    /// Deletes a set: it disappears at once (rename into `.staging/`), then is removed.
+    pub fn delete(&self, set: &Set) -> Result<()> {
+        let trash = self.stage(&format!("{}.deleted", set.id))?;
+        fs::remove_dir(&trash).map_err(|e| Error::repo("cannot prepare deletion in", &trash, e))?;
+        fs::rename(&set.path, &trash)
+            .map_err(|e| Error::repo("cannot delete set", &set.path, e))?;
+        fsync_dir(&self.root).map_err(|e| Error::repo("cannot sync", &self.root, e))?;
+        fs::remove_dir_all(&trash).map_err(|e| Error::repo("cannot remove", &trash, e))
+    }
+
+    /// `base`, or `base-2`, `base-3`… if a directory of that name exists.
+    pub fn unique_id(&self, base: &str) -> String {
+        let mut id = base.to_string();
+        let mut n = 2;
+        while self.root.join(&id).exists() {
+            id = format!("{base}-{n}");
+            n += 1;
+        }
+        id
+    }
+}
+
+/// Writes a new file with mode 0600 and syncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Syncs a directory, so that renames and new entries in it survive a crash.
+pub fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}

@@ -1,0 +1,622 @@
+//! The task: what the operator asks for, read from one JSON object.
+//!
+//! Input flows one way: bytes → JSON → checked against the task schema generated from
+//! [`RawTask`] (so the schema and the code cannot drift, and a bad key is named by its JSON
+//! pointer) → keys checked against the operation → [`RawTask`] → [`Task`], whose fields are
+//! resolved and valid. Nothing after [`parse`] looks at raw input again.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// One cwbackup task, read as one JSON object on standard input. Unknown keys are refused at
+/// every level, except top-level keys that begin with `_ansible_`, which are ignored.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "cwbackup task")]
+pub struct RawTask {
+    /// What to do: `backup` writes a new backup set, `restore` puts one back, `verify` checks
+    /// sets against their manifests, `list` shows the sets, `prune` applies retention.
+    pub operation: Operation,
+
+    /// Directory that holds the backup sets; created with mode 0700 on the first backup.
+    pub repository: PathBuf,
+
+    /// The service-manager volume to back up or restore. Absent: the volume half is skipped.
+    #[serde(default)]
+    #[schemars(with = "VolumeSpec")]
+    pub volume: Option<VolumeSpec>,
+
+    /// Access to the Connectware REST API for the database half. Absent: the database half is
+    /// skipped.
+    #[serde(default)]
+    #[schemars(with = "ApiSpec")]
+    pub api: Option<ApiSpec>,
+
+    /// Decide and report exactly what would change, but change nothing (Ansible check mode).
+    #[serde(default)]
+    pub dry_run: bool,
+
+    /// Add `diff: {before, after}` to the result (Ansible diff mode).
+    #[serde(default)]
+    pub diff: bool,
+
+    /// How long to wait for another cwbackup task to release the repository lock; 0 fails at
+    /// once with `busy`.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub wait_for_lock_s: u64,
+
+    /// backup: name of the new set (default `<UTC time>-<Connectware version or "volume">`);
+    /// restore: the set to restore (default the newest complete set that is not a
+    /// `pre-restore-…` safety set); verify: the set to check (default every set).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"))]
+    pub backup_id: Option<String>,
+
+    /// backup: write a new set even if nothing changed since the newest set; restore: apply
+    /// even where the target already matches the set, and restore a backup taken on a newer
+    /// Connectware.
+    #[serde(default)]
+    pub force: bool,
+
+    /// backup: after a successful backup, keep only this many newest sets; prune: required,
+    /// the number of newest sets to keep. The newest set is never deleted.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<u32>,
+
+    /// backup: also decompress and read the whole new set before publishing it.
+    #[serde(default)]
+    pub verify: bool,
+
+    /// backup: how to compress the volume archive; the manifest records it.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// restore: back up the current state as a `pre-restore-…` set before changing anything.
+    #[serde(default = "yes")]
+    pub safety_backup: bool,
+
+    /// restore: command (argv list, no shell) run after a successful restore that changed
+    /// something, e.g. `["docker", "compose", "-p", "connectware", "restart"]`.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub restart: Option<Vec<String>>,
+
+    /// verify: also extract the volume archive into a temporary directory and compare the
+    /// extracted tree with the manifest.
+    #[serde(default)]
+    pub deep: bool,
+
+    /// verify: compare the set with the live volume and report drift as warnings.
+    #[serde(default)]
+    pub against_live: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The operation a task performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Write a new backup set.
+    Backup,
+    /// Restore a backup set.
+    Restore,
+    /// Check backup sets against their manifests.
+    Verify,
+    /// List the complete backup sets.
+    List,
+    /// Delete old backup sets.
+    Prune,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Backup => "backup",
+            Operation::Restore => "restore",
+            Operation::Verify => "verify",
+            Operation::List => "list",
+            Operation::Prune => "prune",
+        })
+    }
+}
+
+/// Compression of the volume archive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// gzip (`volume.tar.gz`): GNU tar reads it anywhere.
+    #[default]
+    Gzip,
+}
+
+/// Where the service-manager volume is: exactly one of `path` or `docker_volume`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// The volume's directory, e.g.
+    /// `/var/lib/docker/volumes/connectware_service-manager/_data`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The Docker volume's name, e.g. `connectware_service-manager`; its mountpoint is asked of
+    /// the Docker engine (`docker volume inspect`).
+    #[serde(default)]
+    pub docker_volume: Option<String>,
+}
+
+/// Access to the Connectware REST API. Give exactly one secret: `password`, `password_file`,
+/// `password_env` or `token`.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSpec {
+    /// Base URL of Connectware, e.g. `https://connectware.example`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// User for basic authentication.
+    #[serde(default = "default_username")]
+    pub username: String,
+    /// Password for basic authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// File whose content (without trailing newline) is the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable that holds the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Bearer token (a JWT from `POST /api/login`), sent in the `Authorization` header.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Check the server's TLS certificate. `false` is insecure and adds a warning.
+    #[serde(default = "yes")]
+    pub validate_certs: bool,
+    /// PEM bundle of certificates to trust, e.g. Connectware's `cybus_ca.crt` or a
+    /// self-signed server certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The longest wait, in seconds, for one server-side backup or restore to finish.
+    #[serde(default = "default_timeout_s")]
+    #[schemars(range(min = 0.001))]
+    pub timeout_s: f64,
+    /// Seconds between two status requests while a server-side operation runs.
+    #[serde(default = "default_poll_interval_s")]
+    #[schemars(range(min = 0.001))]
+    pub poll_interval_s: f64,
+}
+
+impl fmt::Debug for ApiSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, even in a debug log.
+        f.debug_struct("ApiSpec")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .finish()
+    }
+}
+
+fn default_username() -> String {
+    "admin".to_string()
+}
+fn default_timeout_s() -> f64 {
+    1800.0
+}
+fn default_poll_interval_s() -> f64 {
+    2.0
+}
+
+/// A validated task: everything resolved, every combination checked.
+#[derive(Debug)]
+pub struct Task {
+    /// The repository directory.
+    pub repository: PathBuf,
+    /// The volume, if the volume half is wanted.
+    pub volume: Option<VolumeSource>,
+    /// The API, if the database half is wanted.
+    pub api: Option<ApiConfig>,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Report before/after.
+    pub diff: bool,
+    /// How long to wait for the repository lock.
+    pub wait_for_lock: Duration,
+    /// The operation and its own options.
+    pub op: Op,
+}
+
+/// Where the volume is.
+#[derive(Debug, Clone)]
+pub enum VolumeSource {
+    /// A directory.
+    Path(PathBuf),
+    /// A Docker volume name.
+    Docker(String),
+}
+
+/// A secret that never shows in debug output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// How to authenticate to the API.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Basic authentication.
+    Basic { username: String, password: Secret },
+    /// A bearer token.
+    Bearer(Secret),
+}
+
+/// Validated API access.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    /// How to authenticate.
+    pub credentials: Credentials,
+    /// Check certificates.
+    pub validate_certs: bool,
+    /// Extra trusted certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Longest wait for one server-side operation.
+    pub timeout: Duration,
+    /// Status poll interval.
+    pub poll_interval: Duration,
+}
+
+/// The operation with its own options.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Backup(BackupOptions),
+    Restore(RestoreOptions),
+    Verify(VerifyOptions),
+    List,
+    Prune { keep_last: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub backup_id: Option<String>,
+    pub force: bool,
+    pub keep_last: Option<u32>,
+    pub verify: bool,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub backup_id: Option<String>,
+    pub force: bool,
+    pub safety_backup: bool,
+    pub restart: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub backup_id: Option<String>,
+    pub deep: bool,
+    pub against_live: bool,
+}
+
+impl Op {
+    /// The operation's name.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Op::Backup(_) => Operation::Backup,
+            Op::Restore(_) => Operation::Restore,
+            Op::Verify(_) => Operation::Verify,
+            Op::List => Operation::List,
+            Op::Prune { .. } => Operation::Prune,
+        }
+    }
+}
+
+/// Keys every operation accepts.
+const COMMON_KEYS: &[&str] = &[
+    "operation",
+    "repository",
+    "volume",
+    "api",
+    "dry_run",
+    "diff",
+    "wait_for_lock_s",
+];
+
+/// Keys only some operations accept.
+fn operation_keys(op: Operation) -> &'static [&'static str] {
+    match op {
+        Operation::Backup => &["backup_id", "force", "keep_last", "verify", "compression"],
+        Operation::Restore => &["backup_id", "force", "safety_backup", "restart"],
+        Operation::Verify => &["backup_id", "deep", "against_live"],
+        Operation::List => &[],
+        Operation::Prune => &["keep_last"],
+    }
+}
+
+/// The JSON Schema of the task, generated from [`RawTask`].
+pub fn schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(RawTask)).expect("a schema is JSON")
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidTask, message)
+}
+
+/// Reads a task from raw bytes: the only way into the engine.
+pub fn parse(input: &[u8]) -> Result<Task> {
+    let mut value: Value = serde_json::from_slice(input)
+        .map_err(|e| invalid(format!("the task is not valid JSON: {e}")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(invalid(
+            "the task must be a JSON object, e.g. {\"operation\": \"list\", \"repository\": \"/backup\"}",
+        ));
+    };
+    object.retain(|key, _| !key.starts_with("_ansible_"));
+
+    check_against_schema(&value)?;
+    let operation: Operation = serde_json::from_value(value["operation"].clone())
+        .map_err(|e| invalid(format!("/operation: {e}")))?;
+    let allowed = operation_keys(operation);
+    for key in value.as_object().into_iter().flat_map(|o| o.keys()) {
+        if !COMMON_KEYS.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
+            return Err(invalid(format!(
+                "/{key}: `{key}` does not apply to operation `{operation}` (it accepts {})",
+                COMMON_KEYS
+                    .iter()
+                    .chain(allowed)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .detail("pointer", format!("/{key}")));
+        }
+    }
+    let raw: RawTask =
+        serde_json::from_value(value).map_err(|e| invalid(format!("invalid task: {e}")))?;
+    validate(raw)
+}
+
+/// Checks the task JSON against the generated schema and names every bad key by pointer.
+fn check_against_schema(value: &Value) -> Result<()> {
+    let validator =
+        jsonschema::validator_for(&schema()).expect("the generated task schema compiles");
+    let problems: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| {
+            let pointer = e.instance_path().as_str().to_string();
+            format!("{}: {e}", if pointer.is_empty() { "/" } else { &pointer })
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(invalid(format!("invalid task: {}", problems.join("; "))).detail("problems", problems))
+}
+
+/// Turns a schema-valid [`RawTask`] into a [`Task`], resolving secrets and checking what the
+/// schema cannot express.
+fn validate(raw: RawTask) -> Result<Task> {
+    let volume = match raw.volume {
+        None => None,
+        Some(VolumeSpec {
+            path: Some(p),
+            docker_volume: None,
+        }) => Some(VolumeSource::Path(absolute(&p)?)),
+        Some(VolumeSpec {
+            path: None,
+            docker_volume: Some(name),
+        }) => {
+            if name.is_empty() {
+                return Err(invalid(
+                    "/volume/docker_volume: the Docker volume name is empty",
+                ));
+            }
+            Some(VolumeSource::Docker(name))
+        }
+        Some(_) => {
+            return Err(invalid(
+                "/volume: give exactly one of `path` or `docker_volume`, e.g. {\"docker_volume\": \"connectware_service-manager\"}",
+            ));
+        }
+    };
+    if raw.repository.as_os_str().is_empty() {
+        return Err(invalid("/repository: the repository path is empty"));
+    }
+    let api = raw.api.map(api_config).transpose()?;
+    let op = match raw.operation {
+        Operation::Backup => Op::Backup(BackupOptions {
+            backup_id: raw.backup_id,
+            force: raw.force,
+            keep_last: raw.keep_last,
+            verify: raw.verify,
+            compression: raw.compression,
+        }),
+        Operation::Restore => Op::Restore(RestoreOptions {
+            backup_id: raw.backup_id,
+            force: raw.force,
+            safety_backup: raw.safety_backup,
+            restart: raw.restart,
+        }),
+        Operation::Verify => Op::Verify(VerifyOptions {
+            backup_id: raw.backup_id,
+            deep: raw.deep,
+            against_live: raw.against_live,
+        }),
+        Operation::List => Op::List,
+        Operation::Prune => Op::Prune {
+            keep_last: raw
+                .keep_last
+                .ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
+        },
+    };
+    if matches!(op, Op::Backup(_) | Op::Restore(_)) && volume.is_none() && api.is_none() {
+        return Err(invalid(format!(
+            "{} needs `volume`, `api` or both: there is nothing to {0}",
+            raw.operation
+        )));
+    }
+    Ok(Task {
+        repository: absolute(&raw.repository)?,
+        volume,
+        api,
+        dry_run: raw.dry_run,
+        diff: raw.diff,
+        wait_for_lock: Duration::from_secs(raw.wait_for_lock_s),
+        op,
+    })
+}
+
+/// Paths in results and logs are absolute, whatever directory the task ran from.
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path)
+        .map_err(|e| invalid(format!("cannot make {} absolute: {e}", path.display())))
+}
+
+/// Resolves the API secret (reading `password_file` or `password_env`) and checks the rest.
+fn api_config(spec: ApiSpec) -> Result<ApiConfig> {
+    let given = [
+        spec.password.is_some(),
+        spec.password_file.is_some(),
+        spec.password_env.is_some(),
+        spec.token.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(invalid(
+            "/api: give exactly one of `password`, `password_file`, `password_env` or `token`",
+        ));
+    }
+    let password = if let Some(p) = spec.password {
+        Some(p)
+    } else if let Some(file) = &spec.password_file {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            invalid(format!(
+                "/api/password_file: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        Some(text.trim_end_matches(['\n', '\r']).to_string())
+    } else if let Some(var) = &spec.password_env {
+        Some(std::env::var(var).map_err(|_| {
+            invalid(format!(
+                "/api/password_env: environment variable {var} is not set"
+            ))
+        })?)
+    } else {
+        None
+    };
+    let credentials = match (password, spec.token) {
+        (Some(p), _) => Credentials::Basic {
+            username: spec.username,
+            password: Secret(p),
+        },
+        (None, Some(t)) => Credentials::Bearer(Secret(t)),
+        (None, None) => unreachable!("exactly one secret was checked above"),
+    };
+    Ok(ApiConfig {
+        url: spec.url.trim_end_matches('/').to_string(),
+        credentials,
+        validate_certs: spec.validate_certs,
+        ca_file: spec.ca_file,
+        timeout: Duration::from_secs_f64(spec.timeout_s),
+        poll_interval: Duration::from_secs_f64(spec.poll_interval_s),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Task> {
+        parse(s.as_bytes())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse_str(r#"{"operation":"list","repository":"/r","repositry":"x"}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidTask);
+        assert!(e.message.contains("repositry"), "{}", e.message);
+    }
+
+    #[test]
+    fn nested_unknown_key_is_named() {
+        let e =
+            parse_str(r#"{"operation":"backup","repository":"/r","volume":{"path":"/v","pth":1}}"#)
+                .unwrap_err();
+        assert!(
+            e.message.contains("/volume") && e.message.contains("pth"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn ansible_keys_are_ignored() {
+        let t = parse_str(r#"{"operation":"list","repository":"/r","_ansible_check_mode":false}"#)
+            .unwrap();
+        assert!(matches!(t.op, Op::List));
+    }
+
+    #[test]
+    fn key_of_another_operation_is_refused() {
+        let e = parse_str(
+            r#"{"operation":"backup","repository":"/r","volume":{"path":"/v"},"deep":true}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("/deep") && e.message.contains("backup"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_value_is_named_by_pointer() {
+        let e = parse_str(r#"{"operation":"prune","repository":"/r","keep_last":0}"#).unwrap_err();
+        assert!(e.message.contains("/keep_last"), "{}", e.message);
+        let e = parse_str(
+            r#"{"operation":"backup","repository":"/r","volume":{"path":"/v"},"backup_id":"../x"}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("/backup_id"), "{}", e.message);
+    }
+
+    #[test]
+    fn prune_needs_keep_last() {
+        let e = parse_str(r#"{"operation":"prune","repository":"/r"}"#).unwrap_err();
+        assert!(e.message.contains("keep_last"), "{}", e.message);
+    }
+
+    #[test]
+    fn exactly_one_secret() {
+        let e = parse_str(
+            r#"{"operation":"backup","repository":"/r","api":{"url":"https://x","password":"a","token":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("exactly one"), "{}", e.message);
+    }
+
+    #[test]
+    fn secret_is_not_in_debug_output() {
+        let t = parse_str(
+            r#"{"operation":"backup","repository":"/r","api":{"url":"https://x/","password":"hunter2"}}"#,
+        )
+        .unwrap();
+        assert!(!format!("{t:?}").contains("hunter2"));
+        assert_eq!(t.api.unwrap().url, "https://x");
+    }
+}

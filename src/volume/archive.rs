@@ -1,0 +1,307 @@
+//! Writes a listed tree as a standard ustar/pax tar stream, compressed, into one file, reading
+//! every file once and hashing it on the way so the content digest costs no second read.
+//!
+//! Tar framing is written here (header blocks from `tar::Header`, pax records for long names)
+//! rather than through `tar::Builder`, because a file that grows or shrinks while it is read
+//! must still yield exactly the size its header announced: the archive stays well-formed and
+//! the change is reported, so the backup retries instead of publishing a torn archive.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
+
+use super::digest::{self, DigestEntry};
+use super::tree::{Entry, Kind};
+use crate::task::Compression;
+
+/// gzip level: zlib's default, the ratio operators get from `tar czf`.
+const GZIP_LEVEL: u32 = 6;
+/// Buffer between the tar framing and the compressor, and between compressor and file.
+const BUF: usize = 1 << 20;
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Entries archived (the root not counted).
+    pub files: u64,
+    /// Sum of file sizes.
+    pub expanded_bytes: u64,
+    /// The content digest of what went into the archive.
+    pub content_digest: String,
+    /// A file changed size, vanished or turned into something else while it was read.
+    pub changed: bool,
+    /// Entries left out because a tar archive of a volume cannot carry them (sockets, FIFOs,
+    /// devices), as relative paths.
+    pub skipped: Vec<String>,
+    /// The archive file's sha256 (hex) and size.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Archives `entries` (a listing of `root`) into `file`, compressed, and syncs the file.
+pub fn write_archive(
+    root: &Path,
+    entries: &[Entry],
+    file: File,
+    compression: Compression,
+) -> io::Result<Written> {
+    let hashed = HashingWriter::new(BufWriter::with_capacity(BUF, file));
+    match compression {
+        Compression::Gzip => {
+            let gz = flate2::write::GzEncoder::new(hashed, flate2::Compression::new(GZIP_LEVEL));
+            let mut tar = BufWriter::with_capacity(BUF, gz);
+            let mut written = write_tar(root, entries, &mut tar)?;
+            let gz = tar.into_inner().map_err(|e| e.into_error())?;
+            let hashed = gz.finish()?;
+            let (file, sha256, bytes) = hashed.finish()?;
+            file.sync_all()?;
+            written.sha256 = sha256;
+            written.bytes = bytes;
+            Ok(written)
+        }
+    }
+}
+
+/// Writes the tar stream (uncompressed) for `entries` to `out`.
+pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Result<Written> {
+    let mut lines: Vec<DigestEntry> = Vec::with_capacity(entries.len());
+    let mut written = Written {
+        files: 0,
+        expanded_bytes: 0,
+        content_digest: String::new(),
+        changed: false,
+        skipped: Vec::new(),
+        sha256: String::new(),
+        bytes: 0,
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in entries {
+        let mut header = Header::new_ustar();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid.into());
+        header.set_gid(entry.gid.into());
+        header.set_mtime(entry.mtime.max(0) as u64);
+        header.set_size(0);
+        let mut pax = Vec::new();
+        match entry.kind {
+            Kind::Other => {
+                written
+                    .skipped
+                    .push(String::from_utf8_lossy(&entry.path).into_owned());
+                continue;
+            }
+            Kind::Dir => {
+                header.set_entry_type(EntryType::Directory);
+                let mut name = entry.path.clone();
+                name.push(b'/');
+                set_name(&mut header, &name, &mut pax);
+                emit(out, &mut header, &pax)?;
+                lines.push(digest::entry_line(entry, None));
+            }
+            Kind::Symlink => {
+                header.set_entry_type(EntryType::Symlink);
+                set_name(&mut header, &entry.path, &mut pax);
+                let target = entry.target.as_deref().unwrap_or_default();
+                if target.len() <= 100 {
+                    header.set_link_name_literal(target)?;
+                } else {
+                    pax_record(&mut pax, "linkpath", target);
+                }
+                emit(out, &mut header, &pax)?;
+                lines.push(digest::entry_line(entry, None));
+            }
+            Kind::File => {
+                let path = entry.full_path(root);
+                let file = match File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)
+                {
+                    Ok(f) => f,
+                    // Vanished or replaced by a symlink since the listing: the volume changed.
+                    Err(e)
+                        if matches!(e.kind(), io::ErrorKind::NotFound)
+                            || e.raw_os_error() == Some(libc::ELOOP) =>
+                    {
+                        written.changed = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                    }
+                };
+                header.set_entry_type(EntryType::Regular);
+                header.set_size(entry.size);
+                set_name(&mut header, &entry.path, &mut pax);
+                emit(out, &mut header, &pax)?;
+                let (hash, complete) = copy_exact(file, entry.size, out, &mut buf)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                written.changed |= !complete;
+                pad(out, entry.size)?;
+                written.expanded_bytes += entry.size;
+                lines.push(digest::entry_line(entry, Some(hash)));
+            }
+        }
+        written.files += 1;
+    }
+    out.write_all(&[0u8; 1024])?;
+    written.content_digest = digest::content_digest(&mut lines);
+    Ok(written)
+}
+
+/// Copies exactly `size` bytes of `file` to `out`, hashing them. Returns the hash and whether
+/// the file had exactly `size` bytes; a short file is padded with zeros so that the tar stream
+/// stays well-formed.
+fn copy_exact(
+    mut file: File,
+    size: u64,
+    out: &mut impl Write,
+    buf: &mut [u8],
+) -> io::Result<([u8; 32], bool)> {
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    let mut complete = true;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => {
+                complete = false;
+                buf[..want].fill(0);
+                want
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    if complete && file.read(&mut buf[..1])? != 0 {
+        complete = false; // it grew
+    }
+    Ok((hasher.finalize().into(), complete))
+}
+
+/// Puts `name` into the ustar name/prefix fields, or into a pax `path` record when it does not
+/// fit (then the ustar field holds a truncated stand-in, as GNU tar does).
+fn set_name(header: &mut Header, name: &[u8], pax: &mut Vec<u8>) {
+    let ustar = header.as_ustar_mut().expect("a ustar header");
+    if name.len() <= 100 {
+        ustar.name[..name.len()].copy_from_slice(name);
+        return;
+    }
+    // Split at a '/' so that prefix ≤ 155 and name ≤ 100 (ignoring a trailing '/').
+    let body = name.strip_suffix(b"/").unwrap_or(name);
+    let split = (0..body.len())
+        .rev()
+        .find(|&i| body[i] == b'/' && i <= 155 && name.len() - i - 1 <= 100);
+    match split {
+        Some(i) if i > 0 => {
+            ustar.prefix[..i].copy_from_slice(&name[..i]);
+            ustar.name[..name.len() - i - 1].copy_from_slice(&name[i + 1..]);
+        }
+        _ => {
+            ustar.name.copy_from_slice(&name[..100]);
+            pax_record(pax, "path", name);
+        }
+    }
+}
+
+/// Appends one pax record `LEN key=value\n` (LEN counts the whole record, itself included).
+fn pax_record(pax: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    pax.extend_from_slice(format!("{len} {key}=").as_bytes());
+    pax.extend_from_slice(value);
+    pax.push(b'\n');
+}
+
+/// Writes an optional pax extended header, then the entry's header.
+fn emit(out: &mut impl Write, header: &mut Header, pax: &[u8]) -> io::Result<()> {
+    if !pax.is_empty() {
+        let mut x = Header::new_ustar();
+        x.set_entry_type(EntryType::XHeader);
+        x.set_mode(0o644);
+        x.set_mtime(header.mtime().unwrap_or(0));
+        x.set_size(pax.len() as u64);
+        let name = b"././@PaxHeader";
+        x.as_ustar_mut().expect("ustar").name[..name.len()].copy_from_slice(name);
+        x.set_cksum();
+        out.write_all(x.as_bytes())?;
+        out.write_all(pax)?;
+        pad(out, pax.len() as u64)?;
+    }
+    header.set_cksum();
+    out.write_all(header.as_bytes())
+}
+
+/// Pads a data section of `len` bytes to the 512-byte block size.
+fn pad(out: &mut impl Write, len: u64) -> io::Result<()> {
+    let rem = (len % 512) as usize;
+    if rem != 0 {
+        out.write_all(&[0u8; 512][..512 - rem])?;
+    }
+    Ok(())
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+}
+
+impl HashingWriter<BufWriter<File>> {
+    /// Flushes and returns the file, the hex sha256 and the byte count.
+    pub fn finish(self) -> io::Result<(File, String, u64)> {
+        let file = self.inner.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, digest::hex(&self.hasher.finalize()), self.count))
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hasher.update(&data[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        let mut pax = Vec::new();
+        pax_record(&mut pax, "path", b"x");
+        assert_eq!(pax, b"9 path=x\n");
+        let mut pax = Vec::new();
+        let long = vec![b'a'; 95];
+        pax_record(&mut pax, "path", &long);
+        assert_eq!(pax.len(), 105);
+        assert!(pax.starts_with(b"105 path="));
+    }
+}

@@ -1,0 +1,435 @@
+//! Reads a volume archive safely: checks every entry, computes the content digest from what
+//! the archive holds, and, given a destination, extracts into it.
+//!
+//! Refused (`unsafe_archive`): absolute paths, `..` in paths, an entry below a symlink (a
+//! write through it), a symlink whose target is absolute or could leave the root, a hardlink
+//! to anything but an earlier regular file of the same archive, device nodes, FIFOs and other
+//! special types, duplicate paths, and more bytes or entries than the manifest announced.
+//!
+//! A symlink target may use `..` only as leading components, and not more of them than the
+//! link's depth: then resolving it starts from a real directory inside the root and only
+//! descends, so no chain of links can leave the root. (`a -> .` with `b -> a/..` would look
+//! harmless lexically and yet escape.)
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, OsStr};
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tar::EntryType;
+
+use super::digest::{self, DigestEntry};
+use crate::error::{Error, ErrorKind, Result};
+use crate::task::Compression;
+
+/// The most an archive may hold, from its manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sum of file sizes.
+    pub max_bytes: u64,
+    /// Entries below the root.
+    pub max_entries: u64,
+}
+
+/// What an archive holds.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    /// Entries below the root.
+    pub files: u64,
+    /// Sum of file sizes.
+    pub expanded_bytes: u64,
+    /// The content digest of the entries.
+    pub content_digest: String,
+    /// The digest lines, sorted by path.
+    pub entries: Vec<DigestEntry>,
+}
+
+/// Opens a compressed volume archive for reading.
+pub fn open(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
+    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    Ok(match compression {
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+    })
+}
+
+fn unsafe_entry(path: &[u8], why: &str) -> Error {
+    Error::new(
+        ErrorKind::UnsafeArchive,
+        format!(
+            "archive entry {:?} is refused: {why}; the set may have been tampered with, so restore another set",
+            String::from_utf8_lossy(path)
+        ),
+    )
+    .detail("entry", String::from_utf8_lossy(path))
+}
+
+fn damaged(e: io::Error) -> Error {
+    Error::new(
+        ErrorKind::IntegrityError,
+        format!("the volume archive is damaged: {e}"),
+    )
+}
+
+/// Splits a path into its components, dropping `.` and empty ones; refuses absolute paths and
+/// `..`.
+fn components(path: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if path.starts_with(b"/") {
+        return Err("absolute path");
+    }
+    let mut out = Vec::new();
+    for part in path.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("`..` in path"),
+            p => out.push(p),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a symlink at `link` (components) pointing to `target` stays inside the root under
+/// the rule in the module comment.
+pub fn symlink_target_is_safe(link: &[&[u8]], target: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return false;
+    }
+    let depth = link.len().saturating_sub(1); // the link's parent directory
+    let mut ups = 0;
+    let mut descended = false;
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." if descended => return false,
+            b".." => ups += 1,
+            _ => descended = true,
+        }
+    }
+    ups <= depth
+}
+
+struct FileInfo {
+    size: u64,
+    hash: [u8; 32],
+    mode: u32,
+}
+
+/// Reads the whole archive from `reader`, checking every entry; with `dest` (an empty
+/// directory), extracts into it, keeping modes, mtimes, and ownership when running as root.
+pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> Result<Contents> {
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut archive = tar::Archive::new(reader);
+    let mut lines: Vec<DigestEntry> = Vec::new();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut files: HashMap<Vec<u8>, FileInfo> = HashMap::new();
+    let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
+    let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
+    let mut expanded: u64 = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+
+    for entry in archive.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        let etype = entry.header().entry_type();
+        if etype == EntryType::XGlobalHeader {
+            continue;
+        }
+        let raw = entry.path_bytes().into_owned();
+        let parts = components(&raw).map_err(|why| unsafe_entry(&raw, why))?;
+        if parts.is_empty() {
+            if etype == EntryType::Directory {
+                continue; // the root itself ("./")
+            }
+            return Err(unsafe_entry(&raw, "empty path"));
+        }
+        let rel = parts.join(&b'/');
+        if !seen.insert(rel.clone()) {
+            return Err(unsafe_entry(&rel, "the path appears twice"));
+        }
+        if seen.len() as u64 > limits.max_entries {
+            return Err(unsafe_entry(
+                &rel,
+                &format!(
+                    "the archive holds more than the {} entries its manifest announces",
+                    limits.max_entries
+                ),
+            ));
+        }
+        for i in 1..parts.len() {
+            if symlinks.contains(&parts[..i].join(&b'/')) {
+                return Err(unsafe_entry(&rel, "it would be written through a symlink"));
+            }
+        }
+        let header = entry.header();
+        let mode = header.mode().map_err(damaged)? & 0o7777;
+        let mtime = header.mtime().map_err(damaged)?;
+        let uid = header.uid().map_err(damaged)?;
+        let gid = header.gid().map_err(damaged)?;
+        let target_path = dest.map(|d| d.join(OsStr::from_bytes(&rel)));
+        if let Some(path) = &target_path {
+            make_parent(path)?;
+        }
+
+        match etype {
+            EntryType::Directory => {
+                if let Some(path) = target_path {
+                    match DirBuilder::new().mode(0o700).create(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                        Err(e) => return Err(Error::io("cannot create directory", &path, e)),
+                    }
+                    dirs.push((path, mode, mtime, uid, gid));
+                }
+                lines.push(DigestEntry {
+                    path: rel,
+                    kind: b'd',
+                    mode,
+                    size: 0,
+                    hash: None,
+                });
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let size = entry.size();
+                expanded = expanded.saturating_add(size);
+                if expanded > limits.max_bytes {
+                    return Err(unsafe_entry(
+                        &rel,
+                        &format!(
+                            "the archive expands beyond the {} bytes its manifest announces",
+                            limits.max_bytes
+                        ),
+                    ));
+                }
+                let mut out = match &target_path {
+                    Some(path) => Some(
+                        File::options()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(path)
+                            .map_err(|e| Error::io("cannot create", path, e))?,
+                    ),
+                    None => None,
+                };
+                let mut hasher = Sha256::new();
+                let mut got = 0u64;
+                loop {
+                    let n = match entry.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(damaged(e)),
+                    };
+                    hasher.update(&buf[..n]);
+                    got += n as u64;
+                    if let (Some(f), Some(path)) = (out.as_mut(), &target_path) {
+                        f.write_all(&buf[..n])
+                            .map_err(|e| Error::io("cannot write", path, e))?;
+                    }
+                }
+                if got != size {
+                    return Err(damaged(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} ends after {got} of {size} bytes",
+                            String::from_utf8_lossy(&rel)
+                        ),
+                    )));
+                }
+                if let (Some(f), Some(path)) = (out, &target_path) {
+                    finish_file(&f, path, mode, mtime, as_root.then_some((uid, gid)))?;
+                }
+                let hash: [u8; 32] = hasher.finalize().into();
+                files.insert(rel.clone(), FileInfo { size, hash, mode });
+                lines.push(DigestEntry {
+                    path: rel,
+                    kind: b'f',
+                    mode,
+                    size,
+                    hash: Some(hash),
+                });
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if !symlink_target_is_safe(&parts, &target) {
+                    return Err(unsafe_entry(
+                        &rel,
+                        &format!(
+                            "its symlink target {:?} could leave the volume",
+                            String::from_utf8_lossy(&target)
+                        ),
+                    ));
+                }
+                if let Some(path) = &target_path {
+                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), path)
+                        .map_err(|e| Error::io("cannot create symlink", path, e))?;
+                    if as_root {
+                        std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
+                            .map_err(|e| Error::io("cannot set owner of", path, e))?;
+                    }
+                    set_mtime(path, mtime)
+                        .map_err(|e| Error::io("cannot set mtime of", path, e))?;
+                }
+                symlinks.insert(rel.clone());
+                lines.push(DigestEntry {
+                    path: rel,
+                    kind: b'l',
+                    mode: 0o777,
+                    size: target.len() as u64,
+                    hash: Some(Sha256::digest(&target).into()),
+                });
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target_rel = components(&target)
+                    .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?
+                    .join(&b'/');
+                let Some(info) = files.get(&target_rel) else {
+                    return Err(unsafe_entry(
+                        &rel,
+                        "hardlink to something that is not an earlier file of this archive",
+                    ));
+                };
+                if let (Some(path), Some(d)) = (&target_path, dest) {
+                    fs::hard_link(d.join(OsStr::from_bytes(&target_rel)), path)
+                        .map_err(|e| Error::io("cannot create hardlink", path, e))?;
+                }
+                lines.push(DigestEntry {
+                    path: rel,
+                    kind: b'f',
+                    mode: info.mode,
+                    size: info.size,
+                    hash: Some(info.hash),
+                });
+            }
+            other => {
+                return Err(unsafe_entry(
+                    &rel,
+                    &format!(
+                        "entry type {other:?} (devices, FIFOs and special files are never restored)"
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Directory modes and times last, deepest first: a read-only directory must not stop its
+    // own contents from being written, and writing contents moves a directory's mtime.
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (path, mode, mtime, uid, gid) in dirs {
+        if as_root {
+            std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32))
+                .map_err(|e| Error::io("cannot set owner of", &path, e))?;
+        }
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| Error::io("cannot set mode of", &path, e))?;
+        set_mtime(&path, mtime).map_err(|e| Error::io("cannot set mtime of", &path, e))?;
+    }
+    let files = lines.len() as u64;
+    let content_digest = digest::content_digest(&mut lines);
+    Ok(Contents {
+        files,
+        expanded_bytes: expanded,
+        content_digest,
+        entries: lines,
+    })
+}
+
+/// Creates missing parent directories (an archive may omit them); they are ours, in a fresh
+/// destination, so following them is safe.
+fn make_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent()
+        && !parent.is_dir()
+    {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| Error::io("cannot create directory", parent, e))?;
+    }
+    Ok(())
+}
+
+/// Sets owner (first: chown clears setuid bits), mode and mtime of a written file.
+fn finish_file(
+    f: &File,
+    path: &Path,
+    mode: u32,
+    mtime: u64,
+    owner: Option<(u64, u64)>,
+) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))
+            .map_err(|e| Error::io("cannot set owner of", path, e))?;
+    }
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(|e| Error::io("cannot set mode of", path, e))?;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+    f.set_times(fs::FileTimes::new().set_modified(when).set_accessed(when))
+        .map_err(|e| Error::io("cannot set mtime of", path, e))?;
+    Ok(())
+}
+
+/// Sets a path's mtime (and atime) without following a symlink.
+fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let t = libc::timespec {
+        tv_sec: mtime as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link_ok(link: &str, target: &str) -> bool {
+        let parts = components(link.as_bytes()).unwrap();
+        symlink_target_is_safe(&parts, target.as_bytes())
+    }
+
+    #[test]
+    fn symlink_rule() {
+        assert!(link_ok("a/l", "../b"));
+        assert!(link_ok("a/l", "c/d"));
+        assert!(link_ok("l", "."));
+        assert!(!link_ok("l", ".."));
+        assert!(!link_ok("a/l", "../../x"));
+        assert!(!link_ok("l", "/etc/passwd"));
+        assert!(
+            !link_ok("l", "a/.."),
+            "`..` after a name could climb through a symlink"
+        );
+        assert!(!link_ok("l", ""));
+    }
+
+    #[test]
+    fn paths_with_dotdot_or_root_are_refused() {
+        assert!(components(b"/etc").is_err());
+        assert!(components(b"a/../b").is_err());
+        assert_eq!(components(b"./a//b/").unwrap(), vec![&b"a"[..], &b"b"[..]]);
+    }
+}

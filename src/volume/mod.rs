@@ -1,0 +1,74 @@
+//! The volume half: find the service-manager directory, list it, digest it, archive it and
+//! read or extract archives of it safely.
+
+pub mod archive;
+pub mod digest;
+pub mod extract;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::task::VolumeSource;
+
+/// Finds the volume's directory: a path as given, or a Docker volume's mountpoint.
+pub fn resolve(source: &VolumeSource) -> Result<PathBuf> {
+    let dir = match source {
+        VolumeSource::Path(path) => path.clone(),
+        VolumeSource::Docker(name) => docker_mountpoint(name)?,
+    };
+    check_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Refuses anything but an existing directory (a symlink to one is refused: we would archive
+/// the link's target but restore into the link).
+pub fn check_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::new(
+            ErrorKind::VolumeNotFound,
+            format!(
+                "volume {} is not a directory: give the volume's data directory",
+                dir.display()
+            ),
+        )),
+        Err(e) => Err(Error::new(
+            ErrorKind::VolumeNotFound,
+            format!("volume directory {} cannot be read: {e}", dir.display()),
+        )),
+    }
+}
+
+/// Asks the Docker engine where a named volume's data lives.
+fn docker_mountpoint(name: &str) -> Result<PathBuf> {
+    let output = Command::new("docker")
+        .args(["volume", "inspect", "--format", "{{ .Mountpoint }}", name])
+        .output()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::VolumeNotFound,
+                format!("cannot run `docker volume inspect {name}`: {e}; install the Docker CLI or give `volume.path` instead"),
+            )
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(Error::new(
+            ErrorKind::VolumeNotFound,
+            format!(
+                "Docker volume {name} not found ({}): check the name with `docker volume ls` (the default is connectware_service-manager)",
+                stderr.trim()
+            ),
+        )
+        .detail("docker_volume", name));
+    }
+    let mountpoint = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if mountpoint.is_empty() {
+        return Err(Error::new(
+            ErrorKind::VolumeNotFound,
+            format!("Docker reports no mountpoint for volume {name}: give `volume.path` instead"),
+        ));
+    }
+    Ok(PathBuf::from(mountpoint))
+}
