@@ -1,0 +1,272 @@
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[test]
+fn gnu_tar_extracts_the_archive_into_an_equal_tree() {
+    let f = Fixture::sample();
+    let r = run_ok(&f.task("backup"));
+    assert!(r.changed);
+    let set = only_set(&f.repo);
+    let out = f.path("extracted");
+    gnu_tar_extract(&set.join("volume.tar.gz"), &out, &["-z"]);
+    let (a, b) = (listing(&f.vol), listing(&out));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "same paths"
+    );
+    for (path, live) in &a {
+        let got = &b[path];
+        assert_eq!(live, got, "entry {:?}", String::from_utf8_lossy(path));
+    }
+}
+
+#[test]
+fn live_archive_and_extracted_digests_are_equal() {
+    let f = Fixture::sample();
+    let r = run_ok(&f.task("backup"));
+    let manifest = r.backup.unwrap().manifest.unwrap();
+    let recorded = manifest.volume.unwrap().content_digest;
+    // The live tree, digested by an independent implementation of SPEC §5.
+    assert_eq!(recorded, spec_digest(&f.vol));
+    // The tree GNU tar extracts.
+    let out = f.path("x");
+    gnu_tar_extract(&only_set(&f.repo).join("volume.tar.gz"), &out, &["-z"]);
+    assert_eq!(recorded, spec_digest(&out));
+    // The archive as cwbackup reads it (verify recomputes it from the entries) and as it
+    // extracts it (deep).
+    let v = run_ok(&json!({"operation": "verify", "repository": f.repo, "deep": true}));
+    assert_eq!(v.findings.unwrap().len(), 0);
+}
+
+#[test]
+fn manifest_records_the_volume_half() {
+    let f = Fixture::sample();
+    let r = run_ok(&f.task("backup"));
+    let set = only_set(&f.repo);
+    let m: cwbackup::repository::manifest::Manifest =
+        serde_json::from_slice(&fs::read(set.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m.format, "cwbackup/1");
+    assert_eq!(m.id, r.backup.as_ref().unwrap().id);
+    assert!(m.id.ends_with("-volume"), "{}", m.id);
+    assert_eq!(m.connectware_version, None);
+    let v = m.volume.unwrap();
+    let live = listing(&f.vol);
+    assert_eq!(v.files, live.len() as u64);
+    assert_eq!(
+        v.expanded_bytes,
+        live.values()
+            .filter(|e| e.kind == 'f')
+            .map(|e| e.size)
+            .sum::<u64>()
+    );
+    let archive = fs::read(set.join("volume.tar.gz")).unwrap();
+    assert_eq!(v.bytes, archive.len() as u64);
+    assert_eq!(
+        v.sha256,
+        hex(&<sha2::Sha256 as sha2::Digest>::digest(&archive))
+    );
+    assert!(
+        v.sha256
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+}
+
+#[test]
+fn set_files_are_0600_and_directories_0700() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    assert_eq!(fs::metadata(&f.repo).unwrap().mode() & 0o7777, 0o700);
+    let set = only_set(&f.repo);
+    assert_eq!(fs::metadata(&set).unwrap().mode() & 0o7777, 0o700);
+    for file in ["manifest.json", "volume.tar.gz"] {
+        assert_eq!(
+            fs::metadata(set.join(file)).unwrap().mode() & 0o7777,
+            0o600,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn unchanged_second_backup_reports_changed_false_and_names_the_set() {
+    let f = Fixture::sample();
+    let first = run_ok(&f.task("backup"));
+    let second = run_ok(&f.task("backup"));
+    assert!(!second.changed, "{}", second.msg);
+    assert_eq!(second.backup.unwrap().id, first.backup.unwrap().id);
+    assert_eq!(f.set_ids().len(), 1);
+}
+
+#[test]
+fn a_changed_volume_gets_a_new_set() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    write(&f.vol.join("services/new.yml"), b"new", 0o644);
+    let r = run_ok(&f.task("backup"));
+    assert!(r.changed);
+    assert_eq!(f.set_ids().len(), 2);
+    // A mode change alone is a change too.
+    fs::set_permissions(
+        f.vol.join("services/new.yml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert!(run_ok(&f.task("backup")).changed);
+}
+
+#[test]
+fn force_writes_a_new_set_even_if_nothing_changed() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let mut task = f.task("backup");
+    task["force"] = json!(true);
+    assert!(run_ok(&task).changed);
+    assert_eq!(f.set_ids().len(), 2);
+}
+
+#[test]
+fn an_existing_backup_id_is_not_written_again() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["backup_id"] = json!("nightly-1");
+    assert!(run_ok(&task).changed);
+    write(&f.vol.join("changed"), b"x", 0o644);
+    let again = run_ok(&task);
+    assert!(!again.changed);
+    assert_eq!(again.backup.unwrap().id, "nightly-1");
+}
+
+#[test]
+fn default_ids_do_not_collide() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["force"] = json!(true);
+    let ids: Vec<String> = (0..3).map(|_| run_ok(&task).backup.unwrap().id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{ids:?}");
+}
+
+#[test]
+fn dry_run_reports_the_plan_and_writes_nothing() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["dry_run"] = json!(true);
+    task["diff"] = json!(true);
+    let r = run_ok(&task);
+    assert!(r.changed && r.dry_run);
+    assert!(r.diff.is_some());
+    assert!(!f.repo.exists(), "a dry run must not create the repository");
+    run_ok(&f.task("backup"));
+    let r = run_ok(&task);
+    assert!(!r.changed, "unchanged volume: a dry run predicts no change");
+    write(&f.vol.join("new"), b"x", 0o644);
+    assert!(run_ok(&task).changed);
+    assert_eq!(f.set_ids().len(), 1, "dry runs wrote no set");
+}
+
+#[test]
+fn keep_last_applies_retention_after_the_backup() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["force"] = json!(true);
+    for _ in 0..3 {
+        run_ok(&task);
+    }
+    task["keep_last"] = json!(2);
+    let r = run_ok(&task);
+    let new_id = r.backup.unwrap().id;
+    assert_eq!(r.sets.unwrap().len(), 2, "two older sets deleted");
+    let ids = f.set_ids();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], new_id, "the new set is kept");
+}
+
+#[test]
+fn verify_true_reads_the_new_set_back_before_publishing() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["verify"] = json!(true);
+    assert!(run_ok(&task).changed);
+}
+
+#[test]
+fn a_missing_volume_is_volume_not_found() {
+    let f = Fixture::empty();
+    let task =
+        json!({"operation": "backup", "repository": f.repo, "volume": {"path": f.path("nope")}});
+    let r = run(&task);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.result.error.unwrap().kind,
+        cwbackup::error::ErrorKind::VolumeNotFound
+    );
+}
+
+#[test]
+fn docker_volume_is_resolved_through_docker_volume_inspect() {
+    let f = Fixture::sample();
+    // A stand-in `docker` on PATH, for the resolution step only (no Docker engine here).
+    let bin = f.path("bin");
+    fs::create_dir(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\n[ \"$1 $2\" = 'volume inspect' ] || exit 9\nfor last; do :; done\n[ \"$last\" = connectware_service-manager ] || {{ echo \"Error: No such volume: $last\" >&2; exit 1; }}\necho {}\n",
+        f.vol.display()
+    );
+    write(&bin.join("docker"), script.as_bytes(), 0o755);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let task = json!({"operation": "backup", "repository": f.repo, "volume": {"docker_volume": "connectware_service-manager"}});
+    let r = run_raw(task.to_string().as_bytes(), &[("PATH", &path)]);
+    assert!(r.result.ok, "{}", r.stdout);
+    assert_eq!(r.result.volume.unwrap().path, f.vol.display().to_string());
+
+    let task =
+        json!({"operation": "backup", "repository": f.repo, "volume": {"docker_volume": "other"}});
+    let r = run_raw(task.to_string().as_bytes(), &[("PATH", &path)]);
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, cwbackup::error::ErrorKind::VolumeNotFound);
+    assert!(e.message.contains("No such volume"), "{}", e.message);
+
+    let r = run_raw(task.to_string().as_bytes(), &[("PATH", "/nonexistent")]);
+    assert_eq!(
+        r.result.error.unwrap().kind,
+        cwbackup::error::ErrorKind::VolumeNotFound
+    );
+}
+
+#[test]
+fn a_volume_that_keeps_changing_is_a_consistency_error() {
+    let f = Fixture::empty();
+    big_tree(&f.vol, 20, 200_000);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, file) = (stop.clone(), f.vol.join("busy.log"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                fs::write(&file, n.to_string().repeat((n % 50) as usize + 1)).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let r = run(&f.task("backup"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let e = r.result.error.expect("the backup fails");
+    assert_eq!(
+        e.kind,
+        cwbackup::error::ErrorKind::ConsistencyError,
+        "{}",
+        e.message
+    );
+    assert!(e.retryable);
+    assert!(r.stderr.contains("changed while it was archived"));
+    assert_eq!(f.set_ids().len(), 0, "no set published");
+}

@@ -1,0 +1,83 @@
+//! The contract of SPEC §2 and §3: one result line, exit codes, schemas that match the code.
+
+use std::fs;
+use std::process::Command;
+
+use cwbackup::error::ErrorKind;
+use serde_json::json;
+
+use crate::common::*;
+
+#[test]
+fn committed_schemas_match_the_code() {
+    for which in ["task", "result", "manifest"] {
+        let out = Command::new(BIN).args(["schema", which]).output().unwrap();
+        assert!(out.status.success());
+        let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let path = format!("{}/schemas/{which}.schema.json", env!("CARGO_MANIFEST_DIR"));
+        let committed: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert!(
+            generated == committed,
+            "schemas/{which}.schema.json is out of date; regenerate it with:\n    scripts/gen-schemas.sh"
+        );
+    }
+}
+
+#[test]
+fn invalid_json_is_exit_2_with_a_result() {
+    let r = run_raw(b"{not json", &[]);
+    assert_eq!(r.code, 2);
+    assert_eq!(r.result.error.unwrap().kind, ErrorKind::InvalidTask);
+    assert_eq!(r.result.operation, None);
+}
+
+#[test]
+fn an_unknown_key_is_named_by_its_pointer() {
+    let r = run(&json!({"operation": "list", "repository": "/tmp/x", "keep_lats": 3}));
+    assert_eq!(r.code, 2);
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(e.message.contains("keep_lats"), "{}", e.message);
+}
+
+#[test]
+fn a_bad_nested_value_is_named_by_its_pointer() {
+    let r = run(&json!({"operation": "backup", "repository": "/tmp/x", "volume": {"path": 5}}));
+    assert_eq!(r.code, 2);
+    assert!(r.result.error.unwrap().message.contains("/volume/path"));
+}
+
+#[test]
+fn ansible_internal_keys_are_ignored() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["_ansible_check_mode"] = json!(false);
+    task["_ansible_no_log"] = json!(true);
+    run_ok(&task);
+}
+
+#[test]
+fn the_task_can_come_from_a_file() {
+    let f = Fixture::sample();
+    let path = f.path("task.json");
+    fs::write(&path, f.task("backup").to_string()).unwrap();
+    let out = Command::new(BIN).arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let result: cwbackup::result::TaskResult = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(result.changed);
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("cwbackup ")
+    );
+}
