@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing first whatever the tests need that a fresh machine
+# may lack. CI runs exactly this (through .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# GNU tar checks our archives.
+need_apt=()
+command -v tar >/dev/null || need_apt+=(tar)
+command -v gzip >/dev/null || need_apt+=(gzip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+cargo test --workspace --locked
