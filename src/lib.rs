@@ -10,9 +10,11 @@
 //! - [`ops`]: one module per operation (backup, verify, list, prune).
 //! - [`volume`]: archive, extract and content digest of a directory.
 //! - [`repository`]: backup sets on disk: staging, manifest, lock, atomic publish.
+//! - [`connectware`]: the REST client for the maintenance API (the database half).
 //! - [`result`] and [`error`]: the output types, the wire format in one place.
 
 pub mod clock;
+pub mod connectware;
 pub mod error;
 pub mod ops;
 pub mod repository;

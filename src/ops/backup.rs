@@ -1,28 +1,35 @@
-//! backup: write a new backup set, unless nothing changed since the newest one.
+//! backup: write a new backup set of the volume and the database, unless nothing changed
+//! since the newest one.
 //!
-//! Plan: resolve the volume, lock the repository, decide whether a set is needed (an existing
-//! `backup_id`, or content equal to the newest set's, means no). Apply: archive into
-//! `.staging/<id>/` (retrying while the volume changes under us), write the manifest, re-read
-//! and check every file, publish atomically, then apply retention.
+//! Plan: resolve the volume, lock the repository, decide whether a set may be needed (an
+//! existing `backup_id` means no). Apply: the database backup and the volume half start
+//! together on two threads. The volume half first hashes the volume when the newest set can
+//! be compared with (no compression for an unchanged volume), else archives it straight away
+//! (again, while it changes under us). If both halves equal the newest set's, nothing is
+//! written. Otherwise the manifest is written last, every file re-read and checked, the set
+//! published atomically, and retention applied.
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
 use crate::clock;
+use crate::connectware::{Client, dbfile};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::prune;
 use crate::repository::check;
-use crate::repository::manifest::{self, Manifest, VolumeComponent};
+use crate::repository::manifest::{self, DbComponent, Manifest, VolumeComponent};
 use crate::repository::{self, Repository, Set};
-use crate::result::{Diff, SetRef, TaskResult, VolumeOutcome};
+use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, Task};
 use crate::volume::{self, archive, digest, tree};
 
 /// How often the volume is archived again when it changed while being archived.
 const CONSISTENCY_ATTEMPTS: u32 = 3;
+/// The database file's name inside a set.
+const DB_FILE: &str = "db.tgz";
 
 /// File name of the volume archive for a compression.
 fn volume_file(compression: Compression) -> &'static str {
@@ -31,14 +38,23 @@ fn volume_file(compression: Compression) -> &'static str {
     }
 }
 
+/// The volume half's outcome.
+enum VolumeHalf {
+    /// Not asked for.
+    Absent,
+    /// Hashed only: equal to the newest set's.
+    Unchanged,
+    /// Archived into the staged set; when it started.
+    Archived(VolumeComponent, Instant),
+}
+
 pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
-    if task.api.is_some() {
-        return Err(Error::new(
-            ErrorKind::InvalidTask,
-            "/api: the database half is not supported by this build yet; back up the volume alone by leaving out `api`",
-        ));
-    }
     let volume_dir = task.volume.as_ref().map(volume::resolve).transpose()?;
+    let client = task.api.as_ref().map(Client::new).transpose()?;
+    let mut warnings = Vec::new();
+    if task.api.as_ref().is_some_and(|a| !a.validate_certs) {
+        warnings.push("api.validate_certs is false: the server's identity is not checked; give api.ca_file instead".to_string());
+    }
 
     // A dry run must not create the repository; without one, every set would be new.
     let repo = if task.dry_run && !Repository::exists(&task.repository) {
@@ -46,156 +62,230 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     } else {
         Some(Repository::create(&task.repository)?)
     };
-    let _lock = repo
-        .as_ref()
-        .map(|r| r.lock(Operation::Backup, task.wait_for_lock))
-        .transpose()?;
+    let _lock = repo.as_ref().map(|r| r.lock(Operation::Backup, task.wait_for_lock)).transpose()?;
     if let (Some(r), false) = (&repo, task.dry_run) {
         r.clean_staging()?;
     }
-    let sets = repo
-        .as_ref()
-        .map(Repository::sets)
-        .transpose()?
-        .unwrap_or_default();
+    let sets = repo.as_ref().map(Repository::sets).transpose()?.unwrap_or_default();
 
     if let Some(id) = &opts.backup_id
         && let Some(set) = sets.iter().find(|s| &s.id == id)
     {
-        return Ok(unchanged(
-            task,
-            set,
-            volume_dir.as_deref(),
-            format!("backup set {id} already exists; nothing to do"),
-        ));
+        let msg = format!("backup set {id} already exists; nothing to do");
+        return Ok(unchanged(task, set, volume_dir.as_deref(), msg, warnings));
     }
     let newest = sets.iter().find(|s| !s.is_safety());
-    if let (Some(newest), None, false) = (newest, &opts.backup_id, opts.force)
-        && let (Some(dir), Some(v)) = (&volume_dir, &newest.manifest.volume)
-        && newest.manifest.db.is_none()
-        && live_digest(dir)? == v.content_digest
+    // The set an unchanged installation would equal: same halves, and no reason to write anyway.
+    let comparable = newest.filter(|n| {
+        opts.backup_id.is_none()
+            && !opts.force
+            && n.manifest.volume.is_some() == volume_dir.is_some()
+            && n.manifest.db.is_some() == client.is_some()
+    });
+    let newest_volume_digest = comparable.and_then(|n| n.manifest.volume.as_ref()).map(|v| v.content_digest.clone());
+    let before = json!({"newest_set": newest.map(|s| &s.id)});
+
+    if client.is_none()
+        && let (Some(set), Some(dir), Some(expected)) = (comparable, &volume_dir, &newest_volume_digest)
+        && &live_digest(dir)? == expected
     {
-        return Ok(unchanged(
-            task,
-            newest,
-            Some(dir),
-            format!(
-                "the volume is unchanged since backup set {}; nothing to do (force writes a new set)",
-                newest.id
-            ),
-        ));
+        let msg = format!("the volume is unchanged since backup set {}; nothing to do (force writes a new set)", set.id);
+        return Ok(unchanged(task, set, Some(dir), msg, warnings));
     }
 
-    let base_id = opts
-        .backup_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-volume", clock::id_stamp(SystemTime::now())));
-    let id = match &repo {
-        Some(r) => r.unique_id(&base_id),
-        None => base_id,
-    };
-    let set_path = task.repository.join(&id);
-    let before = json!({"newest_set": newest.map(|s| &s.id)});
-    let after = json!({"newest_set": &id});
-
     if task.dry_run {
-        let mut result = TaskResult::ok(
-            Operation::Backup,
-            true,
-            true,
-            format!("would write backup set {id}"),
-        );
-        result.backup = Some(SetRef {
-            id: id.clone(),
-            path: set_path.display().to_string(),
-            manifest: None,
-        });
+        let mut msg = "would write a new backup set".to_string();
+        if client.is_some() {
+            msg = "would take a database backup and write a new set, unless both halves turn out unchanged".to_string();
+            warnings.push(
+                "a dry run cannot tell whether the database changed: that needs a server-side backup, which a dry run does not start"
+                    .to_string(),
+            );
+        }
+        let mut result = TaskResult::ok(Operation::Backup, true, true, msg);
+        result.warnings = warnings;
         if task.diff {
-            result.diff = Some(Diff { before, after });
+            result.diff = Some(Diff { before, after: json!({"newest_set": "(new set)"}) });
         }
         return Ok(result);
     }
     let repo = repo.expect("a real run created the repository");
-
     let created = SystemTime::now();
-    let staged = repo.stage(&id)?;
-    let mut warnings = Vec::new();
-    let volume = match &volume_dir {
-        Some(dir) => Some(archive_volume(
-            dir,
-            &staged,
-            opts.compression,
-            &mut warnings,
-        )?),
+    let staged = repo.stage(&format!("new.{}", std::process::id()))?;
+    let outcome = build(&repo, &staged, task, opts, volume_dir.as_deref(), client.as_ref(), comparable, &mut warnings, created, before);
+    if outcome.is_err() || staged.exists() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    outcome
+}
+
+/// Takes both halves into `staged` and publishes the set, or finds both unchanged.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    repo: &Repository,
+    staged: &Path,
+    task: &Task,
+    opts: &BackupOptions,
+    volume_dir: Option<&Path>,
+    client: Option<&Client>,
+    comparable: Option<&Set>,
+    warnings: &mut Vec<String>,
+    created: SystemTime,
+    before: serde_json::Value,
+) -> Result<TaskResult> {
+    let server_version = client.and_then(Client::server_version);
+    let newest_volume_digest = comparable.and_then(|n| n.manifest.volume.as_ref()).map(|v| v.content_digest.as_str());
+    let db_path = staged.join(DB_FILE);
+
+    // Both halves start together.
+    let (db, volume_half) = std::thread::scope(|scope| {
+        let db = client.map(|c| {
+            let db_path = &db_path;
+            scope.spawn(move || {
+                let started = (Instant::now(), clock::now());
+                c.backup(db_path).map(|d| (d, started, clock::now()))
+            })
+        });
+        let mut volume_warnings = Vec::new();
+        let volume_half = match volume_dir {
+            None => Ok(VolumeHalf::Absent),
+            Some(dir) => (|| {
+                if client.is_some()
+                    && let Some(expected) = newest_volume_digest
+                    && live_digest(dir)? == expected
+                {
+                    return Ok(VolumeHalf::Unchanged);
+                }
+                let start = Instant::now();
+                archive_volume(dir, staged, opts.compression, &mut volume_warnings).map(|v| VolumeHalf::Archived(v, start))
+            })(),
+        };
+        warnings.extend(volume_warnings);
+        let db = db.map(|h| h.join().expect("the database thread does not panic")).transpose();
+        (db, volume_half)
+    });
+    let db = db?;
+    let mut volume_half = volume_half?;
+
+    let db_component = match &db {
         None => None,
+        Some((d, (_, started_at), finished_at)) => {
+            let content_digest = dbfile::content_digest(&db_path).map_err(|e| {
+                Error::new(
+                    ErrorKind::ApiProtocolError,
+                    format!("the database backup Connectware sent is not a readable .tgz: {e}"),
+                )
+            })?;
+            Some(DbComponent {
+                file: DB_FILE.to_string(),
+                sha256: d.sha256.clone(),
+                bytes: d.bytes,
+                started_at: started_at.clone(),
+                finished_at: finished_at.clone(),
+                backup_id: d.backup_id.clone(),
+                content_digest,
+                status_message: d.status_message.clone(),
+            })
+        }
+    };
+
+    if let Some(set) = comparable {
+        let volume_same = match &volume_half {
+            VolumeHalf::Absent | VolumeHalf::Unchanged => true,
+            VolumeHalf::Archived(v, _) => Some(v.content_digest.as_str()) == newest_volume_digest,
+        };
+        let db_same = set.manifest.db.as_ref().map(|d| &d.content_digest) == db_component.as_ref().map(|d| &d.content_digest);
+        if volume_same && db_same {
+            let msg = format!("the volume and the database are unchanged since backup set {}; nothing to do (force writes a new set)", set.id);
+            let mut result = unchanged(task, set, volume_dir, msg, std::mem::take(warnings));
+            if let (Some(r), Some(d)) = (result.db.as_mut(), &db_component) {
+                r.status_message = d.status_message.clone();
+            }
+            return Ok(result);
+        }
+    }
+    // The database changed but the volume did not: it still belongs in the new set.
+    if let (VolumeHalf::Unchanged, Some(dir)) = (&volume_half, volume_dir) {
+        let start = Instant::now();
+        volume_half = VolumeHalf::Archived(archive_volume(dir, staged, opts.compression, warnings)?, start);
+    }
+    let (volume, volume_start) = match volume_half {
+        VolumeHalf::Archived(v, start) => (Some(v), Some(start)),
+        _ => (None, None),
+    };
+    let skew_ms = match (&db, volume_start) {
+        (Some((_, (db_start, _), _)), Some(v_start)) => {
+            let skew = if v_start > *db_start { v_start - *db_start } else { *db_start - v_start };
+            Some(skew.as_millis() as u64)
+        }
+        _ => None,
+    };
+    let connectware_version = db_component.as_ref().and_then(|d| dbfile::version_of(&d.backup_id));
+    let id = match &opts.backup_id {
+        Some(id) => id.clone(),
+        None => {
+            let label = connectware_version.clone().filter(|v| valid_id_part(v)).unwrap_or_else(|| "volume".to_string());
+            repo.unique_id(&format!("{}-{label}", clock::id_stamp(created)))
+        }
     };
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
         id: id.clone(),
         created_at: clock::rfc3339(created),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        connectware_version: None,
+        connectware_version,
+        server_version,
         volume,
-        db: None,
-        skew_ms: None,
+        db: db_component,
+        skew_ms,
     };
     let manifest_path = staged.join(manifest::FILE);
     let text = serde_json::to_vec_pretty(&manifest).expect("a manifest is JSON");
-    repository::write_synced(&manifest_path, &text)
-        .map_err(|e| Error::repo("cannot write", &manifest_path, e))?;
+    repository::write_synced(&manifest_path, &text).map_err(|e| Error::repo("cannot write", &manifest_path, e))?;
+    check_before_publish(staged, &manifest, opts.verify)?;
+    let path = repo.publish(staged, &id)?;
 
-    check_before_publish(&staged, &manifest, opts.verify)?;
-    let path = repo.publish(&staged, &id)?;
-
-    let mut result = TaskResult::ok(
-        Operation::Backup,
-        false,
-        true,
-        format!("wrote backup set {id}"),
-    );
+    let mut result = TaskResult::ok(Operation::Backup, false, true, format!("wrote backup set {id}"));
     if let Some(keep_last) = opts.keep_last {
-        let deleted = prune::apply(&repo, keep_last, false)?;
+        let deleted = prune::apply(repo, keep_last, false)?;
         if !deleted.is_empty() {
-            result.msg = format!(
-                "{}; retention deleted {} older set(s)",
-                result.msg,
-                deleted.len()
-            );
+            result.msg = format!("{}; retention deleted {} older set(s)", result.msg, deleted.len());
         }
         result.sets = Some(deleted);
     }
-    if let (Some(dir), Some(v)) = (&volume_dir, &manifest.volume) {
+    if let (Some(dir), Some(v)) = (volume_dir, &manifest.volume) {
         result.volume = Some(volume_outcome(dir, v, true));
     }
-    result.backup = Some(SetRef {
-        id,
-        path: path.display().to_string(),
-        manifest: Some(manifest),
-    });
-    result.warnings = warnings;
+    if let Some(d) = &manifest.db {
+        result.db = Some(DbOutcome { changed: true, backup_id: Some(d.backup_id.clone()), status_message: d.status_message.clone() });
+    }
+    result.backup = Some(SetRef { id: id.clone(), path: path.display().to_string(), manifest: Some(manifest) });
+    result.warnings = std::mem::take(warnings);
     if task.diff {
-        result.diff = Some(Diff { before, after });
+        result.diff = Some(Diff { before, after: json!({"newest_set": id}) });
     }
     Ok(result)
 }
 
+/// Whether a Connectware version can be part of a set id.
+fn valid_id_part(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// The result for a backup that found its work already done.
-fn unchanged(task: &Task, set: &Set, volume_dir: Option<&Path>, msg: String) -> TaskResult {
+fn unchanged(task: &Task, set: &Set, volume_dir: Option<&Path>, msg: String, warnings: Vec<String>) -> TaskResult {
     let mut result = TaskResult::ok(Operation::Backup, task.dry_run, false, msg);
     if let (Some(dir), Some(v)) = (volume_dir, &set.manifest.volume) {
         result.volume = Some(volume_outcome(dir, v, false));
     }
-    result.backup = Some(SetRef {
-        id: set.id.clone(),
-        path: set.path.display().to_string(),
-        manifest: Some(set.manifest.clone()),
-    });
+    if let Some(d) = &set.manifest.db {
+        result.db = Some(DbOutcome { changed: false, backup_id: Some(d.backup_id.clone()), status_message: d.status_message.clone() });
+    }
+    result.backup = Some(SetRef { id: set.id.clone(), path: set.path.display().to_string(), manifest: Some(set.manifest.clone()) });
+    result.warnings = warnings;
     if task.diff {
         let same = json!({"newest_set": &set.id});
-        result.diff = Some(Diff {
-            before: same.clone(),
-            after: same,
-        });
+        result.diff = Some(Diff { before: same.clone(), after: same });
     }
     result
 }
@@ -213,21 +303,20 @@ fn volume_outcome(dir: &Path, v: &VolumeComponent, changed: bool) -> VolumeOutco
 /// The content digest of the live volume (one read of every file, no compression).
 pub fn live_digest(dir: &Path) -> Result<String> {
     let entries = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let mut lines =
-        digest::live_entries(dir, &entries).map_err(|e| Error::io("cannot read volume", dir, e))?;
+    let mut lines = digest::live_entries(dir, &entries).map_err(|e| Error::io("cannot read volume", dir, e))?;
     Ok(digest::content_digest(&mut lines))
 }
 
 /// Archives the volume into `staged`, again while it changes under us: the listing before
 /// and after archiving must be equal, and every file must have kept its size.
-fn archive_volume(
+pub fn archive_volume(
     dir: &Path,
     staged: &Path,
     compression: Compression,
     warnings: &mut Vec<String>,
 ) -> Result<VolumeComponent> {
     let file_name = volume_file(compression);
-    let path: PathBuf = staged.join(file_name);
+    let path = staged.join(file_name);
     for attempt in 1..=CONSISTENCY_ATTEMPTS {
         let started_at = clock::now();
         let before = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
@@ -248,9 +337,7 @@ fn archive_volume(
         let after = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
         if !written.changed && before == after {
             for skipped in &written.skipped {
-                warnings.push(format!(
-                    "{skipped} in the volume is a socket, FIFO or device and was not archived"
-                ));
+                warnings.push(format!("{skipped} in the volume is a socket, FIFO or device and was not archived"));
             }
             return Ok(VolumeComponent {
                 file: file_name.to_string(),
@@ -265,9 +352,7 @@ fn archive_volume(
                 source: dir.display().to_string(),
             });
         }
-        eprintln!(
-            "cwbackup: the volume changed while it was archived (attempt {attempt} of {CONSISTENCY_ATTEMPTS})"
-        );
+        eprintln!("cwbackup: the volume changed while it was archived (attempt {attempt} of {CONSISTENCY_ATTEMPTS})");
     }
     Err(Error::new(
         ErrorKind::ConsistencyError,
@@ -279,12 +364,14 @@ fn archive_volume(
 }
 
 /// Re-reads the staged set and compares it with its manifest; with `full`, also decompresses
-/// and reads the whole archive.
+/// and reads everything.
 fn check_before_publish(staged: &Path, manifest: &Manifest, full: bool) -> Result<()> {
     let mut problems = check::checksums(staged, manifest);
-    if full && problems.is_empty() && manifest.volume.is_some() {
-        let (_, more) = check::volume(staged, manifest, None)?;
-        problems.extend(more);
+    if full && problems.is_empty() {
+        if manifest.volume.is_some() {
+            problems.extend(check::volume(staged, manifest, None)?.1);
+        }
+        problems.extend(check::db(staged, manifest));
     }
     match problems.first() {
         None => Ok(()),

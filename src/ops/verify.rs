@@ -140,7 +140,7 @@ fn check_set(
             message,
         })
     };
-    for p in check::checksums(&set.path, &set.manifest) {
+    for p in check::checksums(&set.path, &set.manifest).into_iter().chain(check::db(&set.path, &set.manifest)) {
         add(p.component, p.message);
     }
     if set.manifest.volume.is_none() {

@@ -29,6 +29,9 @@ pub struct Manifest {
     pub tool_version: String,
     /// The Connectware version the database backup came from (from its id), else null.
     pub connectware_version: Option<String>,
+    /// The version `/api/system/info` reported when the set was made, if it could be read.
+    #[serde(default)]
+    pub server_version: Option<String>,
     /// The volume half, if it was backed up.
     pub volume: Option<VolumeComponent>,
     /// The database half, if it was backed up.

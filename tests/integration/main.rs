@@ -1,6 +1,7 @@
 //! Integration tests: each runs the real `cwbackup` binary on real files, the way an operator
 //! would, one module per operation (as in src/ops/).
 
+mod api;
 mod backup;
 mod common;
 mod contract;

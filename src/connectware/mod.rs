@@ -1,0 +1,462 @@
+//! The client of the Connectware maintenance API (SPEC §4).
+//!
+//! Every server-side operation follows one pattern: wait until nothing runs, note the status,
+//! start ours, then poll until `running` is false **and** the operation's `id` or `startDate`
+//! differs from what we noted (so a stale "finished" is never mistaken for ours). Connection
+//! errors and 5xx are retried with backoff until the deadline; 4xx never are; a POST answered
+//! 409/423/429/503 means "busy": wait and try again. Files are streamed both ways. Secrets go
+//! in headers only, never in a URL, a log line or an error message.
+
+pub mod dbfile;
+pub mod tls;
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::{RequestBuilder, Response};
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::task::{ApiConfig, Credentials};
+use crate::volume::archive::HashingWriter;
+
+/// Longest wait for the TCP and TLS connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one small request (status, info, starting an operation).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// First pause before a retry; doubled each time up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The status of the last backup or restore, as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpStatus {
+    pub succeeded: bool,
+    pub id: Option<String>,
+    pub status_message: Option<String>,
+    pub start_date: Option<String>,
+}
+
+/// `GET /api/maintenance/db`.
+#[derive(Debug, Clone, Default)]
+pub struct DbStatus {
+    pub running: bool,
+    pub backup: Option<OpStatus>,
+    pub restore: Option<OpStatus>,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    running: bool,
+    #[serde(default)]
+    backup: Option<RawOp>,
+    #[serde(default)]
+    restore: Option<RawOp>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawOp {
+    /// The vendor's spelling.
+    #[serde(default)]
+    succeded: Option<bool>,
+    #[serde(default)]
+    succeeded: Option<bool>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    status_message: Option<String>,
+    #[serde(default)]
+    start_date: Option<String>,
+}
+
+impl From<RawOp> for OpStatus {
+    fn from(r: RawOp) -> OpStatus {
+        OpStatus {
+            succeeded: r.succeded.or(r.succeeded).unwrap_or(false),
+            id: r.id,
+            status_message: r.status_message,
+            start_date: r.start_date,
+        }
+    }
+}
+
+/// Which server-side operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Backup,
+    Restore,
+}
+
+impl DbStatus {
+    fn op(&self, which: Which) -> Option<&OpStatus> {
+        match which {
+            Which::Backup => self.backup.as_ref(),
+            Which::Restore => self.restore.as_ref(),
+        }
+    }
+}
+
+/// A database backup downloaded into a file.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    /// The server's id of the backup.
+    pub backup_id: String,
+    pub status_message: Option<String>,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// An API client for one task.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+    credentials: Credentials,
+    timeout: Duration,
+    poll: Duration,
+}
+
+impl Client {
+    pub fn new(config: &ApiConfig) -> Result<Client> {
+        let tls = tls::client_config(config.validate_certs, config.ca_file.as_deref())?;
+        let http = reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(None)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cwbackup/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::ApiTlsError, format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base: config.url.clone(),
+            credentials: config.credentials.clone(),
+            timeout: config.timeout,
+            poll: config.poll_interval,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.credentials {
+            Credentials::Basic { username, password } => request.basic_auth(username, Some(&password.0)),
+            Credentials::Bearer(token) => request.bearer_auth(&token.0),
+        }
+    }
+
+    fn get(&self, path: &str) -> RequestBuilder {
+        self.authed(self.http.get(self.url(path)))
+    }
+
+    /// Sends a request built by `make` until it succeeds, retrying what may pass.
+    fn call(&self, what: &str, deadline: Instant, post: bool, make: &dyn Fn() -> Result<RequestBuilder>) -> Result<Response> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let failure = match make()?.send() {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let status = response.status();
+                    let body: String = response.text().unwrap_or_default().chars().take(300).collect();
+                    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                        return Err(Error::new(
+                            ErrorKind::ApiAuthFailed,
+                            format!("Connectware at {} refused the credentials for {what} (HTTP {status}): check api.username and the password or token, and that the user may use /api/maintenance", self.base),
+                        )
+                        .detail("http_status", status.as_u16()));
+                    }
+                    let busy = post && matches!(status.as_u16(), 409 | 423 | 429 | 503);
+                    if !busy && !status.is_server_error() {
+                        return Err(Error::new(
+                            ErrorKind::ApiProtocolError,
+                            format!("Connectware at {} answered HTTP {status} to {what}: {}", self.base, body.trim()),
+                        )
+                        .detail("http_status", status.as_u16()));
+                    }
+                    Error::new(
+                        ErrorKind::ApiUnreachable,
+                        format!("Connectware at {} kept answering HTTP {status} to {what} until the timeout: {}", self.base, body.trim()),
+                    )
+                    .detail("http_status", status.as_u16())
+                }
+                Err(e) => {
+                    if let Some(tls) = tls_problem(&e) {
+                        return Err(Error::new(
+                            ErrorKind::ApiTlsError,
+                            format!("TLS with {} failed: {tls}; give api.ca_file (the CA, e.g. cybus_ca.crt, or the server's self-signed certificate) or fix the host name in api.url", self.base),
+                        ));
+                    }
+                    Error::new(
+                        ErrorKind::ApiUnreachable,
+                        format!("cannot reach Connectware at {} for {what}: {}", self.base, chain(&e)),
+                    )
+                }
+            };
+            if Instant::now() + backoff > deadline {
+                return Err(failure);
+            }
+            eprintln!("cwbackup: {}; retrying in {:.1}s", failure.message, backoff.as_secs_f64());
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The maintenance status.
+    pub fn status(&self, deadline: Instant) -> Result<DbStatus> {
+        let response = self.call("GET /api/maintenance/db", deadline, false, &|| {
+            Ok(self.get("/api/maintenance/db").timeout(REQUEST_TIMEOUT))
+        })?;
+        let raw: RawStatus = response.json().map_err(|e| {
+            Error::new(
+                ErrorKind::ApiProtocolError,
+                format!("the status from {}/api/maintenance/db is not what Connectware sends: {e}", self.base),
+            )
+        })?;
+        Ok(DbStatus { running: raw.running, backup: raw.backup.map(Into::into), restore: raw.restore.map(Into::into) })
+    }
+
+    /// The version Connectware reports in `/api/system/info`, if the user may read it.
+    pub fn server_version(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Info {
+            version: String,
+        }
+        let deadline = Instant::now() + REQUEST_TIMEOUT.min(self.timeout);
+        let response =
+            self.call("GET /api/system/info", deadline, false, &|| Ok(self.get("/api/system/info").timeout(REQUEST_TIMEOUT))).ok()?;
+        response.json::<Info>().ok().map(|i| i.version)
+    }
+
+    /// Waits until no server-side operation runs; returns that status.
+    fn wait_idle(&self, deadline: Instant) -> Result<DbStatus> {
+        loop {
+            let status = self.status(deadline)?;
+            if !status.running {
+                return Ok(status);
+            }
+            if Instant::now() + self.poll > deadline {
+                return Err(self.timed_out("another database operation to finish"));
+            }
+            std::thread::sleep(self.poll);
+        }
+    }
+
+    /// Polls until our operation has finished: nothing runs and the operation differs from
+    /// the one noted before we started.
+    fn wait_finished(&self, which: Which, before: &DbStatus, deadline: Instant) -> Result<OpStatus> {
+        let noted = before.op(which).map(|o| (o.id.clone(), o.start_date.clone()));
+        loop {
+            std::thread::sleep(self.poll.min(deadline.saturating_duration_since(Instant::now())));
+            let status = self.status(deadline)?;
+            if let Some(op) = status.op(which)
+                && !status.running
+                && noted.as_ref() != Some(&(op.id.clone(), op.start_date.clone()))
+            {
+                return Ok(op.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timed_out(match which {
+                    Which::Backup => "the database backup to finish",
+                    Which::Restore => "the database restore to finish",
+                }));
+            }
+        }
+    }
+
+    fn timed_out(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "waited {}s for {what} on {}: raise api.timeout_s, or check Connectware's state",
+                self.timeout.as_secs(),
+                self.base
+            ),
+        )
+    }
+
+    /// Starts a database backup on the server, waits for it, and streams the file into `dest`.
+    pub fn backup(&self, dest: &Path) -> Result<Downloaded> {
+        let deadline = Instant::now() + self.timeout;
+        let before = self.wait_idle(deadline)?;
+        self.call("POST /api/maintenance/db/backup", deadline, true, &|| {
+            Ok(self.authed(self.http.post(self.url("/api/maintenance/db/backup"))).timeout(REQUEST_TIMEOUT))
+        })?;
+        let done = self.wait_finished(Which::Backup, &before, deadline)?;
+        let message = done.status_message.clone().unwrap_or_default();
+        if !done.succeeded {
+            return Err(Error::new(
+                ErrorKind::DbBackupFailed,
+                format!("Connectware's database backup failed: {message}"),
+            )
+            .detail("status_message", message));
+        }
+        let Some(backup_id) = done.id.clone() else {
+            return Err(Error::new(ErrorKind::ApiProtocolError, "Connectware reported a finished backup without an id"));
+        };
+        let (sha256, bytes) = self.download(dest, Instant::now() + self.timeout)?;
+        Ok(Downloaded { backup_id, status_message: done.status_message, sha256, bytes })
+    }
+
+    /// Streams `GET /api/maintenance/db/backup` into `dest` while hashing it; a broken
+    /// transfer starts again from the beginning until the deadline.
+    fn download(&self, dest: &Path, deadline: Instant) -> Result<(String, u64)> {
+        let mut backoff = BACKOFF_START;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let mut response = self.call("GET /api/maintenance/db/backup", deadline, false, &|| {
+                Ok(self.get("/api/maintenance/db/backup").timeout(deadline.saturating_duration_since(Instant::now())))
+            })?;
+            let expected = response.content_length();
+            let file = File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dest)
+                .map_err(|e| Error::repo("cannot create", dest, e))?;
+            let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+            let broke = loop {
+                match response.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => out.write_all(&buf[..n]).map_err(|e| Error::io("cannot write", dest, e))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            let (file, sha256, bytes) = out.finish().map_err(|e| Error::io("cannot write", dest, e))?;
+            let broke = broke.or_else(|| {
+                expected.filter(|n| *n != bytes).map(|n| format!("got {bytes} of {n} bytes"))
+            });
+            match broke {
+                None => {
+                    file.sync_all().map_err(|e| Error::io("cannot sync", dest, e))?;
+                    if !dbfile::looks_like_gzip(dest).map_err(|e| Error::repo("cannot read", dest, e))? {
+                        return Err(Error::new(
+                            ErrorKind::ApiProtocolError,
+                            format!("{}/api/maintenance/db/backup sent something that is not a .tgz: is api.url Connectware?", self.base),
+                        ));
+                    }
+                    return Ok((sha256, bytes));
+                }
+                Some(why) if Instant::now() + backoff > deadline => {
+                    return Err(Error::new(
+                        ErrorKind::ApiUnreachable,
+                        format!("the database backup download from {} kept breaking until the timeout: {why}", self.base),
+                    ));
+                }
+                Some(why) => {
+                    eprintln!("cwbackup: the database backup download broke ({why}); starting it again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Uploads `file` to `POST /api/maintenance/db/restore` (streamed) and waits for the
+    /// restore to finish.
+    pub fn restore(&self, file: &Path) -> Result<OpStatus> {
+        let deadline = Instant::now() + self.timeout;
+        let before = self.wait_idle(deadline)?;
+        self.call("POST /api/maintenance/db/restore", deadline, true, &|| {
+            let form = reqwest::blocking::multipart::Form::new()
+                .file("file", file)
+                .map_err(|e| Error::repo("cannot read", file, e))?;
+            Ok(self.authed(self.http.post(self.url("/api/maintenance/db/restore"))).multipart(form))
+        })?;
+        let done = self.wait_finished(Which::Restore, &before, deadline)?;
+        if done.succeeded {
+            return Ok(done);
+        }
+        let message = done.status_message.clone().unwrap_or_default();
+        if let Some(last) = last_compatible_version(&message) {
+            return Err(Error::new(
+                ErrorKind::VersionIncompatible,
+                format!("Connectware refused to restore this database backup: {message} (restore it on Connectware {last} or older, then upgrade)"),
+            )
+            .detail("last_compatible_version", last)
+            .detail("status_message", message));
+        }
+        Err(Error::new(ErrorKind::DbRestoreFailed, format!("Connectware's database restore failed: {message}"))
+            .detail("status_message", message))
+    }
+}
+
+/// The version a refusal message names as the last one able to restore the file: the first
+/// version number after the word "last".
+pub fn last_compatible_version(message: &str) -> Option<String> {
+    let at = message.to_ascii_lowercase().find("last")?;
+    message[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|w| w.trim_matches('.'))
+        .find(|w| w.split('.').count() >= 2 && w.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+        .map(str::to_string)
+}
+
+/// The TLS failure inside a request error, if that is what it is. The rustls error sits inside
+/// an `io::Error`, whose `source()` skips it, so each link is also opened with `get_ref`; the
+/// text check catches wrappers that hide the type altogether.
+fn tls_problem(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(s), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+        }
+        source = s.source();
+    }
+    let text = chain(e);
+    ["invalid peer certificate", "received fatal alert", "peer is incompatible"]
+        .iter()
+        .find_map(|needle| text.find(needle).map(|at| text[at..].to_string()))
+}
+
+/// An error with its causes, for messages.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_last_compatible_version() {
+        let m = "Restore failed: the database backup was made with Connectware 1.0.73, which this version cannot restore. The last Connectware version that can restore it is 1.4.1.";
+        assert_eq!(last_compatible_version(m).as_deref(), Some("1.4.1"));
+        assert_eq!(last_compatible_version("disk full"), None);
+    }
+
+    #[test]
+    fn reads_both_spellings_and_null_operations() {
+        let raw: RawStatus = serde_json::from_str(
+            r#"{"running":false,"backup":{"succeded":true,"id":"1.0.73_x","statusMessage":"OK","startDate":"s","endDate":"e"},"restore":null}"#,
+        )
+        .unwrap();
+        let backup: OpStatus = raw.backup.unwrap().into();
+        assert!(backup.succeeded);
+        assert!(raw.restore.is_none());
+        let raw: RawStatus = serde_json::from_str(r#"{"running":true,"backup":{"succeeded":true}}"#).unwrap();
+        assert!(OpStatus::from(raw.backup.unwrap()).succeeded);
+    }
+}

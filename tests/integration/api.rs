@@ -1,0 +1,337 @@
+//! The database half against the project's Connectware emulator: a real HTTPS server on
+//! 127.0.0.1, started in this process, driven through its fault knobs.
+
+use std::fs;
+use std::process::Command;
+
+use cw_emulator::{Config, Emulator, Faults, TlsMode};
+use cwbackup::error::ErrorKind;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+pub const PASSWORD: &str = "s3cr3t-Passw0rd!";
+
+/// A fixture with a running emulator and its certificate written to disk.
+pub struct Api {
+    pub f: Fixture,
+    pub emu: Emulator,
+    pub ca_file: std::path::PathBuf,
+}
+
+impl Api {
+    pub fn start(tls: TlsMode) -> Api {
+        let f = Fixture::sample();
+        let emu = Emulator::start(Config { password: PASSWORD.into(), tls, ..Config::default() }).unwrap();
+        let ca_file = f.path("ca.pem");
+        fs::write(&ca_file, &emu.trust_pem).unwrap();
+        Api { f, emu, ca_file }
+    }
+
+    pub fn new() -> Api {
+        Api::start(TlsMode::SelfSigned)
+    }
+
+    /// The `api` object of a task.
+    pub fn api(&self) -> Value {
+        json!({"url": self.emu.url, "password": PASSWORD, "ca_file": self.ca_file, "timeout_s": 10, "poll_interval_s": 0.05})
+    }
+
+    pub fn task(&self, operation: &str) -> Value {
+        let mut t = self.f.task(operation);
+        t["api"] = self.api();
+        t
+    }
+
+    /// A backup task whose API waits at most `timeout_s`.
+    pub fn backup_with_timeout(&self, timeout_s: f64) -> Value {
+        let mut t = self.task("backup");
+        t["api"]["timeout_s"] = json!(timeout_s);
+        t
+    }
+
+    fn assert_no_set(&self) {
+        assert!(self.f.set_ids().is_empty(), "no set may be published");
+    }
+}
+
+fn kind(r: &Run) -> ErrorKind {
+    r.result.error.as_ref().unwrap_or_else(|| panic!("expected a failure: {}", r.stdout)).kind
+}
+
+#[test]
+fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
+    let a = Api::new();
+    let r = run_ok(&a.task("backup"));
+    assert!(r.changed);
+    let set = r.backup.unwrap();
+    let manifest = set.manifest.unwrap();
+    let db = manifest.db.as_ref().unwrap();
+    assert_eq!(manifest.connectware_version.as_deref(), Some("1.10.2"));
+    assert_eq!(manifest.server_version.as_deref(), Some("1.10.2"));
+    assert!(set.id.ends_with("-1.10.2"), "{}", set.id);
+    assert!(db.backup_id.starts_with("1.10.2_"));
+    assert!(manifest.skew_ms.is_some());
+    assert!(manifest.volume.is_some());
+    let ours = fs::read(std::path::Path::new(&set.path).join("db.tgz")).unwrap();
+    assert_eq!(ours, a.emu.backup_file().unwrap(), "db.tgz is byte-identical to the server's file");
+    let r_db = r.db.unwrap();
+    assert!(r_db.changed);
+    assert_eq!(r_db.backup_id.as_deref(), Some(db.backup_id.as_str()));
+    run_ok(&json!({"operation": "verify", "repository": a.f.repo}));
+}
+
+#[test]
+fn an_unchanged_installation_writes_no_second_set() {
+    let a = Api::new();
+    let first = run_ok(&a.task("backup")).backup.unwrap().id;
+    let second = run_ok(&a.task("backup"));
+    assert!(!second.changed, "{}", second.msg);
+    assert_eq!(second.backup.unwrap().id, first);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 2, "a fresh server backup was compared");
+    // A database change alone makes a new set, volume included.
+    let mut db = a.emu.db();
+    db["users"].as_array_mut().unwrap().push(json!({"username": "operator", "roles": []}));
+    a.emu.set_db(db);
+    let third = run_ok(&a.task("backup"));
+    assert!(third.changed);
+    assert!(third.backup.unwrap().manifest.unwrap().volume.is_some());
+    // A volume change alone does too.
+    write(&a.f.vol.join("services/new.yml"), b"x", 0o644);
+    assert!(run_ok(&a.task("backup")).changed);
+    assert_eq!(a.f.set_ids().len(), 3);
+}
+
+#[test]
+fn the_vendors_curl_restore_accepts_our_db_tgz() {
+    let a = Api::new();
+    let r = run_ok(&a.task("backup"));
+    let db_tgz = std::path::Path::new(&r.backup.unwrap().path).join("db.tgz");
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&a.ca_file)
+        .args(["-u", &format!("admin:{PASSWORD}"), "-F"])
+        .arg(format!("file=@{}", db_tgz.display()))
+        .arg(format!("{}/api/maintenance/db/restore", a.emu.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "202", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_bearer_token_goes_in_the_header_never_the_url() {
+    let a = Api::new();
+    let mut task = a.task("backup");
+    task["api"] = json!({"url": a.emu.url, "token": "test-token", "ca_file": a.ca_file, "poll_interval_s": 0.05});
+    run_ok(&task);
+    let requests = a.emu.requests();
+    assert!(!requests.is_empty());
+    assert!(requests.iter().all(|r| r.auth == "bearer" && r.query.is_none()), "{requests:?}");
+}
+
+#[test]
+fn password_file_and_password_env_are_read() {
+    let a = Api::new();
+    let file = a.f.path("pw");
+    fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    let mut task = a.task("backup");
+    task["api"] = json!({"url": a.emu.url, "password_file": file, "ca_file": a.ca_file, "poll_interval_s": 0.05});
+    run_ok(&task);
+    task["api"] = json!({"url": a.emu.url, "password_env": "CW_PW", "ca_file": a.ca_file, "poll_interval_s": 0.05});
+    task["force"] = json!(true);
+    let r = run_raw(task.to_string().as_bytes(), &[("CW_PW", PASSWORD)]);
+    assert!(r.result.ok, "{}", r.stdout);
+}
+
+#[test]
+fn a_wrong_password_is_api_auth_failed_and_not_retried() {
+    let a = Api::new();
+    let mut task = a.task("backup");
+    task["api"]["password"] = json!("wrong");
+    let r = run(&task);
+    assert_eq!(kind(&r), ErrorKind::ApiAuthFailed);
+    assert_eq!(a.emu.requests().len(), 2, "one status request (and the version probe), no retries");
+    a.assert_no_set();
+}
+
+#[test]
+fn server_errors_are_retried_until_they_pass() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { fail_next: 3, ..Faults::default() });
+    let r = run(&a.task("backup"));
+    assert!(r.result.ok, "{}", r.stdout);
+    assert!(r.stderr.contains("retrying"), "{}", r.stderr);
+}
+
+#[test]
+fn server_errors_until_the_timeout_are_api_unreachable() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { fail_next: 10_000, ..Faults::default() });
+    let r = run(&a.backup_with_timeout(1.0));
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable);
+    assert!(r.result.error.unwrap().retryable);
+    a.assert_no_set();
+}
+
+#[test]
+fn a_dropped_download_is_started_again() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { drop_downloads: 2, ..Faults::default() });
+    let r = run(&a.task("backup"));
+    assert!(r.result.ok, "{}", r.stdout);
+    assert!(r.stderr.contains("download broke"), "{}", r.stderr);
+    let path = std::path::Path::new(&r.result.backup.unwrap().path).join("db.tgz");
+    assert_eq!(fs::read(path).unwrap(), a.emu.backup_file().unwrap());
+}
+
+#[test]
+fn downloads_that_always_break_leave_no_set_with_a_partial_file() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { drop_downloads: 10_000, ..Faults::default() });
+    let r = run(&a.backup_with_timeout(1.0));
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable);
+    a.assert_no_set();
+    assert_eq!(fs::read_dir(a.f.repo.join(".staging")).unwrap().count(), 0, "the partial download is removed");
+}
+
+#[test]
+fn a_failed_server_backup_is_db_backup_failed_with_its_message() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { backup_fails: Some("pg_dump: out of disk space".into()), ..Faults::default() });
+    let r = run(&a.task("backup"));
+    assert_eq!(kind(&r), ErrorKind::DbBackupFailed);
+    assert!(r.result.error.unwrap().message.contains("pg_dump: out of disk space"));
+    a.assert_no_set();
+}
+
+#[test]
+fn a_backup_that_never_finishes_is_a_timeout() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { never_finish: true, ..Faults::default() });
+    let r = run(&a.backup_with_timeout(1.0));
+    assert_eq!(kind(&r), ErrorKind::Timeout);
+    assert!(r.result.error.unwrap().message.contains("timeout_s"));
+    a.assert_no_set();
+}
+
+#[test]
+fn slow_responses_are_waited_for() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { delay_ms: 300, ..Faults::default() });
+    run_ok(&a.task("backup"));
+}
+
+#[test]
+fn a_busy_server_is_waited_for() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { busy_next_posts: 2, ..Faults::default() });
+    run_ok(&a.task("backup"));
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 3);
+}
+
+#[test]
+fn the_correct_spelling_succeeded_is_accepted_too() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { correct_spelling: true, ..Faults::default() });
+    run_ok(&a.task("backup"));
+}
+
+#[test]
+fn nothing_listening_is_api_unreachable() {
+    let a = Api::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut task = a.backup_with_timeout(0.5);
+    task["api"]["url"] = json!(format!("https://127.0.0.1:{port}"));
+    assert_eq!(kind(&run(&task)), ErrorKind::ApiUnreachable);
+}
+
+#[test]
+fn a_ca_signed_server_certificate_is_trusted_through_the_ca() {
+    let a = Api::start(TlsMode::Ca);
+    run_ok(&a.task("backup"));
+}
+
+#[test]
+fn without_ca_file_a_self_signed_server_is_api_tls_error_with_a_hint() {
+    let a = Api::new();
+    let mut task = a.task("backup");
+    task["api"].as_object_mut().unwrap().remove("ca_file");
+    let r = run(&task);
+    assert_eq!(kind(&r), ErrorKind::ApiTlsError);
+    assert!(r.result.error.unwrap().message.contains("ca_file"));
+    a.assert_no_set();
+}
+
+#[test]
+fn an_expired_pinned_certificate_is_refused() {
+    let a = Api::start(TlsMode::ExpiredSelfSigned);
+    let r = run(&a.task("backup"));
+    assert_eq!(kind(&r), ErrorKind::ApiTlsError, "{}", r.stdout);
+}
+
+#[test]
+fn a_pinned_certificate_is_still_checked_against_the_host_name() {
+    let a = Api::new();
+    let mut task = a.task("backup");
+    // The certificate names localhost and 127.0.0.1, not 127.0.0.2 (still this machine).
+    task["api"]["url"] = json!(a.emu.url.replace("127.0.0.1", "127.0.0.2"));
+    let r = run(&task);
+    if r.result.error.as_ref().is_some_and(|e| e.kind == ErrorKind::ApiUnreachable) {
+        return; // 127.0.0.2 is not routable in this sandbox: nothing to check
+    }
+    assert_eq!(kind(&r), ErrorKind::ApiTlsError, "{}", r.stdout);
+}
+
+#[test]
+fn validate_certs_false_works_with_a_warning() {
+    let a = Api::new();
+    let mut task = a.task("backup");
+    task["api"] = json!({"url": a.emu.url, "password": PASSWORD, "validate_certs": false, "poll_interval_s": 0.05});
+    let r = run_ok(&task);
+    assert!(r.warnings.iter().any(|w| w.contains("validate_certs")));
+}
+
+#[test]
+fn the_password_never_appears_in_argv_output_logs_or_results() {
+    let a = Api::new();
+    a.emu.set_faults(Faults { delay_ms: 100, fail_next: 1, ..Faults::default() });
+    let mut child = Command::new(BIN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cmdline = fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(a.task("backup").to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let mut wrong = a.task("backup");
+    wrong["api"]["password"] = json!(format!("{PASSWORD}-wrong"));
+    let failed = run(&wrong);
+    for (what, text) in [
+        ("argv", String::from_utf8_lossy(&cmdline).into_owned()),
+        ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+        ("stderr", String::from_utf8_lossy(&out.stderr).into_owned()),
+        ("failed stdout", failed.stdout.clone()),
+        ("failed stderr", failed.stderr.clone()),
+    ] {
+        assert!(!text.contains(PASSWORD), "the password leaked into {what}: {text}");
+    }
+    let manifests: String = a.f.set_ids().iter().map(|id| fs::read_to_string(a.f.repo.join(id).join("manifest.json")).unwrap()).collect();
+    assert!(!manifests.contains(PASSWORD));
+}
+
+#[test]
+fn a_dry_run_starts_no_server_side_backup() {
+    let a = Api::new();
+    let mut task = a.task("backup");
+    task["dry_run"] = json!(true);
+    let r = run_ok(&task);
+    assert!(r.changed && r.dry_run);
+    assert!(r.warnings.iter().any(|w| w.contains("dry run")));
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 0);
+    assert!(!a.f.repo.exists());
+}
