@@ -29,6 +29,9 @@ pub struct TaskResult {
     /// The backup set that was written, restored, or found unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<SetRef>,
+    /// restore: the `pre-restore-…` set that holds the state from before the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup: Option<SetRef>,
     /// What happened to the volume half.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeOutcome>,
@@ -158,6 +161,7 @@ impl TaskResult {
             dry_run,
             msg: msg.into(),
             backup: None,
+            safety_backup: None,
             volume: None,
             db: None,
             sets: None,

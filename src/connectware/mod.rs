@@ -207,8 +207,12 @@ impl Client {
         }
     }
 
-    /// The maintenance status.
-    pub fn status(&self, deadline: Instant) -> Result<DbStatus> {
+    /// The maintenance status, retried until `timeout_s`.
+    pub fn status(&self) -> Result<DbStatus> {
+        self.status_until(Instant::now() + self.timeout)
+    }
+
+    fn status_until(&self, deadline: Instant) -> Result<DbStatus> {
         let response = self.call("GET /api/maintenance/db", deadline, false, &|| {
             Ok(self.get("/api/maintenance/db").timeout(REQUEST_TIMEOUT))
         })?;
@@ -236,7 +240,7 @@ impl Client {
     /// Waits until no server-side operation runs; returns that status.
     fn wait_idle(&self, deadline: Instant) -> Result<DbStatus> {
         loop {
-            let status = self.status(deadline)?;
+            let status = self.status_until(deadline)?;
             if !status.running {
                 return Ok(status);
             }
@@ -253,7 +257,7 @@ impl Client {
         let noted = before.op(which).map(|o| (o.id.clone(), o.start_date.clone()));
         loop {
             std::thread::sleep(self.poll.min(deadline.saturating_duration_since(Instant::now())));
-            let status = self.status(deadline)?;
+            let status = self.status_until(deadline)?;
             if let Some(op) = status.op(which)
                 && !status.running
                 && noted.as_ref() != Some(&(op.id.clone(), op.start_date.clone()))

@@ -24,7 +24,7 @@ use crate::repository::manifest::{self, DbComponent, Manifest, VolumeComponent};
 use crate::repository::{self, Repository, Set};
 use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, Task};
-use crate::volume::{self, archive, digest, tree};
+use crate::volume::{self, archive, digest, swap, tree};
 
 /// How often the volume is archived again when it changed while being archived.
 const CONSISTENCY_ATTEMPTS: u32 = 3;
@@ -110,13 +110,46 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         return Ok(result);
     }
     let repo = repo.expect("a real run created the repository");
+    take_set(&repo, task, opts, volume_dir.as_deref(), client.as_ref(), comparable, warnings, before)
+}
+
+/// Takes both halves into a staged set and publishes it (or finds both equal to
+/// `comparable`). Call with the repository lock held. Restore uses it for its safety set.
+#[allow(clippy::too_many_arguments)]
+pub fn take_set(
+    repo: &Repository,
+    task: &Task,
+    opts: &BackupOptions,
+    volume_dir: Option<&Path>,
+    client: Option<&Client>,
+    comparable: Option<&Set>,
+    mut warnings: Vec<String>,
+    before: serde_json::Value,
+) -> Result<TaskResult> {
+    if let Some(dir) = volume_dir {
+        finish_interrupted_restore(dir, task, &mut warnings)?;
+    }
     let created = SystemTime::now();
     let staged = repo.stage(&format!("new.{}", std::process::id()))?;
-    let outcome = build(&repo, &staged, task, opts, volume_dir.as_deref(), client.as_ref(), comparable, &mut warnings, created, before);
+    let outcome = build(repo, &staged, task, opts, volume_dir, client, comparable, &mut warnings, created, before);
     if outcome.is_err() || staged.exists() {
         let _ = std::fs::remove_dir_all(&staged);
     }
     outcome
+}
+
+/// A volume left half-swapped by a killed restore must be made whole before it is read.
+fn finish_interrupted_restore(dir: &Path, task: &Task, warnings: &mut Vec<String>) -> Result<()> {
+    let work = swap::Work::of(dir)?;
+    if !work.pending() {
+        return Ok(());
+    }
+    let _lock = work.lock(Operation::Backup, task.wait_for_lock)?;
+    match work.recover()? {
+        swap::Recovered::Nothing => {}
+        other => warnings.push(format!("an interrupted restore of {} was finished first: {other:?}", dir.display())),
+    }
+    Ok(())
 }
 
 /// Takes both halves into `staged` and publishes the set, or finds both unchanged.

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod list;
 pub mod prune;
+pub mod restore;
 pub mod verify;
 
 use crate::error::Result;
@@ -14,10 +15,7 @@ use crate::task::{Op, Task};
 pub fn run(task: &Task) -> Result<TaskResult> {
     match &task.op {
         Op::Backup(opts) => backup::run(task, opts),
-        Op::Restore(_) => Err(crate::error::Error::new(
-            crate::error::ErrorKind::InvalidTask,
-            "restore is not supported by this build yet",
-        )),
+        Op::Restore(opts) => restore::run(task, opts),
         Op::Verify(opts) => verify::run(task, opts),
         Op::List => list::run(task),
         Op::Prune { keep_last } => prune::run(task, *keep_last),

@@ -207,33 +207,7 @@ fn drift(
     if &live_digest_value == expected {
         return Ok(());
     }
-    let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < set_entries.len() || j < live.len() {
-        let name = |e: &DigestEntry| String::from_utf8_lossy(&e.path).into_owned();
-        match (set_entries.get(i), live.get(j)) {
-            (Some(a), Some(b)) if a.path == b.path => {
-                if a != b {
-                    changed.push(name(b));
-                }
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if a.path < b.path => {
-                removed.push(name(a));
-                i += 1;
-            }
-            (Some(a), None) => {
-                removed.push(name(a));
-                i += 1;
-            }
-            (_, Some(b)) => {
-                added.push(name(b));
-                j += 1;
-            }
-            (None, None) => unreachable!(),
-        }
-    }
+    let digest::Changes { added, removed, changed } = digest::changes(set_entries, &live);
     let examples = |v: &[String]| {
         v.iter()
             .take(DRIFT_EXAMPLES)

@@ -123,6 +123,48 @@ pub fn live_entries(root: &Path, entries: &[Entry]) -> io::Result<Vec<DigestEntr
     Ok(lines)
 }
 
+/// How one tree differs from another, by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// In `new` only.
+    pub added: Vec<String>,
+    /// In `old` only.
+    pub removed: Vec<String>,
+    /// In both, with another type, mode, size or content.
+    pub changed: Vec<String>,
+}
+
+/// Compares two sets of digest lines, each sorted by path.
+pub fn changes(old: &[DigestEntry], new: &[DigestEntry]) -> Changes {
+    let name = |e: &DigestEntry| String::from_utf8_lossy(&e.path).into_owned();
+    let mut out = Changes::default();
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i), new.get(j)) {
+            (None, None) => return out,
+            (Some(a), Some(b)) if a.path == b.path => {
+                if a != b {
+                    out.changed.push(name(b));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.path < b.path => {
+                out.removed.push(name(a));
+                i += 1;
+            }
+            (Some(a), None) => {
+                out.removed.push(name(a));
+                i += 1;
+            }
+            (_, Some(b)) => {
+                out.added.push(name(b));
+                j += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,13 @@ pub struct Api {
     pub ca_file: std::path::PathBuf,
 }
 
+impl Default for Api {
+    /// An emulator with a self-signed certificate, trusted through `ca_file`.
+    fn default() -> Api {
+        Api::start(TlsMode::SelfSigned)
+    }
+}
+
 impl Api {
     pub fn start(tls: TlsMode) -> Api {
         let f = Fixture::sample();
@@ -28,9 +35,6 @@ impl Api {
         Api { f, emu, ca_file }
     }
 
-    pub fn new() -> Api {
-        Api::start(TlsMode::SelfSigned)
-    }
 
     /// The `api` object of a task.
     pub fn api(&self) -> Value {
@@ -61,7 +65,7 @@ fn kind(r: &Run) -> ErrorKind {
 
 #[test]
 fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
-    let a = Api::new();
+    let a = Api::default();
     let r = run_ok(&a.task("backup"));
     assert!(r.changed);
     let set = r.backup.unwrap();
@@ -83,7 +87,7 @@ fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
 
 #[test]
 fn an_unchanged_installation_writes_no_second_set() {
-    let a = Api::new();
+    let a = Api::default();
     let first = run_ok(&a.task("backup")).backup.unwrap().id;
     let second = run_ok(&a.task("backup"));
     assert!(!second.changed, "{}", second.msg);
@@ -104,7 +108,7 @@ fn an_unchanged_installation_writes_no_second_set() {
 
 #[test]
 fn the_vendors_curl_restore_accepts_our_db_tgz() {
-    let a = Api::new();
+    let a = Api::default();
     let r = run_ok(&a.task("backup"));
     let db_tgz = std::path::Path::new(&r.backup.unwrap().path).join("db.tgz");
     let out = Command::new("curl")
@@ -120,7 +124,7 @@ fn the_vendors_curl_restore_accepts_our_db_tgz() {
 
 #[test]
 fn a_bearer_token_goes_in_the_header_never_the_url() {
-    let a = Api::new();
+    let a = Api::default();
     let mut task = a.task("backup");
     task["api"] = json!({"url": a.emu.url, "token": "test-token", "ca_file": a.ca_file, "poll_interval_s": 0.05});
     run_ok(&task);
@@ -131,7 +135,7 @@ fn a_bearer_token_goes_in_the_header_never_the_url() {
 
 #[test]
 fn password_file_and_password_env_are_read() {
-    let a = Api::new();
+    let a = Api::default();
     let file = a.f.path("pw");
     fs::write(&file, format!("{PASSWORD}\n")).unwrap();
     let mut task = a.task("backup");
@@ -145,7 +149,7 @@ fn password_file_and_password_env_are_read() {
 
 #[test]
 fn a_wrong_password_is_api_auth_failed_and_not_retried() {
-    let a = Api::new();
+    let a = Api::default();
     let mut task = a.task("backup");
     task["api"]["password"] = json!("wrong");
     let r = run(&task);
@@ -156,7 +160,7 @@ fn a_wrong_password_is_api_auth_failed_and_not_retried() {
 
 #[test]
 fn server_errors_are_retried_until_they_pass() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { fail_next: 3, ..Faults::default() });
     let r = run(&a.task("backup"));
     assert!(r.result.ok, "{}", r.stdout);
@@ -165,7 +169,7 @@ fn server_errors_are_retried_until_they_pass() {
 
 #[test]
 fn server_errors_until_the_timeout_are_api_unreachable() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { fail_next: 10_000, ..Faults::default() });
     let r = run(&a.backup_with_timeout(1.0));
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable);
@@ -175,7 +179,7 @@ fn server_errors_until_the_timeout_are_api_unreachable() {
 
 #[test]
 fn a_dropped_download_is_started_again() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { drop_downloads: 2, ..Faults::default() });
     let r = run(&a.task("backup"));
     assert!(r.result.ok, "{}", r.stdout);
@@ -186,7 +190,7 @@ fn a_dropped_download_is_started_again() {
 
 #[test]
 fn downloads_that_always_break_leave_no_set_with_a_partial_file() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { drop_downloads: 10_000, ..Faults::default() });
     let r = run(&a.backup_with_timeout(1.0));
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable);
@@ -196,7 +200,7 @@ fn downloads_that_always_break_leave_no_set_with_a_partial_file() {
 
 #[test]
 fn a_failed_server_backup_is_db_backup_failed_with_its_message() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { backup_fails: Some("pg_dump: out of disk space".into()), ..Faults::default() });
     let r = run(&a.task("backup"));
     assert_eq!(kind(&r), ErrorKind::DbBackupFailed);
@@ -206,7 +210,7 @@ fn a_failed_server_backup_is_db_backup_failed_with_its_message() {
 
 #[test]
 fn a_backup_that_never_finishes_is_a_timeout() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { never_finish: true, ..Faults::default() });
     let r = run(&a.backup_with_timeout(1.0));
     assert_eq!(kind(&r), ErrorKind::Timeout);
@@ -216,14 +220,14 @@ fn a_backup_that_never_finishes_is_a_timeout() {
 
 #[test]
 fn slow_responses_are_waited_for() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { delay_ms: 300, ..Faults::default() });
     run_ok(&a.task("backup"));
 }
 
 #[test]
 fn a_busy_server_is_waited_for() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { busy_next_posts: 2, ..Faults::default() });
     run_ok(&a.task("backup"));
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 3);
@@ -231,14 +235,14 @@ fn a_busy_server_is_waited_for() {
 
 #[test]
 fn the_correct_spelling_succeeded_is_accepted_too() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { correct_spelling: true, ..Faults::default() });
     run_ok(&a.task("backup"));
 }
 
 #[test]
 fn nothing_listening_is_api_unreachable() {
-    let a = Api::new();
+    let a = Api::default();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut task = a.backup_with_timeout(0.5);
     task["api"]["url"] = json!(format!("https://127.0.0.1:{port}"));
@@ -253,7 +257,7 @@ fn a_ca_signed_server_certificate_is_trusted_through_the_ca() {
 
 #[test]
 fn without_ca_file_a_self_signed_server_is_api_tls_error_with_a_hint() {
-    let a = Api::new();
+    let a = Api::default();
     let mut task = a.task("backup");
     task["api"].as_object_mut().unwrap().remove("ca_file");
     let r = run(&task);
@@ -271,7 +275,7 @@ fn an_expired_pinned_certificate_is_refused() {
 
 #[test]
 fn a_pinned_certificate_is_still_checked_against_the_host_name() {
-    let a = Api::new();
+    let a = Api::default();
     let mut task = a.task("backup");
     // The certificate names localhost and 127.0.0.1, not 127.0.0.2 (still this machine).
     task["api"]["url"] = json!(a.emu.url.replace("127.0.0.1", "127.0.0.2"));
@@ -284,7 +288,7 @@ fn a_pinned_certificate_is_still_checked_against_the_host_name() {
 
 #[test]
 fn validate_certs_false_works_with_a_warning() {
-    let a = Api::new();
+    let a = Api::default();
     let mut task = a.task("backup");
     task["api"] = json!({"url": a.emu.url, "password": PASSWORD, "validate_certs": false, "poll_interval_s": 0.05});
     let r = run_ok(&task);
@@ -293,7 +297,7 @@ fn validate_certs_false_works_with_a_warning() {
 
 #[test]
 fn the_password_never_appears_in_argv_output_logs_or_results() {
-    let a = Api::new();
+    let a = Api::default();
     a.emu.set_faults(Faults { delay_ms: 100, fail_next: 1, ..Faults::default() });
     let mut child = Command::new(BIN)
         .stdin(std::process::Stdio::piped())
@@ -326,7 +330,7 @@ fn the_password_never_appears_in_argv_output_logs_or_results() {
 
 #[test]
 fn a_dry_run_starts_no_server_side_backup() {
-    let a = Api::new();
+    let a = Api::default();
     let mut task = a.task("backup");
     task["dry_run"] = json!(true);
     let r = run_ok(&task);

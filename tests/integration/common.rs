@@ -105,7 +105,12 @@ pub struct Fixture {
 impl Fixture {
     /// An empty volume directory and a repository path that does not exist yet.
     pub fn empty() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
+        Fixture::empty_in(&std::env::temp_dir())
+    }
+
+    /// An empty fixture under `dir` (e.g. /dev/shm, where creating files is cheap).
+    pub fn empty_in(dir: &Path) -> Fixture {
+        let tmp = tempfile::tempdir_in(dir).unwrap();
         let vol = tmp.path().join("vol");
         fs::create_dir(&vol).unwrap();
         let repo = tmp.path().join("repo");

@@ -1,11 +1,12 @@
 //! Integration tests: each runs the real `cwbackup` binary on real files, the way an operator
 //! would, one module per operation (as in src/ops/).
 
-mod api;
+pub mod api;
 mod backup;
 mod common;
 mod contract;
 mod crash;
 mod list;
 mod prune;
+mod restore;
 mod verify;

@@ -1,0 +1,398 @@
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cw_emulator::{Faults, TlsMode};
+use cwbackup::error::ErrorKind;
+use serde_json::json;
+use sha2::Digest;
+
+use crate::api::Api;
+use crate::common::*;
+
+/// Deletes, adds and changes files, and changes a mode.
+fn modify(vol: &Path) {
+    fs::remove_file(vol.join("services/secret.env")).unwrap();
+    write(&vol.join("services/added.yml"), b"added", 0o644);
+    write(&vol.join("bin/run.sh"), b"#!/bin/sh\necho changed\n", 0o755);
+    fs::set_permissions(vol.join("data/blob.bin"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+fn volume_only(f: &Fixture, extra: serde_json::Value) -> serde_json::Value {
+    let mut task = f.task("restore");
+    for (k, v) in extra.as_object().unwrap() {
+        task[k] = v.clone();
+    }
+    task
+}
+
+#[test]
+fn a_modified_volume_is_brought_back_exactly() {
+    let f = Fixture::sample();
+    let original = listing(&f.vol);
+    let digest = run_ok(&f.task("backup")).backup.unwrap().manifest.unwrap().volume.unwrap().content_digest;
+    modify(&f.vol);
+    let modified_digest = spec_digest(&f.vol);
+    let r = run_ok(&volume_only(&f, json!({"diff": true})));
+    assert!(r.changed && r.restart_required);
+    assert_eq!(spec_digest(&f.vol), digest);
+    assert_eq!(listing(&f.vol), original, "contents, modes, symlinks and mtimes are back");
+    let diff = r.diff.unwrap();
+    assert_eq!(diff.after["files_added"], json!(1), "{diff:?}");
+    assert_eq!(diff.after["files_removed"], json!(1));
+    assert_eq!(diff.after["files_changed"], json!(2));
+    assert!(r.warnings.iter().any(|w| w.contains("browser session")));
+    // The safety set holds the state from before.
+    let safety = r.safety_backup.unwrap();
+    assert!(safety.id.starts_with("pre-restore-"));
+    assert_eq!(safety.manifest.unwrap().volume.unwrap().content_digest, modified_digest);
+    // No work directory leftovers beside the volume but the lock.
+    let work = f.tmp.path().join(".cwbackup-vol");
+    let left: Vec<_> = fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+}
+
+#[test]
+fn restoring_again_changes_nothing_and_writes_no_safety_set() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    run_ok(&volume_only(&f, json!({})));
+    let sets = f.set_ids().len();
+    let r = run_ok(&volume_only(&f, json!({})));
+    assert!(!r.changed && !r.restart_required, "{}", r.msg);
+    assert_eq!(f.set_ids().len(), sets, "no safety set for a restore that changes nothing");
+    let forced = run_ok(&volume_only(&f, json!({"force": true, "safety_backup": false})));
+    assert!(forced.changed);
+}
+
+#[test]
+fn the_default_set_is_the_newest_that_is_not_a_safety_set() {
+    let f = Fixture::sample();
+    let wanted = spec_digest(&f.vol);
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    run_ok(&volume_only(&f, json!({}))); // writes pre-restore-…, the newest set now
+    modify_again(&f.vol);
+    run_ok(&volume_only(&f, json!({})));
+    assert_eq!(spec_digest(&f.vol), wanted);
+}
+
+fn modify_again(vol: &Path) {
+    write(&vol.join("another.txt"), b"x", 0o644);
+}
+
+#[test]
+fn a_dry_run_changes_nothing() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let before = listing(&a.f.vol);
+    let mut task = a.task("restore");
+    task["dry_run"] = json!(true);
+    task["diff"] = json!(true);
+    let r = run_ok(&task);
+    assert!(r.changed && r.dry_run);
+    assert_eq!(listing(&a.f.vol), before);
+    assert_eq!(a.f.set_ids().len(), 1, "no safety set");
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 0);
+    assert_eq!(r.diff.unwrap().after["files_added"], json!(1));
+}
+
+#[test]
+fn both_halves_are_restored_and_a_second_restore_sends_no_request() {
+    let a = Api::default();
+    let original_db = a.emu.db();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    a.emu.set_db(json!({"users": [], "roles": [], "permissions": []}));
+    let r = run_ok(&a.task("restore"));
+    assert!(r.changed);
+    assert!(r.db.as_ref().unwrap().changed && r.volume.as_ref().unwrap().changed);
+    assert_eq!(a.emu.db(), original_db);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 1);
+    let safety = r.safety_backup.unwrap().manifest.unwrap();
+    assert!(safety.db.is_some() && safety.volume.is_some(), "the safety set holds both halves");
+
+    let again = run_ok(&a.task("restore"));
+    assert!(!again.changed, "{}", again.msg);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 1, "no restore request reached the server");
+}
+
+#[test]
+fn a_refused_database_is_version_incompatible_and_the_volume_is_untouched() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let before = listing(&a.f.vol);
+    a.emu.set_faults(Faults {
+        refuse_restore_versions: vec!["1.10.2".into()],
+        last_compatible_version: Some("1.9.4".into()),
+        ..Faults::default()
+    });
+    let r = run(&a.task("restore"));
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::VersionIncompatible, "{}", e.message);
+    assert_eq!(e.details["last_compatible_version"], json!("1.9.4"));
+    assert_eq!(listing(&a.f.vol), before, "the volume is byte for byte as it was");
+    assert!(!a.f.tmp.path().join(".cwbackup-vol/staged").exists());
+}
+
+#[test]
+fn a_failed_database_restore_is_db_restore_failed_with_the_message() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let before = listing(&a.f.vol);
+    a.emu.set_faults(Faults { restore_fails: Some("psql: relation locked".into()), ..Faults::default() });
+    let r = run(&a.task("restore"));
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::DbRestoreFailed);
+    assert!(e.message.contains("relation locked"));
+    assert_eq!(listing(&a.f.vol), before);
+}
+
+#[test]
+fn a_backup_from_a_newer_connectware_is_refused_unless_forced() {
+    let a = Api::start(TlsMode::SelfSigned);
+    a.emu.set_version("1.11.0");
+    run_ok(&a.task("backup"));
+    a.emu.set_version("1.10.2");
+    modify(&a.f.vol);
+    let r = run(&a.task("restore"));
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::VersionIncompatible);
+    assert_eq!(e.details["backup_version"], json!("1.11.0"));
+    assert_eq!(a.f.set_ids().len(), 1, "refused before the safety backup");
+    let mut task = a.task("restore");
+    task["force"] = json!(true);
+    run_ok(&task);
+}
+
+#[test]
+fn the_restart_command_runs_after_a_change_and_its_failure_is_reported() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let marker = f.path("restarted");
+    let r = run_ok(&volume_only(&f, json!({"restart": ["sh", "-c", format!("echo done > {}", marker.display())]})));
+    assert!(!r.restart_required);
+    assert!(marker.exists());
+    modify(&f.vol);
+    let r = run(&volume_only(&f, json!({"restart": ["false"]})));
+    assert_eq!(r.code, 1);
+    assert!(r.result.changed && r.result.restart_required);
+    assert_eq!(r.result.error.unwrap().kind, ErrorKind::IoError);
+}
+
+#[test]
+fn a_damaged_set_is_refused_before_anything_changes() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let archive = only_set(&f.repo).join("volume.tar.gz");
+    let mut bytes = fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    fs::write(&archive, bytes).unwrap();
+    modify(&f.vol);
+    let before = listing(&f.vol);
+    let r = run(&volume_only(&f, json!({})));
+    assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
+    assert_eq!(listing(&f.vol), before);
+    assert_eq!(f.set_ids().len(), 1, "no safety set");
+}
+
+#[test]
+fn no_set_is_backup_not_found() {
+    let f = Fixture::sample();
+    fs::create_dir(&f.repo).unwrap();
+    assert_eq!(run(&volume_only(&f, json!({}))).result.error.unwrap().kind, ErrorKind::BackupNotFound);
+}
+
+// ---- malicious archives -------------------------------------------------------------------
+
+/// One raw tar entry: the name bytes go straight into the header, unchecked.
+struct Raw<'a> {
+    name: &'a [u8],
+    kind: tar::EntryType,
+    link: &'a [u8],
+    data: &'a [u8],
+    /// The size the header claims (defaults to the data's).
+    size: Option<u64>,
+}
+
+fn raw_tar(entries: &[Raw]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..e.name.len()].copy_from_slice(e.name);
+        h.as_old_mut().linkname[..e.link.len()].copy_from_slice(e.link);
+        h.set_entry_type(e.kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(e.size.unwrap_or(e.data.len() as u64));
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// Publishes a hand-made set whose manifest matches the archive's bytes (so only the
+/// archive's content can give it away).
+fn plant_set(repo: &Path, id: &str, tar: &[u8], files: u64, expanded_bytes: u64) -> PathBuf {
+    let dir = repo.join(id);
+    fs::create_dir_all(&dir).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).unwrap();
+    let archive = gz.finish().unwrap();
+    fs::write(dir.join("volume.tar.gz"), &archive).unwrap();
+    let manifest = json!({
+        "format": "cwbackup/1", "id": id, "created_at": "2026-01-01T00:00:00.000Z", "tool_version": "0",
+        "connectware_version": null, "db": null,
+        "volume": {"file": "volume.tar.gz", "compression": "gzip", "sha256": hex(&sha2::Sha256::digest(&archive)),
+                   "bytes": archive.len(), "started_at": "x", "finished_at": "x", "files": files,
+                   "expanded_bytes": expanded_bytes, "content_digest": "sha256:unknown", "source": "/x"}
+    });
+    fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    dir
+}
+
+fn file<'a>(name: &'a [u8], data: &'a [u8]) -> Raw<'a> {
+    Raw { name, kind: tar::EntryType::Regular, link: b"", data, size: None }
+}
+
+/// Everything in the fixture but the repository and cwbackup's work directory (whose lock
+/// file a restore may create), with modes, sizes, contents and mtimes.
+fn outside_the_repository(f: &Fixture) -> std::collections::BTreeMap<Vec<u8>, Listed> {
+    let mut all = listing(f.tmp.path());
+    all.retain(|path, _| !path.starts_with(b"repo") && !path.starts_with(b".cwbackup-vol"));
+    all
+}
+
+#[test]
+fn malicious_archives_are_unsafe_archive_and_write_nothing_outside() {
+    let cases: Vec<(&str, Vec<Raw>, u64, u64)> = vec![
+        ("dotdot", vec![file(b"../escaped.txt", b"x")], 10, 10),
+        ("absolute", vec![file(b"/tmp/cwbackup-absolute-escape", b"x")], 10, 10),
+        ("nested-dotdot", vec![file(b"a/../../escaped.txt", b"x")], 10, 10),
+        (
+            "symlink-then-write-through",
+            vec![
+                Raw { name: b"link", kind: tar::EntryType::Symlink, link: b"..", data: b"", size: None },
+                file(b"link/escaped.txt", b"x"),
+            ],
+            10,
+            10,
+        ),
+        (
+            "write-through-inner-symlink",
+            vec![
+                Raw { name: b"d", kind: tar::EntryType::Symlink, link: b"sub", data: b"", size: None },
+                file(b"d/x", b"x"),
+            ],
+            10,
+            10,
+        ),
+        ("absolute-symlink", vec![Raw { name: b"etc", kind: tar::EntryType::Symlink, link: b"/etc", data: b"", size: None }], 10, 10),
+        ("climbing-symlink", vec![Raw { name: b"up", kind: tar::EntryType::Symlink, link: b"a/../..", data: b"", size: None }], 10, 10),
+        ("hardlink-outside", vec![Raw { name: b"passwd", kind: tar::EntryType::Link, link: b"/etc/passwd", data: b"", size: None }], 10, 10),
+        ("hardlink-dotdot", vec![Raw { name: b"h", kind: tar::EntryType::Link, link: b"../escaped.txt", data: b"", size: None }], 10, 10),
+        ("device", vec![Raw { name: b"null", kind: tar::EntryType::Char, link: b"", data: b"", size: None }], 10, 10),
+        ("fifo", vec![Raw { name: b"pipe", kind: tar::EntryType::Fifo, link: b"", data: b"", size: None }], 10, 10),
+        ("bigger-than-announced", vec![file(b"big", &[7u8; 4096])], 10, 100),
+        ("more-entries-than-announced", vec![file(b"a", b"1"), file(b"b", b"2"), file(b"c", b"3")], 2, 10),
+        ("duplicate", vec![file(b"x", b"1"), file(b"x", b"2")], 10, 10),
+    ];
+    for (name, entries, files, bytes) in cases {
+        let f = Fixture::sample();
+        let before = outside_the_repository(&f);
+        fs::create_dir_all(&f.repo).unwrap();
+        plant_set(&f.repo, name, &raw_tar(&entries), files, bytes);
+        let r = run(&volume_only(&f, json!({"backup_id": name, "safety_backup": false})));
+        let e = r.result.error.unwrap_or_else(|| panic!("{name}: the restore must fail: {}", r.stdout));
+        assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{name}: {}", e.message);
+        assert!(outside_the_repository(&f) == before, "{name}: the volume and its surroundings are untouched");
+        assert!(!Path::new("/tmp/cwbackup-absolute-escape").exists());
+        assert!(!f.tmp.path().join(".cwbackup-vol/staged").exists(), "{name}: staging removed");
+    }
+}
+
+#[test]
+fn a_truncated_archive_is_an_integrity_error() {
+    let f = Fixture::sample();
+    fs::create_dir_all(&f.repo).unwrap();
+    let mut tar = raw_tar(&[file(b"a", &[1u8; 5000])]);
+    tar.truncate(2048);
+    plant_set(&f.repo, "truncated", &tar, 10, 10_000);
+    let before = listing(&f.vol);
+    let r = run(&volume_only(&f, json!({"backup_id": "truncated", "safety_backup": false})));
+    assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
+    assert_eq!(listing(&f.vol), before);
+}
+
+// ---- crashes during the swap --------------------------------------------------------------
+
+fn tree_a(vol: &Path) {
+    for i in 0..1500 {
+        write(&vol.join(format!("a{i:04}.yml")), format!("old {i}").as_bytes(), 0o644);
+    }
+}
+
+fn tree_b(vol: &Path) {
+    for i in 0..1500 {
+        write(&vol.join(format!("b{i:04}.yml")), format!("new {i}").as_bytes(), 0o644);
+    }
+}
+
+fn reset(vol: &Path, fill: fn(&Path)) {
+    fs::remove_dir_all(vol).unwrap();
+    fs::create_dir(vol).unwrap();
+    fill(vol);
+}
+
+#[test]
+fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
+    // On tmpfs when there is one: this disk makes file creation slow, and the test makes many.
+    let shm = Path::new("/dev/shm");
+    let f = if shm.is_dir() { Fixture::empty_in(shm) } else { Fixture::empty() };
+    tree_b(&f.vol);
+    let digest_b = spec_digest(&f.vol);
+    let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
+    reset(&f.vol, tree_a);
+    let digest_a = spec_digest(&f.vol);
+    let journal = f.tmp.path().join(".cwbackup-vol/journal.json");
+    let task = volume_only(&f, json!({"safety_backup": false, "force": true, "backup_id": set_b}));
+    let (mut rolled_back, mut rolled_forward) = (0, 0);
+    for delay_us in [0u64, 1_000, 3_000, 6_000, 10_000, 15_000, 25_000, 40_000] {
+        reset(&f.vol, tree_a);
+        let mut child = Command::new(BIN).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(task.to_string().as_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !journal.exists() && child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the swap never started");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        std::thread::sleep(Duration::from_micros(delay_us));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        eprintln!("kill after {delay_us}µs: {status:?}, journal {:?}", fs::read_to_string(&journal).ok());
+        // The next run that touches the volume makes it whole first (a backup, into another
+        // repository so that the restore above keeps finding set B).
+        let mut backup = f.task("backup");
+        backup["repository"] = json!(f.path("recovery-repo"));
+        backup["force"] = json!(true);
+        run_ok(&backup);
+        let now = spec_digest(&f.vol);
+        assert!(now == digest_a || now == digest_b, "after a kill {delay_us}µs into the swap the volume is a mix");
+        if now == digest_a { rolled_back += 1 } else { rolled_forward += 1 }
+        assert!(!journal.exists());
+    }
+    eprintln!("swap kills: {rolled_back} rolled back, {rolled_forward} finished");
+}
