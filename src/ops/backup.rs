@@ -361,7 +361,7 @@ pub fn archive_volume(
             .open(&path)
             .map_err(|e| Error::repo("cannot create", &path, e))?;
         let written = archive::write_archive(dir, &before, file, compression).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
+            if crate::error::is_no_space(&e) {
                 Error::io("no space left while writing", &path, e)
             } else {
                 Error::io("cannot archive volume", dir, e)

@@ -138,8 +138,7 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
                 header.set_size(entry.size);
                 set_name(&mut header, &entry.path, &mut pax);
                 emit(out, &mut header, &pax)?;
-                let (hash, complete) = copy_exact(file, entry.size, out, &mut buf)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                let (hash, complete) = copy_exact(file, &path, entry.size, out, &mut buf)?;
                 written.changed |= !complete;
                 pad(out, entry.size)?;
                 written.expanded_bytes += entry.size;
@@ -156,12 +155,15 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
 /// Copies exactly `size` bytes of `file` to `out`, hashing them. Returns the hash and whether
 /// the file had exactly `size` bytes; a short file is padded with zeros so that the tar stream
 /// stays well-formed.
+/// Read errors name the source file; write errors (the archive's) pass through unchanged.
 fn copy_exact(
     mut file: File,
+    path: &Path,
     size: u64,
     out: &mut impl Write,
     buf: &mut [u8],
 ) -> io::Result<([u8; 32], bool)> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     let mut hasher = Sha256::new();
     let mut left = size;
     let mut complete = true;
@@ -175,13 +177,13 @@ fn copy_exact(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(named(e)),
         };
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    if complete && file.read(&mut buf[..1])? != 0 {
+    if complete && file.read(&mut buf[..1]).map_err(named)? != 0 {
         complete = false; // it grew
     }
     Ok((hasher.finalize().into(), complete))

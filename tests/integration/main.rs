@@ -6,6 +6,7 @@ mod backup;
 mod common;
 mod contract;
 mod crash;
+mod disk_full;
 mod list;
 mod prune;
 mod restore;

@@ -55,6 +55,26 @@ fn a_modified_volume_is_brought_back_exactly() {
 }
 
 #[test]
+fn ownership_is_restored_when_running_as_root() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::sample();
+    std::os::unix::fs::chown(f.vol.join("services/opcua-server.yml"), Some(1234), Some(2345)).unwrap();
+    std::os::unix::fs::lchown(f.vol.join("links/rel"), Some(1235), Some(2346)).unwrap();
+    std::os::unix::fs::chown(f.vol.join("empty"), Some(1236), Some(2347)).unwrap();
+    run_ok(&f.task("backup"));
+    fs::remove_dir_all(&f.vol).unwrap();
+    fs::create_dir(&f.vol).unwrap();
+    run_ok(&volume_only(&f, json!({"safety_backup": false})));
+    let owner = |p: &str| {
+        let m = fs::symlink_metadata(f.vol.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("services/opcua-server.yml"), (1234, 2345));
+    assert_eq!(owner("links/rel"), (1235, 2346));
+    assert_eq!(owner("empty"), (1236, 2347));
+}
+
+#[test]
 fn restoring_again_changes_nothing_and_writes_no_safety_set() {
     let f = Fixture::sample();
     run_ok(&f.task("backup"));
