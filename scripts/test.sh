@@ -9,8 +9,13 @@ need_apt=()
 command -v tar >/dev/null || need_apt+=(tar)
 command -v gzip >/dev/null || need_apt+=(gzip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+# ansible-core goes into a venv (scripts/ansible-test.sh).
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 
 cargo test --workspace --locked
+
+# The Ansible collection: ansible-doc, sanity, units, and integration against the emulator.
+scripts/ansible-test.sh

@@ -1,0 +1,364 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, cwbackup developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: backup
+short_description: Back up, restore, verify, list and prune a Cybus Connectware installation
+version_added: "0.1.0"
+description:
+  - Runs the C(cwbackup) binary with one JSON task on standard input and returns its JSON result.
+  - A Connectware installation's state is the service-manager volume plus the database of users,
+    roles and permissions, which only the Connectware REST API can back up and restore. Both
+    halves are taken and restored together.
+  - Every option maps one-to-one onto a key of the cwbackup task (its C(schemas/task.schema.json));
+    check mode sets C(dry_run), diff mode sets C(diff). All decisions (what changed, what to
+    restore) are the binary's; this module only passes the task and returns the result.
+  - Options that keep their default are not passed, so an option that does not apply to the
+    O(operation) is refused only when it is set to something else.
+author:
+  - cwbackup developers (@cwbackup)
+attributes:
+  check_mode:
+    description: Sets the task's C(dry_run); the binary decides and reports what would change and changes nothing.
+    support: full
+  diff_mode:
+    description: Sets the task's C(diff); the result's C(diff) holds C(before) and C(after).
+    support: full
+options:
+  operation:
+    description:
+      - V(backup) writes a new backup set (unless nothing changed), V(restore) puts one back,
+        V(verify) checks sets against their manifests, V(list) shows the sets, V(prune) applies
+        retention.
+    type: str
+    required: true
+    choices: [backup, restore, verify, list, prune]
+  repository:
+    description: Directory that holds the backup sets; created with mode 0700 on the first backup.
+    type: path
+    required: true
+  volume:
+    description:
+      - The service-manager volume. Absent, the volume half is skipped.
+      - Give exactly one of O(volume.path) or O(volume.docker_volume).
+    type: dict
+    suboptions:
+      path:
+        description: The volume's directory.
+        type: path
+      docker_volume:
+        description: The Docker volume's name, for example V(connectware_service-manager).
+        type: str
+  api:
+    description:
+      - Access to the Connectware REST API for the database half. Absent, the database half is skipped.
+      - Give exactly one of O(api.password), O(api.password_file), O(api.password_env) or O(api.token).
+    type: dict
+    suboptions:
+      url:
+        description: Base URL of Connectware, for example V(https://connectware.example).
+        type: str
+        required: true
+      username:
+        description: User for basic authentication.
+        type: str
+        default: admin
+      password:
+        description: Password for basic authentication.
+        type: str
+      password_file:
+        description: File whose content (without trailing newline) is the password.
+        type: path
+      password_env:
+        description: Name of an environment variable (of the managed host) that holds the password.
+        type: str
+      token:
+        description: Bearer token (a JWT from C(POST /api/login)), sent in the C(Authorization) header.
+        type: str
+      validate_certs:
+        description: Check the server's TLS certificate. V(false) is insecure and adds a warning.
+        type: bool
+        default: true
+      ca_file:
+        description: PEM bundle of certificates to trust, for example Connectware's C(cybus_ca.crt) or a self-signed server certificate.
+        type: path
+      timeout_s:
+        description: The longest wait, in seconds, for one server-side backup or restore to finish.
+        type: float
+        default: 1800
+      poll_interval_s:
+        description: Seconds between two status requests while a server-side operation runs.
+        type: float
+        default: 2
+  wait_for_lock_s:
+    description: How long to wait for another cwbackup task to release the repository lock; V(0) fails at once.
+    type: int
+    default: 0
+  backup_id:
+    description:
+      - O(operation=backup) the name of the new set (default C(<UTC time>-<Connectware version>)).
+      - O(operation=restore) the set to restore (default the newest that is not a C(pre-restore-) safety set).
+      - O(operation=verify) the set to check (default every set).
+    type: str
+  force:
+    description:
+      - O(operation=backup) write a new set even if nothing changed.
+      - O(operation=restore) restore even where the target matches, and a backup from a newer Connectware.
+    type: bool
+    default: false
+  keep_last:
+    description:
+      - O(operation=backup) after a successful backup keep only this many newest sets.
+      - O(operation=prune) required; the number of newest sets to keep. The newest set is never deleted.
+    type: int
+  verify:
+    description: O(operation=backup) also decompress and read the whole new set before publishing it.
+    type: bool
+    default: false
+  compression:
+    description: O(operation=backup) how to compress the volume archive.
+    type: str
+    choices: [gzip]
+    default: gzip
+  safety_backup:
+    description: O(operation=restore) back up the current state as a C(pre-restore-) set before changing anything.
+    type: bool
+    default: true
+  restart:
+    description: O(operation=restore) command (argv list, no shell) run after a restore that changed something.
+    type: list
+    elements: str
+  deep:
+    description: O(operation=verify) also extract each set and compare the extracted tree.
+    type: bool
+    default: false
+  against_live:
+    description: O(operation=verify) report drift of the live volume from the set as warnings.
+    type: bool
+    default: false
+  binary_path:
+    description: Path of the cwbackup binary on the managed host. Default C(cwbackup) found on E(PATH).
+    type: path
+notes:
+  - After a restore, Connectware must be restarted (use O(restart) or a handler on RV(restart_required))
+    and every Admin-UI browser session must be restarted.
+seealso:
+  - name: cwbackup README
+    description: The task and result formats, the backup set layout, and manual recovery with GNU tar.
+    link: https://example.invalid/cwbackup
+'''
+
+EXAMPLES = r'''
+- name: Nightly backup of both halves, keeping two weeks
+  cwbackup.connectware.backup:
+    operation: backup
+    repository: /backup/connectware
+    volume:
+      docker_volume: connectware_service-manager
+    api:
+      url: https://connectware.example
+      password: "{{ connectware_admin_password }}"
+      ca_file: /opt/connectware/certs/cybus_ca.crt
+    keep_last: 14
+
+- name: Restore the newest set, then restart Connectware through a handler
+  cwbackup.connectware.backup:
+    operation: restore
+    repository: /backup/connectware
+    volume:
+      docker_volume: connectware_service-manager
+    api:
+      url: https://connectware.example
+      password_file: /etc/cwbackup/admin.pw
+  register: restored
+  notify: Restart Connectware
+
+- name: Verify every set (fails with error.kind integrity_error on damage)
+  cwbackup.connectware.backup:
+    operation: verify
+    repository: /backup/connectware
+    deep: true
+'''
+
+RETURN = r'''
+ok:
+  description: Whether the task succeeded.
+  returned: always
+  type: bool
+msg:
+  description: One human sentence saying what happened.
+  returned: always
+  type: str
+operation:
+  description: The operation that ran.
+  returned: always
+  type: str
+dry_run:
+  description: Whether this was a check-mode run.
+  returned: always
+  type: bool
+backup:
+  description: The set written, restored or found unchanged (C(id), C(path), C(manifest)).
+  returned: when a set is involved
+  type: dict
+safety_backup:
+  description: On restore, the C(pre-restore-) set holding the state from before.
+  returned: when a restore changed something and O(safety_backup) is true
+  type: dict
+volume:
+  description: What happened to the volume half (C(changed), C(path), C(files), C(bytes), C(content_digest)).
+  returned: when the volume half was involved
+  type: dict
+db:
+  description: What happened to the database half (C(changed), C(backup_id), C(status_message)).
+  returned: when the database half was involved
+  type: dict
+sets:
+  description: O(operation=list) the complete sets, newest first; O(operation=prune) and backup retention, the sets deleted.
+  returned: list, prune, backup with keep_last
+  type: list
+  elements: dict
+findings:
+  description: O(operation=verify) every problem found (C(level), C(set), C(component), C(message)).
+  returned: verify
+  type: list
+  elements: dict
+restart_required:
+  description: Connectware must be restarted to use what was restored.
+  returned: always
+  type: bool
+error:
+  description: Why the task failed (C(kind), C(message), C(retryable), C(details)); C(kind) is one of a stable list.
+  returned: on failure
+  type: dict
+duration_ms:
+  description: Wall-clock time of the task in milliseconds.
+  returned: always
+  type: int
+rc:
+  description: Exit code of the binary, when its output could not be read.
+  returned: when the binary printed no JSON result
+  type: int
+'''
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+# Options of this wrapper that are not task keys.
+WRAPPER_ONLY = ('binary_path',)
+
+
+def argument_spec():
+    """The module's options: the task's keys (but dry_run and diff, which come from the modes)."""
+    return dict(
+        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune']),
+        repository=dict(type='path', required=True),
+        volume=dict(
+            type='dict',
+            options=dict(
+                path=dict(type='path'),
+                docker_volume=dict(type='str'),
+            ),
+            mutually_exclusive=[('path', 'docker_volume')],
+            required_one_of=[('path', 'docker_volume')],
+        ),
+        api=dict(
+            type='dict',
+            options=dict(
+                url=dict(type='str', required=True),
+                username=dict(type='str', default='admin'),
+                password=dict(type='str', no_log=True),
+                password_file=dict(type='path'),
+                password_env=dict(type='str', no_log=False),
+                token=dict(type='str', no_log=True),
+                validate_certs=dict(type='bool', default=True),
+                ca_file=dict(type='path'),
+                timeout_s=dict(type='float', default=1800),
+                poll_interval_s=dict(type='float', default=2),
+            ),
+            mutually_exclusive=[('password', 'password_file', 'password_env', 'token')],
+            required_one_of=[('password', 'password_file', 'password_env', 'token')],
+        ),
+        wait_for_lock_s=dict(type='int', default=0),
+        backup_id=dict(type='str'),
+        force=dict(type='bool', default=False),
+        keep_last=dict(type='int', no_log=False),
+        verify=dict(type='bool', default=False),
+        compression=dict(type='str', choices=['gzip'], default='gzip'),
+        safety_backup=dict(type='bool', default=True),
+        restart=dict(type='list', elements='str'),
+        deep=dict(type='bool', default=False),
+        against_live=dict(type='bool', default=False),
+        binary_path=dict(type='path'),
+    )
+
+
+def without_defaults(params, spec):
+    """Keeps the values that are set and differ from their default, recursively. The binary
+    treats an absent key as its default, so nothing is lost, and a key that does not apply to
+    the operation reaches it (and is refused) only when it was really set."""
+    kept = {}
+    for name, value in params.items():
+        option = spec.get(name, {})
+        if value is None or name in WRAPPER_ONLY:
+            continue
+        if option.get('type') == 'dict' and isinstance(value, dict):
+            value = without_defaults(value, option.get('options', {}))
+        elif 'default' in option and value == option['default']:
+            continue
+        kept[name] = value
+    return kept
+
+
+def build_task(params, check_mode, diff_mode):
+    """The cwbackup task for the module's parameters."""
+    task = without_defaults(params, argument_spec())
+    task['dry_run'] = bool(check_mode)
+    task['diff'] = bool(diff_mode)
+    return task
+
+
+def interpret(rc, stdout, stderr):
+    """The module result for what the binary printed: its JSON result, with `failed` set from
+    `ok`; anything else is a failure carrying rc, stdout and stderr."""
+    lines = [line for line in (stdout or '').splitlines() if line.strip()]
+    try:
+        result = json.loads(lines[-1])
+        if not isinstance(result, dict) or 'ok' not in result:
+            raise ValueError('not a cwbackup result')
+    except (IndexError, ValueError):
+        return dict(
+            failed=True,
+            changed=False,
+            msg='cwbackup printed no JSON result (exit code %s): see stdout and stderr' % rc,
+            rc=rc,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    result['failed'] = not result.get('ok', False)
+    result['changed'] = bool(result.get('changed', False))
+    if stderr:
+        result['stderr'] = stderr
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    binary = module.params['binary_path'] or module.get_bin_path('cwbackup', required=True)
+    task = build_task(module.params, module.check_mode, module._diff)
+    rc, stdout, stderr = module.run_command([binary], data=json.dumps(task), binary_data=True)
+    result = interpret(rc, stdout, stderr)
+    if result['failed']:
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,123 @@
+# -*- coding: utf-8 -*-
+"""Unit tests of the cwbackup module's mapping: options -> task, output -> result, and the
+check that the options are exactly the task schema's keys."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+
+from ansible_collections.cwbackup.connectware.plugins.modules import backup
+
+# Task keys that come from Ansible's modes rather than from options.
+FROM_MODES = {'dry_run', 'diff'}
+SCHEMA_TYPES = {'str': 'string', 'path': 'string', 'bool': 'boolean', 'int': 'integer',
+                'float': 'number', 'list': 'array', 'dict': 'object'}
+
+
+def task_schema():
+    """schemas/task.schema.json of the repository this collection lives in."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.environ.get('CWBACKUP_TASK_SCHEMA', '')]
+    while here != os.path.dirname(here):
+        candidates.append(os.path.join(here, 'schemas', 'task.schema.json'))
+        here = os.path.dirname(here)
+    for path in candidates:
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    raise AssertionError('schemas/task.schema.json not found above %s' % __file__)
+
+
+def resolve(schema, node):
+    ref = node.get('$ref')
+    if ref:
+        return schema['$defs'][ref.split('/')[-1]]
+    return node
+
+
+def json_types(node):
+    """The JSON types a schema node allows (for a oneOf of consts, their types), null aside."""
+    if 'oneOf' in node and 'type' not in node:
+        return set().union(*(json_types(alternative) for alternative in node['oneOf']))
+    t = node.get('type')
+    types = set(t if isinstance(t, list) else [t])
+    types.discard('null')
+    return types
+
+
+def check_options(schema, properties, spec, where):
+    """Properties, types, choices and defaults of the schema equal the options'."""
+    keys = set(properties) - (FROM_MODES if where == 'task' else set())
+    options = set(spec) - set(backup.WRAPPER_ONLY if where == 'task' else ())
+    assert options == keys, '%s: options %s, schema keys %s' % (where, sorted(options), sorted(keys))
+    for name in keys:
+        prop = resolve(schema, properties[name])
+        option = spec[name]
+        expected = SCHEMA_TYPES[option['type']]
+        got = json_types(prop)
+        if expected == 'number':
+            assert got <= {'number', 'integer'}, '%s.%s: type %s' % (where, name, got)
+        else:
+            assert got == {expected}, '%s.%s: option type %s, schema type %s' % (where, name, option['type'], got)
+        if 'enum' in prop or 'oneOf' in prop:
+            choices = prop.get('enum') or [c.get('const') for c in prop['oneOf']]
+            assert sorted(option.get('choices', [])) == sorted(choices), '%s.%s: choices' % (where, name)
+        default = properties[name].get('default', prop.get('default'))
+        assert option.get('default') == default, '%s.%s: option default %r, schema default %r' % (
+            where, name, option.get('default'), default)
+        assert option.get('required', False) == (name in schema_required(schema, where)), '%s.%s: required' % (where, name)
+        if option['type'] == 'dict':
+            check_options(schema, prop['properties'], option['options'], name)
+
+
+def schema_required(schema, where):
+    if where == 'task':
+        return set(schema.get('required', []))
+    return set(schema['$defs'][{'volume': 'VolumeSpec', 'api': 'ApiSpec'}[where]].get('required', []))
+
+
+def test_options_are_the_task_schema():
+    schema = task_schema()
+    check_options(schema, schema['properties'], backup.argument_spec(), 'task')
+
+
+def test_defaults_and_unset_options_are_not_passed():
+    params = dict((name, option.get('default')) for name, option in backup.argument_spec().items())
+    params.update(operation='verify', repository='/backup', deep=True)
+    task = backup.build_task(params, check_mode=False, diff_mode=False)
+    assert task == {'operation': 'verify', 'repository': '/backup', 'deep': True, 'dry_run': False, 'diff': False}
+
+
+def test_check_and_diff_modes_become_dry_run_and_diff():
+    task = backup.build_task({'operation': 'list', 'repository': '/r'}, check_mode=True, diff_mode=True)
+    assert task['dry_run'] is True and task['diff'] is True
+
+
+def test_nested_options_keep_what_is_set():
+    params = {'operation': 'backup', 'repository': '/r', 'binary_path': '/usr/bin/cwbackup',
+              'api': {'url': 'https://c', 'username': 'admin', 'password': 'pw', 'password_file': None,
+                      'password_env': None, 'token': None, 'validate_certs': True, 'ca_file': '/ca.pem',
+                      'timeout_s': 1800, 'poll_interval_s': 0.5}}
+    task = backup.build_task(params, False, False)
+    assert task['api'] == {'url': 'https://c', 'password': 'pw', 'ca_file': '/ca.pem', 'poll_interval_s': 0.5}
+    assert 'binary_path' not in task
+
+
+def test_a_result_becomes_the_module_result():
+    line = json.dumps({'ok': False, 'changed': False, 'msg': 'damaged', 'error': {'kind': 'integrity_error'}})
+    result = backup.interpret(1, 'noise\n' + line + '\n', 'log line\n')
+    assert result['failed'] is True
+    assert result['error']['kind'] == 'integrity_error'
+    assert result['stderr'] == 'log line\n'
+    ok = backup.interpret(0, json.dumps({'ok': True, 'changed': True, 'msg': 'wrote'}), '')
+    assert ok['failed'] is False and ok['changed'] is True
+
+
+def test_output_that_is_not_a_result_is_a_failure_with_rc_stdout_stderr():
+    result = backup.interpret(139, 'Segmentation fault', 'core dumped')
+    assert result['failed'] is True
+    assert result['rc'] == 139
+    assert result['stdout'] == 'Segmentation fault' and result['stderr'] == 'core dumped'
+    assert backup.interpret(0, '', '')['failed'] is True

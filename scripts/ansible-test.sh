@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Checks the Ansible collection: ansible-doc renders, ansible-test sanity / units /
+# integration pass, and the example playbooks parse. Installs ansible-core into a venv first
+# and runs the integration targets against the project's Connectware emulator.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+collection="$root/ansible/ansible_collections/cwbackup/connectware"
+venv="${CWBACKUP_ANSIBLE_VENV:-$root/target/ansible-venv}"
+python="${PYTHON:-python3}"
+
+# ansible-core 2.19 (works on Python 3.11), plus what `ansible-test units --local` needs.
+if [ ! -x "$venv/bin/ansible-test" ]; then
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "ansible-core>=2.19,<2.20" pytest pytest-xdist pytest-mock
+fi
+export PATH="$venv/bin:$PATH"
+
+# ansible-test bootstraps pip in its sanity venvs with a get-pip script it downloads from a
+# host CI cannot reach. Put a stand-in at the path it caches that script under: ensurepip,
+# then pip from the package index, with the same arguments.
+cache="$HOME/.ansible/test/cache"
+mkdir -p "$cache"
+for version in $(grep -ho "pip='[0-9.]*'" "$venv"/lib/python*/site-packages/ansible_test/_internal/python_requirements.py | tr -d "pip='" | sort -u); do
+    cat > "$cache/get_pip_${version//./_}.py" <<'PY'
+"""Offline stand-in for get-pip.py: bootstrap the bundled pip, then install what was asked.
+ensurepip runs in a process of its own: it sets PIP_CONFIG_FILE=/dev/null in its caller's
+environment, which would hide the machine's pip configuration (index, CA bundle)."""
+import subprocess
+import sys
+
+args = [a for a in sys.argv[1:] if a not in ('--no-setuptools', '--no-wheel')]
+subprocess.check_call([sys.executable, '-m', 'ensurepip', '--upgrade'])
+sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'install', *args]))
+PY
+done
+
+cargo build --quiet --locked -p cwbackup -p cw-emulator
+export ANSIBLE_COLLECTIONS_PATH="$root/ansible"
+
+echo "== ansible-doc"
+ansible-doc cwbackup.connectware.backup > /dev/null
+
+echo "== example playbooks"
+for playbook in "$root"/ansible/playbooks/*.yml; do
+    ansible-playbook --syntax-check -i localhost, "$playbook" > /dev/null
+done
+
+cd "$collection"
+echo "== ansible-test sanity"
+ansible-test sanity --venv --python 3.11 --color no
+
+echo "== ansible-test units"
+CWBACKUP_TASK_SCHEMA="$root/schemas/task.schema.json" ansible-test units --local --python 3.11 --color no
+
+echo "== ansible-test integration (against the emulator)"
+work=$(mktemp -d)
+emulator_pid=
+cleanup() {
+    [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+password="emulator-$RANDOM$RANDOM"
+"$root/target/debug/cw-emulator" --password "$password" --cert-out "$work/ca.pem" > "$work/emulator.out" 2>&1 &
+emulator_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/emulator.out" && break; sleep 0.1; done
+url=$(sed -n 's/^listening on //p' "$work/emulator.out")
+[ -n "$url" ] || { cat "$work/emulator.out"; echo "the emulator did not start"; exit 1; }
+cat > tests/integration/integration_config.yml <<YAML
+cwbackup_binary: $root/target/debug/cwbackup
+cw_url: $url
+cw_password: $password
+cw_ca_file: $work/ca.pem
+cw_workdir: $work
+YAML
+ansible-test integration --local --python 3.11 --color no
+echo "ansible collection: all checks passed"
