@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 pub const PASSWORD: &str = "s3cr3t-Passw0rd!";
+pub const TOKEN: &str = "t0ken-eyJhbGciOi-secret";
+pub const WRONG_PASSWORD: &str = "wr0ng-Passw0rd?";
 
 /// A fixture with a running emulator and its certificate written to disk.
 pub struct Api {
@@ -29,7 +31,7 @@ impl Default for Api {
 impl Api {
     pub fn start(tls: TlsMode) -> Api {
         let f = Fixture::sample();
-        let emu = Emulator::start(Config { password: PASSWORD.into(), tls, ..Config::default() }).unwrap();
+        let emu = Emulator::start(Config { password: PASSWORD.into(), token: TOKEN.into(), tls, ..Config::default() }).unwrap();
         let ca_file = f.path("ca.pem");
         fs::write(&ca_file, &emu.trust_pem).unwrap();
         Api { f, emu, ca_file }
@@ -126,7 +128,7 @@ fn the_vendors_curl_restore_accepts_our_db_tgz() {
 fn a_bearer_token_goes_in_the_header_never_the_url() {
     let a = Api::default();
     let mut task = a.task("backup");
-    task["api"] = json!({"url": a.emu.url, "token": "test-token", "ca_file": a.ca_file, "poll_interval_s": 0.05});
+    task["api"] = json!({"url": a.emu.url, "token": TOKEN, "ca_file": a.ca_file, "poll_interval_s": 0.05});
     run_ok(&task);
     let requests = a.emu.requests();
     assert!(!requests.is_empty());
@@ -151,7 +153,7 @@ fn password_file_and_password_env_are_read() {
 fn a_wrong_password_is_api_auth_failed_and_not_retried() {
     let a = Api::default();
     let mut task = a.task("backup");
-    task["api"]["password"] = json!("wrong");
+    task["api"]["password"] = json!(WRONG_PASSWORD);
     let r = run(&task);
     assert_eq!(kind(&r), ErrorKind::ApiAuthFailed);
     assert_eq!(a.emu.requests().len(), 2, "one status request (and the version probe), no retries");
@@ -313,7 +315,7 @@ fn the_password_never_appears_in_argv_output_logs_or_results() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let mut wrong = a.task("backup");
-    wrong["api"]["password"] = json!(format!("{PASSWORD}-wrong"));
+    wrong["api"]["password"] = json!(WRONG_PASSWORD);
     let failed = run(&wrong);
     for (what, text) in [
         ("argv", String::from_utf8_lossy(&cmdline).into_owned()),

@@ -17,6 +17,10 @@ use sha2::{Digest, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cwbackup");
 
+/// Every secret the suite hands to cwbackup: each run's argv, stdout and stderr are scanned
+/// for all of them.
+pub const SECRETS: &[&str] = &[crate::api::PASSWORD, crate::api::TOKEN, crate::api::WRONG_PASSWORD];
+
 /// One run of the binary.
 #[derive(Debug)]
 pub struct Run {
@@ -47,10 +51,16 @@ pub fn run_raw(input: &[u8], envs: &[(&str, &str)]) -> Run {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("the binary runs");
+    let argv = fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
     child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    for secret in SECRETS {
+        for (place, text) in [("argv", String::from_utf8_lossy(&argv).as_ref()), ("stdout", &stdout), ("stderr", &stderr)] {
+            assert!(!text.contains(secret), "a secret leaked into {place}: {text}");
+        }
+    }
     assert!(
         stdout.ends_with('\n') && stdout.matches('\n').count() == 1,
         "one result line, got {stdout:?}"

@@ -7,6 +7,8 @@ mod common;
 mod contract;
 mod crash;
 mod disk_full;
+mod faults;
+mod hostile;
 mod list;
 mod prune;
 mod restore;

@@ -1,0 +1,158 @@
+//! Hostile input never panics and always ends in a documented error: tasks, manifests and
+//! archives, random and mutated (proptest). `fuzz/` has cargo-fuzz targets for longer runs.
+
+use std::fs;
+use std::io::Write;
+
+use cwbackup::error::ErrorKind;
+use cwbackup::repository::manifest::Manifest;
+use cwbackup::volume::extract::{Limits, read_archive};
+use cwbackup::volume::{archive, tree};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// Keys and values from the task's own vocabulary, so that generated tasks get past the first
+/// checks and reach the deeper ones.
+fn json_value() -> impl Strategy<Value = Value> {
+    let keys = prop::sample::select(vec![
+        "operation", "repository", "volume", "api", "path", "docker_volume", "url", "password", "token",
+        "backup_id", "keep_last", "force", "deep", "restart", "timeout_s", "_ansible_x", "unknown",
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        prop::sample::select(vec!["backup", "restore", "verify", "list", "prune", "/r", "https://x", "../x", ""]).prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(keys.clone(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+        ]
+    })
+}
+
+/// A small, valid, uncompressed archive of a sample tree, and its limits.
+fn valid_tar() -> (Vec<u8>, Limits) {
+    let f = Fixture::empty();
+    write(&f.vol.join("a/b.txt"), b"hello", 0o644);
+    write(&f.vol.join("c.bin"), &[9u8; 3000], 0o600);
+    std::os::unix::fs::symlink("a/b.txt", f.vol.join("link")).unwrap();
+    let entries = tree::scan(&f.vol).unwrap();
+    let mut out = Vec::new();
+    let w = archive::write_tar(&f.vol, &entries, &mut out).unwrap();
+    (out, Limits { max_bytes: w.expanded_bytes, max_entries: w.files })
+}
+
+fn documented_archive_error(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::IntegrityError | ErrorKind::UnsafeArchive)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_are_an_invalid_task(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        if let Err(e) = cwbackup::task::parse(&bytes) {
+            prop_assert_eq!(e.kind, ErrorKind::InvalidTask);
+        }
+    }
+
+    #[test]
+    fn random_json_tasks_are_read_or_refused_as_invalid_task(value in json_value()) {
+        if let Err(e) = cwbackup::task::parse(value.to_string().as_bytes()) {
+            prop_assert_eq!(e.kind, ErrorKind::InvalidTask, "{}", e.message);
+            prop_assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_manifests_are_refused_with_a_message(value in json_value()) {
+        if let Err(message) = Manifest::from_slice(value.to_string().as_bytes()) {
+            prop_assert!(!message.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_tar_streams_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let limits = Limits { max_bytes: 1 << 20, max_entries: 100 };
+        if let Err(e) = read_archive(&bytes[..], None, limits) {
+            prop_assert!(documented_archive_error(e.kind), "{:?}: {}", e.kind, e.message);
+        }
+    }
+
+    #[test]
+    fn mutated_archives_extract_only_inside_their_destination(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let (mut tar, limits) = valid_tar();
+        for (at, byte) in flips {
+            let i = at.index(tar.len());
+            tar[i] = byte;
+        }
+        if truncate {
+            tar.truncate(cut.index(tar.len()));
+        }
+        let f = Fixture::empty();
+        let dest = f.path("dest");
+        fs::create_dir(&dest).unwrap();
+        let outside = listing(f.tmp.path()).into_keys().filter(|k| !k.starts_with(b"dest")).collect::<Vec<_>>();
+        if let Err(e) = read_archive(&tar[..], Some(&dest), limits) {
+            prop_assert!(documented_archive_error(e.kind), "{:?}: {}", e.kind, e.message);
+        }
+        let after = listing(f.tmp.path()).into_keys().filter(|k| !k.starts_with(b"dest")).collect::<Vec<_>>();
+        prop_assert_eq!(outside, after, "nothing is written outside the destination");
+    }
+}
+
+#[test]
+fn a_header_announcing_a_huge_file_is_refused_before_reading_it() {
+    let mut h = tar::Header::new_ustar();
+    h.set_path("huge").unwrap();
+    h.set_size(8 << 30);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    let e = read_archive(&tar[..], None, Limits { max_bytes: 1 << 20, max_entries: 10 }).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{}", e.message);
+}
+
+#[test]
+fn a_gzip_bomb_is_stopped_at_the_manifests_size() {
+    // 64 MiB of zeros in one entry compresses to ~64 KiB; the manifest allows 1 MiB.
+    let mut h = tar::Header::new_ustar();
+    h.set_path("bomb").unwrap();
+    h.set_size(64 << 20);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(h.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&zeros).unwrap();
+    }
+    gz.write_all(&[0u8; 1024]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20);
+    let f = Fixture::empty();
+    let dest = f.path("dest");
+    fs::create_dir(&dest).unwrap();
+    let reader = flate2::read::GzDecoder::new(&bomb[..]);
+    let e = read_archive(reader, Some(&dest), Limits { max_bytes: 1 << 20, max_entries: 10 }).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{}", e.message);
+    assert!(!dest.join("bomb").exists(), "nothing of the bomb was written");
+}
