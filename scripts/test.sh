@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# GNU tar checks our archives; curl plays the vendor's documented restore call.
+# GNU tar (and zstd, for tar --zstd) checks our archives; curl plays the vendor's documented restore call.
 need_apt=()
 command -v tar >/dev/null || need_apt+=(tar)
 command -v gzip >/dev/null || need_apt+=(gzip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+command -v zstd >/dev/null || need_apt+=(zstd)
 # ansible-core goes into a venv (scripts/ansible-test.sh).
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

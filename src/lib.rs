@@ -17,6 +17,7 @@ pub mod clock;
 pub mod connectware;
 pub mod error;
 pub mod ops;
+pub mod progress;
 pub mod repository;
 pub mod result;
 pub mod task;

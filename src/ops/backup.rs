@@ -35,6 +35,7 @@ const DB_FILE: &str = "db.tgz";
 fn volume_file(compression: Compression) -> &'static str {
     match compression {
         Compression::Gzip => "volume.tar.gz",
+        Compression::Zstd => "volume.tar.zst",
     }
 }
 

@@ -74,7 +74,12 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             format!("backup set {} has no database half: leave out `api` to restore its volume alone", set.id),
         ));
     }
-    let problems: Vec<_> = check::checksums(&set.path, &set.manifest);
+    // The set's checksums and the live volume's digest are independent reads: one core each.
+    let (problems, live) = std::thread::scope(|scope| {
+        let sums = scope.spawn(|| check::checksums(&set.path, &set.manifest));
+        let live = volume_dir.as_deref().map(live_state).transpose();
+        (sums.join().expect("the checksum thread does not panic"), live)
+    });
     if let Some(p) = problems.first() {
         return Err(Error::new(
             ErrorKind::IntegrityError,
@@ -83,10 +88,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     }
 
     // The plan.
-    let live = match &volume_dir {
-        Some(dir) => Some(live_state(dir)?),
-        None => None,
-    };
+    let live = live?;
     let set_volume_digest = set.manifest.volume.as_ref().map(|v| v.content_digest.clone());
     let volume_needed = live.as_ref().is_some_and(|l| opts.force || Some(&l.digest) != set_volume_digest.as_ref());
     let db_status = match &client {

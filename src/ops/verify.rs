@@ -140,13 +140,23 @@ fn check_set(
             message,
         })
     };
-    for p in check::checksums(&set.path, &set.manifest).into_iter().chain(check::db(&set.path, &set.manifest)) {
+    // The checksums and the full read of the archive are independent: one core each.
+    let (sums, read) = std::thread::scope(|scope| {
+        let sums = scope.spawn(|| {
+            let mut problems = check::checksums(&set.path, &set.manifest);
+            problems.extend(check::db(&set.path, &set.manifest));
+            problems
+        });
+        let read = set.manifest.volume.as_ref().map(|_| check::volume(&set.path, &set.manifest, None));
+        (sums.join().expect("the checksum thread does not panic"), read)
+    });
+    for p in sums {
         add(p.component, p.message);
     }
-    if set.manifest.volume.is_none() {
+    let Some(read) = read else {
         return Ok(None);
-    }
-    let entries = match check::volume(&set.path, &set.manifest, None) {
+    };
+    let entries = match read {
         Ok((contents, problems)) => {
             for p in problems {
                 add(p.component, p.message);

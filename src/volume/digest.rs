@@ -107,7 +107,9 @@ pub fn entry_line(entry: &Entry, content_hash: Option<[u8; 32]>) -> DigestEntry 
 /// devices are left out, as the archive leaves them out).
 pub fn live_entries(root: &Path, entries: &[Entry]) -> io::Result<Vec<DigestEntry>> {
     let mut lines = Vec::with_capacity(entries.len());
+    let mut progress = crate::progress::Progress::new("hashing");
     for entry in entries {
+        progress.file(entry.size);
         let hash = match entry.kind {
             Kind::Other => continue,
             Kind::File => {

@@ -23,7 +23,9 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::digest::{self, DigestEntry};
+use super::pgzip::read_ahead;
 use crate::error::{Error, ErrorKind, Result};
+use crate::progress::Progress;
 use crate::task::Compression;
 
 /// The most an archive may hold, from its manifest.
@@ -49,10 +51,12 @@ pub struct Contents {
 }
 
 /// Opens a compressed volume archive for reading.
+/// Decompression runs on a thread of its own, ahead of the reader.
 pub fn open(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
     let file = BufReader::with_capacity(1 << 20, File::open(path)?);
     Ok(match compression {
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+        Compression::Gzip => Box::new(read_ahead(flate2::read::GzDecoder::new(file))),
+        Compression::Zstd => Box::new(read_ahead(zstd::stream::read::Decoder::with_buffer(file)?)),
     })
 }
 
@@ -129,9 +133,11 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut progress = Progress::new(if dest.is_some() { "extracting" } else { "reading" });
 
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
+        progress.file(entry.size());
         let etype = entry.header().entry_type();
         if etype == EntryType::XGlobalHeader {
             continue;

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod digest;
 pub mod extract;
+pub mod pgzip;
 pub mod swap;
 pub mod tree;
 

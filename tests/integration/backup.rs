@@ -270,3 +270,36 @@ fn a_volume_that_keeps_changing_is_a_consistency_error() {
     assert!(r.stderr.contains("changed while it was archived"));
     assert_eq!(f.set_ids().len(), 0, "no set published");
 }
+
+#[test]
+fn zstd_archives_extract_with_gnu_tar_and_every_reader_follows_the_manifest() {
+    let f = Fixture::sample();
+    let mut task = f.task("backup");
+    task["compression"] = json!("zstd");
+    let r = run_ok(&task);
+    let v = r.backup.unwrap().manifest.unwrap().volume.unwrap();
+    assert_eq!(v.file, "volume.tar.zst");
+    assert_eq!(v.compression, cwbackup::task::Compression::Zstd);
+    let out = f.path("x");
+    gnu_tar_extract(&only_set(&f.repo).join("volume.tar.zst"), &out, &["--zstd"]);
+    assert_eq!(listing(&out), listing(&f.vol));
+    run_ok(&json!({"operation": "verify", "repository": f.repo, "deep": true}));
+    write(&f.vol.join("new.txt"), b"x", 0o644);
+    let restored = run_ok(&f.task("restore"));
+    assert!(restored.changed);
+    assert_eq!(spec_digest(&f.vol), v.content_digest);
+}
+
+#[test]
+fn progress_goes_to_stderr_only_when_asked() {
+    let f = Fixture::sample();
+    let quiet = run_raw(f.task("backup").to_string().as_bytes(), &[]);
+    assert!(!quiet.stderr.contains("archiving"), "stderr is not a terminal: no progress");
+    let mut task = f.task("backup");
+    task["force"] = json!(true);
+    let asked = run_raw(task.to_string().as_bytes(), &[("CWBACKUP_PROGRESS", "1")]);
+    assert!(asked.result.ok);
+    let line = asked.stderr.lines().find(|l| l.starts_with("cwbackup: archiving")).expect("a progress line");
+    assert!(line.contains("files") && line.contains("MiB/s"), "{line}");
+    assert!(!asked.stdout.contains("archiving"), "stdout holds the result alone");
+}

@@ -122,9 +122,11 @@ options:
     type: bool
     default: false
   compression:
-    description: O(operation=backup) how to compress the volume archive.
+    description:
+      - O(operation=backup) how to compress the volume archive.
+      - V(gzip) (C(volume.tar.gz)) is read by GNU tar anywhere; V(zstd) (C(volume.tar.zst)) is several times faster, read with C(tar --zstd).
     type: str
-    choices: [gzip]
+    choices: [gzip, zstd]
     default: gzip
   safety_backup:
     description: O(operation=restore) back up the current state as a C(pre-restore-) set before changing anything.
@@ -291,7 +293,7 @@ def argument_spec():
         force=dict(type='bool', default=False),
         keep_last=dict(type='int', no_log=False),
         verify=dict(type='bool', default=False),
-        compression=dict(type='str', choices=['gzip'], default='gzip'),
+        compression=dict(type='str', choices=['gzip', 'zstd'], default='gzip'),
         safety_backup=dict(type='bool', default=True),
         restart=dict(type='list', elements='str'),
         deep=dict(type='bool', default=False),
