@@ -8,6 +8,9 @@ fn main() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
         gz.write_all(&data).unwrap();
         let n = gz.finish().unwrap().len();
-        println!("zlib-rs level {level}: {n} bytes, {:.2} s", t.elapsed().as_secs_f64());
+        println!(
+            "zlib-rs level {level}: {n} bytes, {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
     }
 }

@@ -117,7 +117,11 @@ impl Error {
 
     /// An I/O failure on `path` while doing `what`; ENOSPC becomes `no_space`.
     pub fn io(what: &str, path: &Path, err: io::Error) -> Error {
-        let kind = if is_no_space(&err) { ErrorKind::NoSpace } else { ErrorKind::IoError };
+        let kind = if is_no_space(&err) {
+            ErrorKind::NoSpace
+        } else {
+            ErrorKind::IoError
+        };
         let hint = if kind == ErrorKind::NoSpace {
             ": free some space and run again"
         } else {
@@ -144,7 +148,10 @@ impl Error {
 /// Whether an I/O error means a full file system or quota (the kind survives the path
 /// annotations added on the way up; the raw OS code does not).
 pub fn is_no_space(err: &io::Error) -> bool {
-    matches!(err.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl fmt::Display for Error {

@@ -37,7 +37,14 @@ impl Progress {
             _ => Mode::Off,
         };
         let now = Instant::now();
-        Progress { mode, what, files: 0, bytes: 0, started: now, shown: now }
+        Progress {
+            mode,
+            what,
+            files: 0,
+            bytes: 0,
+            started: now,
+            shown: now,
+        }
     }
 
     /// Counts one more file of `bytes`.
@@ -53,7 +60,12 @@ impl Progress {
     fn show(&self, last: bool) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let mib = self.bytes as f64 / (1024.0 * 1024.0);
-        let line = format!("cwbackup: {} {} files, {mib:.1} MiB, {:.1} MiB/s", self.what, self.files, mib / secs);
+        let line = format!(
+            "cwbackup: {} {} files, {mib:.1} MiB, {:.1} MiB/s",
+            self.what,
+            self.files,
+            mib / secs
+        );
         let mut err = std::io::stderr().lock();
         let _ = match (self.mode, last) {
             (Mode::Terminal, false) => write!(err, "\r\x1b[K{line}"),
@@ -67,7 +79,9 @@ impl Drop for Progress {
     /// The final figures: always when asked for, on a terminal when the work took long
     /// enough to show progress at all.
     fn drop(&mut self) {
-        if self.mode == Mode::Lines || (self.mode == Mode::Terminal && self.started.elapsed() >= EVERY) {
+        if self.mode == Mode::Lines
+            || (self.mode == Mode::Terminal && self.started.elapsed() >= EVERY)
+        {
             self.show(true);
         }
     }

@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn version_from_id() {
-        assert_eq!(version_of("1.0.73_2022-02-16T15:37:19.242Z").as_deref(), Some("1.0.73"));
+        assert_eq!(
+            version_of("1.0.73_2022-02-16T15:37:19.242Z").as_deref(),
+            Some("1.0.73")
+        );
         assert_eq!(version_of("nounderscore"), None);
     }
 }

@@ -120,6 +120,17 @@ pub struct Client {
     poll: Duration,
 }
 
+/// The client for a task's `api`, if it has one; `validate_certs: false` adds a warning.
+pub fn client_for(api: Option<&ApiConfig>, warnings: &mut Vec<String>) -> Result<Option<Client>> {
+    let Some(config) = api else { return Ok(None) };
+    if !config.validate_certs {
+        warnings.push(
+            "api.validate_certs is false: the server's identity is not checked; give api.ca_file instead".to_string(),
+        );
+    }
+    Client::new(config).map(Some)
+}
+
 impl Client {
     pub fn new(config: &ApiConfig) -> Result<Client> {
         let tls = tls::client_config(config.validate_certs, config.ca_file.as_deref())?;
@@ -130,7 +141,12 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cwbackup/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::new(ErrorKind::ApiTlsError, format!("cannot set up the HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::ApiTlsError,
+                    format!("cannot set up the HTTP client: {e}"),
+                )
+            })?;
         Ok(Client {
             http,
             base: config.url.clone(),
@@ -146,7 +162,9 @@ impl Client {
 
     fn authed(&self, request: RequestBuilder) -> RequestBuilder {
         match &self.credentials {
-            Credentials::Basic { username, password } => request.basic_auth(username, Some(&password.0)),
+            Credentials::Basic { username, password } => {
+                request.basic_auth(username, Some(&password.0))
+            }
             Credentials::Bearer(token) => request.bearer_auth(&token.0),
         }
     }
@@ -156,14 +174,25 @@ impl Client {
     }
 
     /// Sends a request built by `make` until it succeeds, retrying what may pass.
-    fn call(&self, what: &str, deadline: Instant, post: bool, make: &dyn Fn() -> Result<RequestBuilder>) -> Result<Response> {
+    fn call(
+        &self,
+        what: &str,
+        deadline: Instant,
+        post: bool,
+        make: &dyn Fn() -> Result<RequestBuilder>,
+    ) -> Result<Response> {
         let mut backoff = BACKOFF_START;
         loop {
             let failure = match make()?.send() {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
                     let status = response.status();
-                    let body: String = response.text().unwrap_or_default().chars().take(300).collect();
+                    let body: String = response
+                        .text()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
                     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                         return Err(Error::new(
                             ErrorKind::ApiAuthFailed,
@@ -175,7 +204,11 @@ impl Client {
                     if !busy && !status.is_server_error() {
                         return Err(Error::new(
                             ErrorKind::ApiProtocolError,
-                            format!("Connectware at {} answered HTTP {status} to {what}: {}", self.base, body.trim()),
+                            format!(
+                                "Connectware at {} answered HTTP {status} to {what}: {}",
+                                self.base,
+                                body.trim()
+                            ),
                         )
                         .detail("http_status", status.as_u16()));
                     }
@@ -189,19 +222,30 @@ impl Client {
                     if let Some(tls) = tls_problem(&e) {
                         return Err(Error::new(
                             ErrorKind::ApiTlsError,
-                            format!("TLS with {} failed: {tls}; give api.ca_file (the CA, e.g. cybus_ca.crt, or the server's self-signed certificate) or fix the host name in api.url", self.base),
+                            format!(
+                                "TLS with {} failed: {tls}; give api.ca_file (the CA, e.g. cybus_ca.crt, or the server's self-signed certificate) or fix the host name in api.url",
+                                self.base
+                            ),
                         ));
                     }
                     Error::new(
                         ErrorKind::ApiUnreachable,
-                        format!("cannot reach Connectware at {} for {what}: {}", self.base, chain(&e)),
+                        format!(
+                            "cannot reach Connectware at {} for {what}: {}",
+                            self.base,
+                            chain(&e)
+                        ),
                     )
                 }
             };
             if Instant::now() + backoff > deadline {
                 return Err(failure);
             }
-            eprintln!("cwbackup: {}; retrying in {:.1}s", failure.message, backoff.as_secs_f64());
+            eprintln!(
+                "cwbackup: {}; retrying in {:.1}s",
+                failure.message,
+                backoff.as_secs_f64()
+            );
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -219,10 +263,17 @@ impl Client {
         let raw: RawStatus = response.json().map_err(|e| {
             Error::new(
                 ErrorKind::ApiProtocolError,
-                format!("the status from {}/api/maintenance/db is not what Connectware sends: {e}", self.base),
+                format!(
+                    "the status from {}/api/maintenance/db is not what Connectware sends: {e}",
+                    self.base
+                ),
             )
         })?;
-        Ok(DbStatus { running: raw.running, backup: raw.backup.map(Into::into), restore: raw.restore.map(Into::into) })
+        Ok(DbStatus {
+            running: raw.running,
+            backup: raw.backup.map(Into::into),
+            restore: raw.restore.map(Into::into),
+        })
     }
 
     /// The version Connectware reports in `/api/system/info`, if the user may read it.
@@ -232,8 +283,11 @@ impl Client {
             version: String,
         }
         let deadline = Instant::now() + REQUEST_TIMEOUT.min(self.timeout);
-        let response =
-            self.call("GET /api/system/info", deadline, false, &|| Ok(self.get("/api/system/info").timeout(REQUEST_TIMEOUT))).ok()?;
+        let response = self
+            .call("GET /api/system/info", deadline, false, &|| {
+                Ok(self.get("/api/system/info").timeout(REQUEST_TIMEOUT))
+            })
+            .ok()?;
         response.json::<Info>().ok().map(|i| i.version)
     }
 
@@ -253,10 +307,20 @@ impl Client {
 
     /// Polls until our operation has finished: nothing runs and the operation differs from
     /// the one noted before we started.
-    fn wait_finished(&self, which: Which, before: &DbStatus, deadline: Instant) -> Result<OpStatus> {
-        let noted = before.op(which).map(|o| (o.id.clone(), o.start_date.clone()));
+    fn wait_finished(
+        &self,
+        which: Which,
+        before: &DbStatus,
+        deadline: Instant,
+    ) -> Result<OpStatus> {
+        let noted = before
+            .op(which)
+            .map(|o| (o.id.clone(), o.start_date.clone()));
         loop {
-            std::thread::sleep(self.poll.min(deadline.saturating_duration_since(Instant::now())));
+            std::thread::sleep(
+                self.poll
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            );
             let status = self.status_until(deadline)?;
             if let Some(op) = status.op(which)
                 && !status.running
@@ -289,7 +353,9 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let before = self.wait_idle(deadline)?;
         self.call("POST /api/maintenance/db/backup", deadline, true, &|| {
-            Ok(self.authed(self.http.post(self.url("/api/maintenance/db/backup"))).timeout(REQUEST_TIMEOUT))
+            Ok(self
+                .authed(self.http.post(self.url("/api/maintenance/db/backup")))
+                .timeout(REQUEST_TIMEOUT))
         })?;
         let done = self.wait_finished(Which::Backup, &before, deadline)?;
         let message = done.status_message.clone().unwrap_or_default();
@@ -301,10 +367,18 @@ impl Client {
             .detail("status_message", message));
         }
         let Some(backup_id) = done.id.clone() else {
-            return Err(Error::new(ErrorKind::ApiProtocolError, "Connectware reported a finished backup without an id"));
+            return Err(Error::new(
+                ErrorKind::ApiProtocolError,
+                "Connectware reported a finished backup without an id",
+            ));
         };
         let (sha256, bytes) = self.download(dest, Instant::now() + self.timeout)?;
-        Ok(Downloaded { backup_id, status_message: done.status_message, sha256, bytes })
+        Ok(Downloaded {
+            backup_id,
+            status_message: done.status_message,
+            sha256,
+            bytes,
+        })
     }
 
     /// Streams `GET /api/maintenance/db/backup` into `dest` while hashing it; a broken
@@ -313,9 +387,12 @@ impl Client {
         let mut backoff = BACKOFF_START;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let mut response = self.call("GET /api/maintenance/db/backup", deadline, false, &|| {
-                Ok(self.get("/api/maintenance/db/backup").timeout(deadline.saturating_duration_since(Instant::now())))
-            })?;
+            let mut response =
+                self.call("GET /api/maintenance/db/backup", deadline, false, &|| {
+                    Ok(self
+                        .get("/api/maintenance/db/backup")
+                        .timeout(deadline.saturating_duration_since(Instant::now())))
+                })?;
             let expected = response.content_length();
             let file = File::options()
                 .write(true)
@@ -328,22 +405,34 @@ impl Client {
             let broke = loop {
                 match response.read(&mut buf) {
                     Ok(0) => break None,
-                    Ok(n) => out.write_all(&buf[..n]).map_err(|e| Error::io("cannot write", dest, e))?,
+                    Ok(n) => out
+                        .write_all(&buf[..n])
+                        .map_err(|e| Error::io("cannot write", dest, e))?,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => break Some(e.to_string()),
                 }
             };
-            let (file, sha256, bytes) = out.finish().map_err(|e| Error::io("cannot write", dest, e))?;
+            let (file, sha256, bytes) = out
+                .finish()
+                .map_err(|e| Error::io("cannot write", dest, e))?;
             let broke = broke.or_else(|| {
-                expected.filter(|n| *n != bytes).map(|n| format!("got {bytes} of {n} bytes"))
+                expected
+                    .filter(|n| *n != bytes)
+                    .map(|n| format!("got {bytes} of {n} bytes"))
             });
             match broke {
                 None => {
-                    file.sync_all().map_err(|e| Error::io("cannot sync", dest, e))?;
-                    if !dbfile::looks_like_gzip(dest).map_err(|e| Error::repo("cannot read", dest, e))? {
+                    file.sync_all()
+                        .map_err(|e| Error::io("cannot sync", dest, e))?;
+                    if !dbfile::looks_like_gzip(dest)
+                        .map_err(|e| Error::repo("cannot read", dest, e))?
+                    {
                         return Err(Error::new(
                             ErrorKind::ApiProtocolError,
-                            format!("{}/api/maintenance/db/backup sent something that is not a .tgz: is api.url Connectware?", self.base),
+                            format!(
+                                "{}/api/maintenance/db/backup sent something that is not a .tgz: is api.url Connectware?",
+                                self.base
+                            ),
                         ));
                     }
                     return Ok((sha256, bytes));
@@ -351,11 +440,16 @@ impl Client {
                 Some(why) if Instant::now() + backoff > deadline => {
                     return Err(Error::new(
                         ErrorKind::ApiUnreachable,
-                        format!("the database backup download from {} kept breaking until the timeout: {why}", self.base),
+                        format!(
+                            "the database backup download from {} kept breaking until the timeout: {why}",
+                            self.base
+                        ),
                     ));
                 }
                 Some(why) => {
-                    eprintln!("cwbackup: the database backup download broke ({why}); starting it again");
+                    eprintln!(
+                        "cwbackup: the database backup download broke ({why}); starting it again"
+                    );
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -372,7 +466,9 @@ impl Client {
             let form = reqwest::blocking::multipart::Form::new()
                 .file("file", file)
                 .map_err(|e| Error::repo("cannot read", file, e))?;
-            Ok(self.authed(self.http.post(self.url("/api/maintenance/db/restore"))).multipart(form))
+            Ok(self
+                .authed(self.http.post(self.url("/api/maintenance/db/restore")))
+                .multipart(form))
         })?;
         let done = self.wait_finished(Which::Restore, &before, deadline)?;
         if done.succeeded {
@@ -387,8 +483,11 @@ impl Client {
             .detail("last_compatible_version", last)
             .detail("status_message", message));
         }
-        Err(Error::new(ErrorKind::DbRestoreFailed, format!("Connectware's database restore failed: {message}"))
-            .detail("status_message", message))
+        Err(Error::new(
+            ErrorKind::DbRestoreFailed,
+            format!("Connectware's database restore failed: {message}"),
+        )
+        .detail("status_message", message))
     }
 }
 
@@ -399,7 +498,11 @@ pub fn last_compatible_version(message: &str) -> Option<String> {
     message[at..]
         .split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .map(|w| w.trim_matches('.'))
-        .find(|w| w.split('.').count() >= 2 && w.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+        .find(|w| {
+            w.split('.').count() >= 2
+                && w.split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        })
         .map(str::to_string)
 }
 
@@ -421,9 +524,13 @@ fn tls_problem(e: &reqwest::Error) -> Option<String> {
         source = s.source();
     }
     let text = chain(e);
-    ["invalid peer certificate", "received fatal alert", "peer is incompatible"]
-        .iter()
-        .find_map(|needle| text.find(needle).map(|at| text[at..].to_string()))
+    [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer is incompatible",
+    ]
+    .iter()
+    .find_map(|needle| text.find(needle).map(|at| text[at..].to_string()))
 }
 
 /// An error with its causes, for messages.
@@ -460,7 +567,8 @@ mod tests {
         let backup: OpStatus = raw.backup.unwrap().into();
         assert!(backup.succeeded);
         assert!(raw.restore.is_none());
-        let raw: RawStatus = serde_json::from_str(r#"{"running":true,"backup":{"succeeded":true}}"#).unwrap();
+        let raw: RawStatus =
+            serde_json::from_str(r#"{"running":true,"backup":{"succeeded":true}}"#).unwrap();
         assert!(OpStatus::from(raw.backup.unwrap()).succeeded);
     }
 }

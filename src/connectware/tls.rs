@@ -14,10 +14,10 @@ use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_name;
-use rustls::server::ParsedCertificate;
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use x509_cert::der::Decode;
 
@@ -30,13 +30,21 @@ pub fn client_config(validate_certs: bool, ca_file: Option<&Path>) -> Result<rus
         Some(path) => read_pem(path)?,
         None => Vec::new(),
     };
-    let verifier: Arc<dyn ServerCertVerifier> = if validate_certs {
-        let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(pinned.clone(), provider.clone())
-            .map_err(|e| tls_setup_error(ca_file, e))?;
-        Arc::new(Verifier { inner: Arc::new(platform), pinned, provider: provider.clone() })
+    let chain = if validate_certs {
+        let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(
+            pinned.clone(),
+            provider.clone(),
+        )
+        .map_err(|e| tls_setup_error(ca_file, e))?;
+        Some(Arc::new(platform))
     } else {
-        Arc::new(NoCertificateCheck { provider: provider.clone() })
+        None
     };
+    let verifier = Arc::new(Verifier {
+        chain,
+        pinned,
+        provider: provider.clone(),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_setup_error(ca_file, e))?
@@ -48,21 +56,35 @@ pub fn client_config(validate_certs: bool, ca_file: Option<&Path>) -> Result<rus
 
 fn tls_setup_error(ca_file: Option<&Path>, e: impl std::fmt::Display) -> Error {
     let which = ca_file.map_or_else(String::new, |p| format!(" with ca_file {}", p.display()));
-    Error::new(ErrorKind::ApiTlsError, format!("cannot set up TLS{which}: {e}"))
+    Error::new(
+        ErrorKind::ApiTlsError,
+        format!("cannot set up TLS{which}: {e}"),
+    )
 }
 
 /// Every certificate in a PEM file.
 fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bytes = std::fs::read(path).map_err(|e| {
-        Error::new(ErrorKind::ApiTlsError, format!("cannot read ca_file {}: {e}", path.display()))
+        Error::new(
+            ErrorKind::ApiTlsError,
+            format!("cannot read ca_file {}: {e}", path.display()),
+        )
     })?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::new(ErrorKind::ApiTlsError, format!("ca_file {} is not a PEM bundle: {e}", path.display())))?;
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::ApiTlsError,
+                format!("ca_file {} is not a PEM bundle: {e}", path.display()),
+            )
+        })?;
     if certs.is_empty() {
         return Err(Error::new(
             ErrorKind::ApiTlsError,
-            format!("ca_file {} holds no certificate (expected PEM, -----BEGIN CERTIFICATE-----)", path.display()),
+            format!(
+                "ca_file {} holds no certificate (expected PEM, -----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
         ));
     }
     Ok(certs)
@@ -70,7 +92,10 @@ fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 
 #[derive(Debug)]
 struct Verifier {
-    inner: Arc<rustls_platform_verifier::Verifier>,
+    /// Chain validation against the platform's roots and `ca_file`; None for
+    /// `validate_certs: false`, which accepts any certificate (handshake signatures are still
+    /// checked below).
+    chain: Option<Arc<rustls_platform_verifier::Verifier>>,
     pinned: Vec<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
 }
@@ -84,11 +109,19 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Ok(ok) => Ok(ok),
             // The chain error is expected for a self-signed CA:TRUE certificate: accept it when
             // the operator pinned exactly this certificate.
-            Err(_) if self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|c| c.as_ref() == end_entity.as_ref()) =>
+            {
                 check_validity_period(end_entity)?;
                 verify_server_name(&ParsedCertificate::try_from(end_entity)?, server_name)?;
                 Ok(ServerCertVerified::assertion())
@@ -103,7 +136,12 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -112,11 +150,18 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -127,51 +172,12 @@ fn check_validity_period(der: &CertificateDer<'_>) -> std::result::Result<(), ru
     let validity = cert.tbs_certificate().validity();
     let now = SystemTime::now();
     if now < validity.not_before.to_system_time() {
-        return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYet));
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidYet,
+        ));
     }
     if now > validity.not_after.to_system_time() {
         return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
     }
     Ok(())
-}
-
-/// `validate_certs: false`: any certificate, but handshake signatures still checked.
-#[derive(Debug)]
-struct NoCertificateCheck {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }

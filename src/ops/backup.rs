@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 
 use crate::clock;
-use crate::connectware::{Client, dbfile};
+use crate::connectware::{self, Client, dbfile};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::prune;
 use crate::repository::check;
@@ -24,7 +24,7 @@ use crate::repository::manifest::{self, DbComponent, Manifest, VolumeComponent};
 use crate::repository::{self, Repository, Set};
 use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, Task};
-use crate::volume::{self, archive, digest, swap, tree};
+use crate::volume::{self, archive, swap, tree};
 
 /// How often the volume is archived again when it changed while being archived.
 const CONSISTENCY_ATTEMPTS: u32 = 3;
@@ -51,11 +51,8 @@ enum VolumeHalf {
 
 pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     let volume_dir = task.volume.as_ref().map(volume::resolve).transpose()?;
-    let client = task.api.as_ref().map(Client::new).transpose()?;
     let mut warnings = Vec::new();
-    if task.api.as_ref().is_some_and(|a| !a.validate_certs) {
-        warnings.push("api.validate_certs is false: the server's identity is not checked; give api.ca_file instead".to_string());
-    }
+    let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
     // A dry run must not create the repository; without one, every set would be new.
     let repo = if task.dry_run && !Repository::exists(&task.repository) {
@@ -63,11 +60,18 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     } else {
         Some(Repository::create(&task.repository)?)
     };
-    let _lock = repo.as_ref().map(|r| r.lock(Operation::Backup, task.wait_for_lock)).transpose()?;
+    let _lock = repo
+        .as_ref()
+        .map(|r| r.lock(Operation::Backup, task.wait_for_lock))
+        .transpose()?;
     if let (Some(r), false) = (&repo, task.dry_run) {
         r.clean_staging()?;
     }
-    let sets = repo.as_ref().map(Repository::sets).transpose()?.unwrap_or_default();
+    let sets = repo
+        .as_ref()
+        .map(Repository::sets)
+        .transpose()?
+        .unwrap_or_default();
 
     if let Some(id) = &opts.backup_id
         && let Some(set) = sets.iter().find(|s| &s.id == id)
@@ -83,14 +87,20 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
             && n.manifest.volume.is_some() == volume_dir.is_some()
             && n.manifest.db.is_some() == client.is_some()
     });
-    let newest_volume_digest = comparable.and_then(|n| n.manifest.volume.as_ref()).map(|v| v.content_digest.clone());
+    let newest_volume_digest = comparable
+        .and_then(|n| n.manifest.volume.as_ref())
+        .map(|v| v.content_digest.clone());
     let before = json!({"newest_set": newest.map(|s| &s.id)});
 
     if client.is_none()
-        && let (Some(set), Some(dir), Some(expected)) = (comparable, &volume_dir, &newest_volume_digest)
-        && &live_digest(dir)? == expected
+        && let (Some(set), Some(dir), Some(expected)) =
+            (comparable, &volume_dir, &newest_volume_digest)
+        && &volume::live(dir)?.1 == expected
     {
-        let msg = format!("the volume is unchanged since backup set {}; nothing to do (force writes a new set)", set.id);
+        let msg = format!(
+            "the volume is unchanged since backup set {}; nothing to do (force writes a new set)",
+            set.id
+        );
         return Ok(unchanged(task, set, Some(dir), msg, warnings));
     }
 
@@ -106,12 +116,24 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         let mut result = TaskResult::ok(Operation::Backup, true, true, msg);
         result.warnings = warnings;
         if task.diff {
-            result.diff = Some(Diff { before, after: json!({"newest_set": "(new set)"}) });
+            result.diff = Some(Diff {
+                before,
+                after: json!({"newest_set": "(new set)"}),
+            });
         }
         return Ok(result);
     }
     let repo = repo.expect("a real run created the repository");
-    take_set(&repo, task, opts, volume_dir.as_deref(), client.as_ref(), comparable, warnings, before)
+    take_set(
+        &repo,
+        task,
+        opts,
+        volume_dir.as_deref(),
+        client.as_ref(),
+        comparable,
+        warnings,
+        before,
+    )
 }
 
 /// Takes both halves into a staged set and publishes it (or finds both equal to
@@ -132,7 +154,18 @@ pub fn take_set(
     }
     let created = SystemTime::now();
     let staged = repo.stage(&format!("new.{}", std::process::id()))?;
-    let outcome = build(repo, &staged, task, opts, volume_dir, client, comparable, &mut warnings, created, before);
+    let outcome = build(
+        repo,
+        &staged,
+        task,
+        opts,
+        volume_dir,
+        client,
+        comparable,
+        &mut warnings,
+        created,
+        before,
+    );
     if outcome.is_err() || staged.exists() {
         let _ = std::fs::remove_dir_all(&staged);
     }
@@ -148,7 +181,10 @@ fn finish_interrupted_restore(dir: &Path, task: &Task, warnings: &mut Vec<String
     let _lock = work.lock(Operation::Backup, task.wait_for_lock)?;
     match work.recover()? {
         swap::Recovered::Nothing => {}
-        other => warnings.push(format!("an interrupted restore of {} was finished first: {other:?}", dir.display())),
+        other => warnings.push(format!(
+            "an interrupted restore of {} was finished first: {other:?}",
+            dir.display()
+        )),
     }
     Ok(())
 }
@@ -168,7 +204,9 @@ fn build(
     before: serde_json::Value,
 ) -> Result<TaskResult> {
     let server_version = client.and_then(Client::server_version);
-    let newest_volume_digest = comparable.and_then(|n| n.manifest.volume.as_ref()).map(|v| v.content_digest.as_str());
+    let newest_volume_digest = comparable
+        .and_then(|n| n.manifest.volume.as_ref())
+        .map(|v| v.content_digest.as_str());
     let db_path = staged.join(DB_FILE);
 
     // Both halves start together.
@@ -186,16 +224,19 @@ fn build(
             Some(dir) => (|| {
                 if client.is_some()
                     && let Some(expected) = newest_volume_digest
-                    && live_digest(dir)? == expected
+                    && volume::live(dir)?.1 == expected
                 {
                     return Ok(VolumeHalf::Unchanged);
                 }
                 let start = Instant::now();
-                archive_volume(dir, staged, opts.compression, &mut volume_warnings).map(|v| VolumeHalf::Archived(v, start))
+                archive_volume(dir, staged, opts.compression, &mut volume_warnings)
+                    .map(|v| VolumeHalf::Archived(v, start))
             })(),
         };
         warnings.extend(volume_warnings);
-        let db = db.map(|h| h.join().expect("the database thread does not panic")).transpose();
+        let db = db
+            .map(|h| h.join().expect("the database thread does not panic"))
+            .transpose();
         (db, volume_half)
     });
     let db = db?;
@@ -228,9 +269,13 @@ fn build(
             VolumeHalf::Absent | VolumeHalf::Unchanged => true,
             VolumeHalf::Archived(v, _) => Some(v.content_digest.as_str()) == newest_volume_digest,
         };
-        let db_same = set.manifest.db.as_ref().map(|d| &d.content_digest) == db_component.as_ref().map(|d| &d.content_digest);
+        let db_same = set.manifest.db.as_ref().map(|d| &d.content_digest)
+            == db_component.as_ref().map(|d| &d.content_digest);
         if volume_same && db_same {
-            let msg = format!("the volume and the database are unchanged since backup set {}; nothing to do (force writes a new set)", set.id);
+            let msg = format!(
+                "the volume and the database are unchanged since backup set {}; nothing to do (force writes a new set)",
+                set.id
+            );
             let mut result = unchanged(task, set, volume_dir, msg, std::mem::take(warnings));
             if let (Some(r), Some(d)) = (result.db.as_mut(), &db_component) {
                 r.status_message = d.status_message.clone();
@@ -241,7 +286,10 @@ fn build(
     // The database changed but the volume did not: it still belongs in the new set.
     if let (VolumeHalf::Unchanged, Some(dir)) = (&volume_half, volume_dir) {
         let start = Instant::now();
-        volume_half = VolumeHalf::Archived(archive_volume(dir, staged, opts.compression, warnings)?, start);
+        volume_half = VolumeHalf::Archived(
+            archive_volume(dir, staged, opts.compression, warnings)?,
+            start,
+        );
     }
     let (volume, volume_start) = match volume_half {
         VolumeHalf::Archived(v, start) => (Some(v), Some(start)),
@@ -249,16 +297,25 @@ fn build(
     };
     let skew_ms = match (&db, volume_start) {
         (Some((_, (db_start, _), _)), Some(v_start)) => {
-            let skew = if v_start > *db_start { v_start - *db_start } else { *db_start - v_start };
+            let skew = if v_start > *db_start {
+                v_start - *db_start
+            } else {
+                *db_start - v_start
+            };
             Some(skew.as_millis() as u64)
         }
         _ => None,
     };
-    let connectware_version = db_component.as_ref().and_then(|d| dbfile::version_of(&d.backup_id));
+    let connectware_version = db_component
+        .as_ref()
+        .and_then(|d| dbfile::version_of(&d.backup_id));
     let id = match &opts.backup_id {
         Some(id) => id.clone(),
         None => {
-            let label = connectware_version.clone().filter(|v| valid_id_part(v)).unwrap_or_else(|| "volume".to_string());
+            let label = connectware_version
+                .clone()
+                .filter(|v| valid_id_part(v))
+                .unwrap_or_else(|| "volume".to_string());
             repo.unique_id(&format!("{}-{label}", clock::id_stamp(created)))
         }
     };
@@ -275,15 +332,25 @@ fn build(
     };
     let manifest_path = staged.join(manifest::FILE);
     let text = serde_json::to_vec_pretty(&manifest).expect("a manifest is JSON");
-    repository::write_synced(&manifest_path, &text).map_err(|e| Error::repo("cannot write", &manifest_path, e))?;
+    repository::write_synced(&manifest_path, &text)
+        .map_err(|e| Error::repo("cannot write", &manifest_path, e))?;
     check_before_publish(staged, &manifest, opts.verify)?;
     let path = repo.publish(staged, &id)?;
 
-    let mut result = TaskResult::ok(Operation::Backup, false, true, format!("wrote backup set {id}"));
+    let mut result = TaskResult::ok(
+        Operation::Backup,
+        false,
+        true,
+        format!("wrote backup set {id}"),
+    );
     if let Some(keep_last) = opts.keep_last {
         let deleted = prune::apply(repo, keep_last, false)?;
         if !deleted.is_empty() {
-            result.msg = format!("{}; retention deleted {} older set(s)", result.msg, deleted.len());
+            result.msg = format!(
+                "{}; retention deleted {} older set(s)",
+                result.msg,
+                deleted.len()
+            );
         }
         result.sets = Some(deleted);
     }
@@ -291,35 +358,65 @@ fn build(
         result.volume = Some(volume_outcome(dir, v, true));
     }
     if let Some(d) = &manifest.db {
-        result.db = Some(DbOutcome { changed: true, backup_id: Some(d.backup_id.clone()), status_message: d.status_message.clone() });
+        result.db = Some(DbOutcome {
+            changed: true,
+            backup_id: Some(d.backup_id.clone()),
+            status_message: d.status_message.clone(),
+        });
     }
-    result.backup = Some(SetRef { id: id.clone(), path: path.display().to_string(), manifest: Some(manifest) });
+    result.backup = Some(SetRef {
+        id: id.clone(),
+        path: path.display().to_string(),
+        manifest: Some(manifest),
+    });
     result.warnings = std::mem::take(warnings);
     if task.diff {
-        result.diff = Some(Diff { before, after: json!({"newest_set": id}) });
+        result.diff = Some(Diff {
+            before,
+            after: json!({"newest_set": id}),
+        });
     }
     Ok(result)
 }
 
 /// Whether a Connectware version can be part of a set id.
 fn valid_id_part(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// The result for a backup that found its work already done.
-fn unchanged(task: &Task, set: &Set, volume_dir: Option<&Path>, msg: String, warnings: Vec<String>) -> TaskResult {
+fn unchanged(
+    task: &Task,
+    set: &Set,
+    volume_dir: Option<&Path>,
+    msg: String,
+    warnings: Vec<String>,
+) -> TaskResult {
     let mut result = TaskResult::ok(Operation::Backup, task.dry_run, false, msg);
     if let (Some(dir), Some(v)) = (volume_dir, &set.manifest.volume) {
         result.volume = Some(volume_outcome(dir, v, false));
     }
     if let Some(d) = &set.manifest.db {
-        result.db = Some(DbOutcome { changed: false, backup_id: Some(d.backup_id.clone()), status_message: d.status_message.clone() });
+        result.db = Some(DbOutcome {
+            changed: false,
+            backup_id: Some(d.backup_id.clone()),
+            status_message: d.status_message.clone(),
+        });
     }
-    result.backup = Some(SetRef { id: set.id.clone(), path: set.path.display().to_string(), manifest: Some(set.manifest.clone()) });
+    result.backup = Some(SetRef {
+        id: set.id.clone(),
+        path: set.path.display().to_string(),
+        manifest: Some(set.manifest.clone()),
+    });
     result.warnings = warnings;
     if task.diff {
         let same = json!({"newest_set": &set.id});
-        result.diff = Some(Diff { before: same.clone(), after: same });
+        result.diff = Some(Diff {
+            before: same.clone(),
+            after: same,
+        });
     }
     result
 }
@@ -332,13 +429,6 @@ fn volume_outcome(dir: &Path, v: &VolumeComponent, changed: bool) -> VolumeOutco
         bytes: v.expanded_bytes,
         content_digest: v.content_digest.clone(),
     }
-}
-
-/// The content digest of the live volume (one read of every file, no compression).
-pub fn live_digest(dir: &Path) -> Result<String> {
-    let entries = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let mut lines = digest::live_entries(dir, &entries).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    Ok(digest::content_digest(&mut lines))
 }
 
 /// Archives the volume into `staged`, again while it changes under us: the listing before
@@ -371,7 +461,9 @@ pub fn archive_volume(
         let after = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
         if !written.changed && before == after {
             for skipped in &written.skipped {
-                warnings.push(format!("{skipped} in the volume is a socket, FIFO or device and was not archived"));
+                warnings.push(format!(
+                    "{skipped} in the volume is a socket, FIFO or device and was not archived"
+                ));
             }
             return Ok(VolumeComponent {
                 file: file_name.to_string(),
@@ -386,7 +478,9 @@ pub fn archive_volume(
                 source: dir.display().to_string(),
             });
         }
-        eprintln!("cwbackup: the volume changed while it was archived (attempt {attempt} of {CONSISTENCY_ATTEMPTS})");
+        eprintln!(
+            "cwbackup: the volume changed while it was archived (attempt {attempt} of {CONSISTENCY_ATTEMPTS})"
+        );
     }
     Err(Error::new(
         ErrorKind::ConsistencyError,

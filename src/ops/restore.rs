@@ -16,18 +16,19 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::connectware::Client;
+use crate::connectware::{self, Client};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::backup;
 use crate::repository::{Repository, Set, check};
 use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, RestoreOptions, Task};
+use crate::volume;
 use crate::volume::digest::{self, DigestEntry};
 use crate::volume::swap::{self, Recovered, Work};
-use crate::volume::{self, tree};
 
 /// What an operator must do after any restore, whoever restarts Connectware.
-const BROWSER_SESSIONS: &str = "every Admin-UI browser session must be restarted (log out and in again) after a restore";
+const BROWSER_SESSIONS: &str =
+    "every Admin-UI browser session must be restarted (log out and in again) after a restore";
 
 /// The live volume: its digest lines and digest.
 struct Live {
@@ -37,16 +38,16 @@ struct Live {
 
 pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let volume_dir = task.volume.as_ref().map(volume::resolve).transpose()?;
-    let client = task.api.as_ref().map(Client::new).transpose()?;
     let mut warnings = Vec::new();
-    if task.api.as_ref().is_some_and(|a| !a.validate_certs) {
-        warnings.push("api.validate_certs is false: the server's identity is not checked; give api.ca_file instead".to_string());
-    }
+    let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
     let repo = Repository::open(&task.repository)?;
     let _repo_lock = repo.lock(Operation::Restore, task.wait_for_lock)?;
     let work = volume_dir.as_deref().map(Work::of).transpose()?;
-    let _volume_lock = work.as_ref().map(|w| w.lock(Operation::Restore, task.wait_for_lock)).transpose()?;
+    let _volume_lock = work
+        .as_ref()
+        .map(|w| w.lock(Operation::Restore, task.wait_for_lock))
+        .transpose()?;
     if let Some(w) = &work {
         if task.dry_run {
             if w.pending() {
@@ -56,7 +57,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             repo.clean_staging()?;
             match w.recover()? {
                 Recovered::Nothing => {}
-                other => warnings.push(format!("an interrupted restore was finished first: {other:?}")),
+                other => warnings.push(format!(
+                    "an interrupted restore was finished first: {other:?}"
+                )),
             }
         }
     }
@@ -65,39 +68,59 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     if volume_dir.is_some() && set.manifest.volume.is_none() {
         return Err(Error::new(
             ErrorKind::BackupNotFound,
-            format!("backup set {} has no volume half: leave out `volume` to restore its database alone", set.id),
+            format!(
+                "backup set {} has no volume half: leave out `volume` to restore its database alone",
+                set.id
+            ),
         ));
     }
     if client.is_some() && set.manifest.db.is_none() {
         return Err(Error::new(
             ErrorKind::BackupNotFound,
-            format!("backup set {} has no database half: leave out `api` to restore its volume alone", set.id),
+            format!(
+                "backup set {} has no database half: leave out `api` to restore its volume alone",
+                set.id
+            ),
         ));
     }
     // The set's checksums and the live volume's digest are independent reads: one core each.
     let (problems, live) = std::thread::scope(|scope| {
         let sums = scope.spawn(|| check::checksums(&set.path, &set.manifest));
         let live = volume_dir.as_deref().map(live_state).transpose();
-        (sums.join().expect("the checksum thread does not panic"), live)
+        (
+            sums.join().expect("the checksum thread does not panic"),
+            live,
+        )
     });
     if let Some(p) = problems.first() {
         return Err(Error::new(
             ErrorKind::IntegrityError,
-            format!("backup set {} is damaged ({}: {}); nothing was changed: restore another set (`list` shows them)", set.id, p.component, p.message),
+            format!(
+                "backup set {} is damaged ({}: {}); nothing was changed: restore another set (`list` shows them)",
+                set.id, p.component, p.message
+            ),
         ));
     }
 
     // The plan.
     let live = live?;
-    let set_volume_digest = set.manifest.volume.as_ref().map(|v| v.content_digest.clone());
-    let volume_needed = live.as_ref().is_some_and(|l| opts.force || Some(&l.digest) != set_volume_digest.as_ref());
+    let set_volume_digest = set
+        .manifest
+        .volume
+        .as_ref()
+        .map(|v| v.content_digest.clone());
+    let volume_needed = live
+        .as_ref()
+        .is_some_and(|l| opts.force || Some(&l.digest) != set_volume_digest.as_ref());
     let db_status = match &client {
         Some(c) => Some(c.status()?),
         None => None,
     };
     let set_db_id = set.manifest.db.as_ref().map(|d| d.backup_id.clone());
     let last_restore = db_status.as_ref().and_then(|s| s.restore.clone());
-    let db_matches = last_restore.as_ref().is_some_and(|r| r.succeeded && r.id == set_db_id);
+    let db_matches = last_restore
+        .as_ref()
+        .is_some_and(|r| r.succeeded && r.id == set_db_id);
     let db_needed = client.is_some() && (opts.force || !db_matches);
     if let Some(c) = &client {
         check_versions(c, &set, opts.force, &mut warnings)?;
@@ -112,33 +135,72 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             Operation::Restore,
             task.dry_run,
             false,
-            format!("the installation already matches backup set {}; nothing to do (force restores anyway)", set.id),
+            format!(
+                "the installation already matches backup set {}; nothing to do (force restores anyway)",
+                set.id
+            ),
         );
         result.warnings = warnings;
-        fill(&mut result, &set, volume_dir.as_deref(), false, client.as_ref().map(|_| false));
+        fill(
+            &mut result,
+            &set,
+            volume_dir.as_deref(),
+            false,
+            client.as_ref().map(|_| false),
+        );
         if task.diff {
-            result.diff = Some(Diff { before: before.clone(), after: before });
+            result.diff = Some(Diff {
+                before: before.clone(),
+                after: before,
+            });
         }
         return Ok(result);
     }
-    let diff = if task.diff { Some(plan_diff(&set, live.as_ref(), volume_needed, db_needed, before)?) } else { None };
+    let diff = if task.diff {
+        Some(plan_diff(
+            &set,
+            live.as_ref(),
+            volume_needed,
+            db_needed,
+            before,
+        )?)
+    } else {
+        None
+    };
     let halves = match (volume_needed, db_needed) {
         (true, true) => "the volume and the database",
         (true, false) => "the volume",
         _ => "the database",
     };
     if task.dry_run {
-        let mut result = TaskResult::ok(Operation::Restore, true, true, format!("would restore {halves} from backup set {}", set.id));
+        let mut result = TaskResult::ok(
+            Operation::Restore,
+            true,
+            true,
+            format!("would restore {halves} from backup set {}", set.id),
+        );
         result.warnings = warnings;
         result.restart_required = opts.restart.is_none();
-        fill(&mut result, &set, volume_dir.as_deref(), volume_needed, client.as_ref().map(|_| db_needed));
+        fill(
+            &mut result,
+            &set,
+            volume_dir.as_deref(),
+            volume_needed,
+            client.as_ref().map(|_| db_needed),
+        );
         result.diff = diff;
         return Ok(result);
     }
 
     // Apply.
     let safety = if opts.safety_backup {
-        Some(safety_backup(&repo, task, volume_dir.as_deref(), client.as_ref(), &mut warnings)?)
+        Some(safety_backup(
+            &repo,
+            task,
+            volume_dir.as_deref(),
+            client.as_ref(),
+            &mut warnings,
+        )?)
     } else {
         None
     };
@@ -146,8 +208,13 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         stage(w, &set, dir)?;
     }
     if db_needed {
-        let db_file = set.path.join(&set.manifest.db.as_ref().expect("checked above").file);
-        let restored = client.as_ref().expect("db_needed implies api").restore(&db_file);
+        let db_file = set
+            .path
+            .join(&set.manifest.db.as_ref().expect("checked above").file);
+        let restored = client
+            .as_ref()
+            .expect("db_needed implies api")
+            .restore(&db_file);
         if let Err(e) = restored {
             if let Some(w) = &work {
                 let _ = w.discard_staged();
@@ -165,7 +232,13 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     }
     warnings.push(BROWSER_SESSIONS.to_string());
     let mut result = TaskResult::ok(Operation::Restore, false, true, msg);
-    fill(&mut result, &set, volume_dir.as_deref(), volume_needed, client.as_ref().map(|_| db_needed));
+    fill(
+        &mut result,
+        &set,
+        volume_dir.as_deref(),
+        volume_needed,
+        client.as_ref().map(|_| db_needed),
+    );
     result.safety_backup = safety;
     result.diff = diff;
     result.restart_required = true;
@@ -204,16 +277,20 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
 }
 
 fn live_state(dir: &Path) -> Result<Live> {
-    let listing = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let mut entries = digest::live_entries(dir, &listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let digest = digest::content_digest(&mut entries);
-    Ok(Live { entries, digest })
+    volume::live(dir).map(|(entries, digest)| Live { entries, digest })
 }
 
 /// Refuses a backup from a newer Connectware than the target's (unless `force`), and warns
 /// about any other difference.
-fn check_versions(client: &Client, set: &Set, force: bool, warnings: &mut Vec<String>) -> Result<()> {
-    let Some(from) = set.manifest.connectware_version.as_deref() else { return Ok(()) };
+fn check_versions(
+    client: &Client,
+    set: &Set,
+    force: bool,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let Some(from) = set.manifest.connectware_version.as_deref() else {
+        return Ok(());
+    };
     let Some(target) = client.server_version() else {
         warnings.push(format!(
             "cannot read the running Connectware version (/api/system/info): the backup is from {from}, compatibility was not checked"
@@ -242,7 +319,13 @@ fn version_key(v: &str) -> Option<Vec<u64>> {
 }
 
 /// Before and after, with counts of the files a restore adds, removes and changes.
-fn plan_diff(set: &Set, live: Option<&Live>, volume_needed: bool, db_needed: bool, before: Value) -> Result<Diff> {
+fn plan_diff(
+    set: &Set,
+    live: Option<&Live>,
+    volume_needed: bool,
+    db_needed: bool,
+    before: Value,
+) -> Result<Diff> {
     let mut after = before.clone();
     if db_needed {
         after["db_restore_id"] = json!(set.manifest.db.as_ref().map(|d| &d.backup_id));
@@ -259,11 +342,40 @@ fn plan_diff(set: &Set, live: Option<&Live>, volume_needed: bool, db_needed: boo
 }
 
 /// The safety set of the current state, written before anything changes.
-fn safety_backup(repo: &Repository, task: &Task, volume_dir: Option<&Path>, client: Option<&Client>, warnings: &mut Vec<String>) -> Result<SetRef> {
-    let id = repo.unique_id(&format!("{}{}", crate::repository::SAFETY_PREFIX, clock::id_stamp(SystemTime::now())));
-    let opts = BackupOptions { backup_id: Some(id), force: true, keep_last: None, verify: false, compression: Compression::default() };
-    let taken = backup::take_set(repo, task, &opts, volume_dir, client, None, Vec::new(), Value::Null).map_err(|e| Error {
-        message: format!("the safety backup before the restore failed, so nothing was restored: {}", e.message),
+fn safety_backup(
+    repo: &Repository,
+    task: &Task,
+    volume_dir: Option<&Path>,
+    client: Option<&Client>,
+    warnings: &mut Vec<String>,
+) -> Result<SetRef> {
+    let id = repo.unique_id(&format!(
+        "{}{}",
+        crate::repository::SAFETY_PREFIX,
+        clock::id_stamp(SystemTime::now())
+    ));
+    let opts = BackupOptions {
+        backup_id: Some(id),
+        force: true,
+        keep_last: None,
+        verify: false,
+        compression: Compression::default(),
+    };
+    let taken = backup::take_set(
+        repo,
+        task,
+        &opts,
+        volume_dir,
+        client,
+        None,
+        Vec::new(),
+        Value::Null,
+    )
+    .map_err(|e| Error {
+        message: format!(
+            "the safety backup before the restore failed, so nothing was restored: {}",
+            e.message
+        ),
         ..e
     })?;
     warnings.extend(taken.warnings);
@@ -309,8 +421,18 @@ fn restart(argv: &[String]) -> Result<()> {
 
 /// Names the set and what happened to each half.
 /// `db_changed` is None when the task did not ask for the database half.
-fn fill(result: &mut TaskResult, set: &Set, volume_dir: Option<&Path>, volume_changed: bool, db_changed: Option<bool>) {
-    result.backup = Some(SetRef { id: set.id.clone(), path: set.path.display().to_string(), manifest: Some(set.manifest.clone()) });
+fn fill(
+    result: &mut TaskResult,
+    set: &Set,
+    volume_dir: Option<&Path>,
+    volume_changed: bool,
+    db_changed: Option<bool>,
+) {
+    result.backup = Some(SetRef {
+        id: set.id.clone(),
+        path: set.path.display().to_string(),
+        manifest: Some(set.manifest.clone()),
+    });
     if let (Some(dir), Some(v)) = (volume_dir, &set.manifest.volume) {
         result.volume = Some(VolumeOutcome {
             changed: volume_changed,
@@ -321,6 +443,10 @@ fn fill(result: &mut TaskResult, set: &Set, volume_dir: Option<&Path>, volume_ch
         });
     }
     if let (Some(d), Some(changed)) = (&set.manifest.db, db_changed) {
-        result.db = Some(DbOutcome { changed, backup_id: Some(d.backup_id.clone()), status_message: None });
+        result.db = Some(DbOutcome {
+            changed,
+            backup_id: Some(d.backup_id.clone()),
+            status_message: None,
+        });
     }
 }

@@ -9,8 +9,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::repository::{Repository, Set, check};
 use crate::result::{Finding, Level, TaskResult};
 use crate::task::{Operation, Task, VerifyOptions};
+use crate::volume;
 use crate::volume::digest::{self, DigestEntry};
-use crate::volume::{self, tree};
 
 /// How many paths a drift warning names.
 const DRIFT_EXAMPLES: usize = 10;
@@ -147,8 +147,15 @@ fn check_set(
             problems.extend(check::db(&set.path, &set.manifest));
             problems
         });
-        let read = set.manifest.volume.as_ref().map(|_| check::volume(&set.path, &set.manifest, None));
-        (sums.join().expect("the checksum thread does not panic"), read)
+        let read = set
+            .manifest
+            .volume
+            .as_ref()
+            .map(|_| check::volume(&set.path, &set.manifest, None));
+        (
+            sums.join().expect("the checksum thread does not panic"),
+            read,
+        )
     });
     for p in sums {
         add(p.component, p.message);
@@ -170,13 +177,8 @@ fn check_set(
     };
     if deep && entries.is_some() {
         let scratch = repo.stage(&format!("verify-{}", set.id))?;
-        let outcome = check::volume(&set.path, &set.manifest, Some(&scratch)).and_then(|_| {
-            let tree = tree::scan(&scratch)
-                .map_err(|e| Error::io("cannot read extracted tree", &scratch, e))?;
-            let mut lines = digest::live_entries(&scratch, &tree)
-                .map_err(|e| Error::io("cannot read extracted tree", &scratch, e))?;
-            Ok(digest::content_digest(&mut lines))
-        });
+        let outcome = check::volume(&set.path, &set.manifest, Some(&scratch))
+            .and_then(|_| volume::live(&scratch).map(|(_, extracted)| extracted));
         let _ = std::fs::remove_dir_all(&scratch);
         let expected = &set
             .manifest
@@ -204,10 +206,7 @@ fn drift(
     set_entries: &[DigestEntry],
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
-    let listing = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let mut live =
-        digest::live_entries(dir, &listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let live_digest_value = digest::content_digest(&mut live);
+    let (live, live_digest_value) = volume::live(dir)?;
     let expected = &set
         .manifest
         .volume
@@ -217,7 +216,11 @@ fn drift(
     if &live_digest_value == expected {
         return Ok(());
     }
-    let digest::Changes { added, removed, changed } = digest::changes(set_entries, &live);
+    let digest::Changes {
+        added,
+        removed,
+        changed,
+    } = digest::changes(set_entries, &live);
     let examples = |v: &[String]| {
         v.iter()
             .take(DRIFT_EXAMPLES)

@@ -132,12 +132,20 @@ pub fn volume(
 
 /// Decompresses and reads the database file and compares its content digest with the manifest.
 pub fn db(dir: &Path, manifest: &Manifest) -> Vec<Problem> {
-    let Some(d) = &manifest.db else { return Vec::new() };
+    let Some(d) = &manifest.db else {
+        return Vec::new();
+    };
     match crate::connectware::dbfile::content_digest(&dir.join(&d.file)) {
-        Err(e) => vec![Problem::new("db", format!("{} cannot be read as a .tgz: {e}", d.file))],
+        Err(e) => vec![Problem::new(
+            "db",
+            format!("{} cannot be read as a .tgz: {e}", d.file),
+        )],
         Ok(found) if found != d.content_digest => vec![Problem::new(
             "db",
-            format!("{}'s content digest is {found}, the manifest says {}", d.file, d.content_digest),
+            format!(
+                "{}'s content digest is {found}, the manifest says {}",
+                d.file, d.content_digest
+            ),
         )],
         Ok(_) => Vec::new(),
     }

@@ -62,9 +62,13 @@ pub fn write_archive(
     let hashed = HashingWriter::new(BufWriter::with_capacity(BUF, file));
     let (mut written, hashed) = match compression {
         Compression::Gzip => {
-            let mut tar = BufWriter::with_capacity(BUF, ParGzWriter::new(hashed, GZIP_LEVEL, threads)?);
+            let mut tar =
+                BufWriter::with_capacity(BUF, ParGzWriter::new(hashed, GZIP_LEVEL, threads)?);
             let written = write_tar(root, entries, &mut tar)?;
-            (written, tar.into_inner().map_err(|e| e.into_error())?.finish()?)
+            (
+                written,
+                tar.into_inner().map_err(|e| e.into_error())?.finish()?,
+            )
         }
         Compression::Zstd => {
             let mut zstd = zstd::stream::write::Encoder::new(hashed, ZSTD_LEVEL)?;
@@ -73,7 +77,10 @@ pub fn write_archive(
             zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
             let mut tar = BufWriter::with_capacity(BUF, zstd);
             let written = write_tar(root, entries, &mut tar)?;
-            (written, tar.into_inner().map_err(|e| e.into_error())?.finish()?)
+            (
+                written,
+                tar.into_inner().map_err(|e| e.into_error())?.finish()?,
+            )
         }
     };
     let (file, sha256, bytes) = hashed.finish()?;

@@ -133,7 +133,11 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
-    let mut progress = Progress::new(if dest.is_some() { "extracting" } else { "reading" });
+    let mut progress = Progress::new(if dest.is_some() {
+        "extracting"
+    } else {
+        "reading"
+    });
 
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;

@@ -14,6 +14,16 @@ use std::process::Command;
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::VolumeSource;
 
+/// The live volume's content: its digest lines (sorted by path) and its content digest, from
+/// one read of every file.
+pub fn live(dir: &Path) -> Result<(Vec<digest::DigestEntry>, String)> {
+    let listing = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+    let mut entries =
+        digest::live_entries(dir, &listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
+    let content_digest = digest::content_digest(&mut entries);
+    Ok((entries, content_digest))
+}
+
 /// Finds the volume's directory: a path as given, or a Docker volume's mountpoint.
 pub fn resolve(source: &VolumeSource) -> Result<PathBuf> {
     let dir = match source {

@@ -84,8 +84,17 @@ impl<W: Write> ParGzWriter<W> {
         let tail = data.len().saturating_sub(WINDOW);
         let dictionary = std::mem::replace(&mut self.dictionary, data[tail..].to_vec());
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job { data, dictionary, last, reply };
-        self.jobs.as_ref().expect("not finished").send(job).map_err(|_| io::Error::other("a compression thread died"))?;
+        let job = Job {
+            data,
+            dictionary,
+            last,
+            reply,
+        };
+        self.jobs
+            .as_ref()
+            .expect("not finished")
+            .send(job)
+            .map_err(|_| io::Error::other("a compression thread died"))?;
         self.pending.push_back(answer);
         while self.pending.len() > self.in_flight {
             self.write_next()?;
@@ -95,8 +104,12 @@ impl<W: Write> ParGzWriter<W> {
 
     /// Writes the oldest chunk once its worker is done.
     fn write_next(&mut self) -> io::Result<()> {
-        let Some(answer) = self.pending.pop_front() else { return Ok(()) };
-        let (bytes, crc) = answer.recv().map_err(|_| io::Error::other("a compression thread died"))??;
+        let Some(answer) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let (bytes, crc) = answer
+            .recv()
+            .map_err(|_| io::Error::other("a compression thread died"))??;
         self.crc.combine(&crc);
         self.out.write_all(&bytes)
     }
@@ -139,15 +152,27 @@ fn compress(level: u32, dictionary: &[u8], data: &[u8], last: bool) -> Compresse
     crc.update(data);
     let mut deflate = Compress::new(Compression::new(level), false);
     if !dictionary.is_empty() {
-        deflate.set_dictionary(dictionary).map_err(io::Error::other)?;
+        deflate
+            .set_dictionary(dictionary)
+            .map_err(io::Error::other)?;
     }
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     let mut out = Vec::with_capacity(data.len() / 2 + 64 * 1024);
     loop {
         let consumed = deflate.total_in() as usize;
-        let status = deflate.compress_vec(&data[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let status = deflate
+            .compress_vec(&data[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
         let all_in = deflate.total_in() as usize == data.len();
-        let done = if last { status == Status::StreamEnd } else { all_in && out.len() < out.capacity() };
+        let done = if last {
+            status == Status::StreamEnd
+        } else {
+            all_in && out.len() < out.capacity()
+        };
         if done {
             return Ok((out, crc));
         }
@@ -195,7 +220,12 @@ pub fn read_ahead<R: Read + Send + 'static>(mut inner: R) -> impl Read {
             }
         }
     });
-    ReadAhead { rx, current: Vec::new(), at: 0, done: false }
+    ReadAhead {
+        rx,
+        current: Vec::new(),
+        at: 0,
+        done: false,
+    }
 }
 
 struct ReadAhead {
@@ -240,7 +270,11 @@ mod tests {
         (0..len)
             .map(|i| {
                 state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                if i % 3 == 0 { (state >> 24) as u8 } else { b"connectware"[i % 11] }
+                if i % 3 == 0 {
+                    (state >> 24) as u8
+                } else {
+                    b"connectware"[i % 11]
+                }
             })
             .collect()
     }
@@ -253,10 +287,14 @@ mod tests {
         }
         let gz = w.finish().unwrap();
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data, "{len} bytes on {threads} threads");
         let mut back = Vec::new();
-        read_ahead(flate2::read::GzDecoder::new(std::io::Cursor::new(gz))).read_to_end(&mut back).unwrap();
+        read_ahead(flate2::read::GzDecoder::new(std::io::Cursor::new(gz)))
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
     }
 
@@ -277,7 +315,10 @@ mod tests {
         let mut single = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
         single.write_all(&data).unwrap();
         let single = single.finish().unwrap().len();
-        assert!(parallel as f64 <= single as f64 * 1.002, "parallel {parallel}, single {single}");
+        assert!(
+            parallel as f64 <= single as f64 * 1.002,
+            "parallel {parallel}, single {single}"
+        );
     }
 
     #[test]

@@ -67,14 +67,23 @@ impl Work {
     /// The work directory for `volume` (created on demand).
     pub fn of(volume: &Path) -> Result<Work> {
         let name = volume.file_name().ok_or_else(|| {
-            Error::new(ErrorKind::VolumeNotFound, format!("volume {} has no directory name", volume.display()))
+            Error::new(
+                ErrorKind::VolumeNotFound,
+                format!("volume {} has no directory name", volume.display()),
+            )
         })?;
         let parent = volume.parent().ok_or_else(|| {
-            Error::new(ErrorKind::VolumeNotFound, format!("volume {} has no parent directory", volume.display()))
+            Error::new(
+                ErrorKind::VolumeNotFound,
+                format!("volume {} has no parent directory", volume.display()),
+            )
         })?;
         let mut work_name = OsString::from(".cwbackup-");
         work_name.push(name);
-        Ok(Work { volume: volume.to_path_buf(), dir: parent.join(work_name) })
+        Ok(Work {
+            volume: volume.to_path_buf(),
+            dir: parent.join(work_name),
+        })
     }
 
     fn ensure(&self) -> Result<()> {
@@ -110,7 +119,10 @@ impl Work {
         self.ensure()?;
         let staged = self.staged();
         remove_tree(&staged)?;
-        DirBuilder::new().mode(0o700).create(&staged).map_err(|e| Error::io("cannot create", &staged, e))?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&staged)
+            .map_err(|e| Error::io("cannot create", &staged, e))?;
         Ok(staged)
     }
 
@@ -160,7 +172,10 @@ impl Work {
         let old = self.old();
         remove_tree(&old)?;
         self.write_journal(Phase::MovingOld, set)?;
-        DirBuilder::new().mode(0o700).create(&old).map_err(|e| Error::io("cannot create", &old, e))?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&old)
+            .map_err(|e| Error::io("cannot create", &old, e))?;
         move_entries(&self.volume, &old)?;
         sync_dirs(&[&self.volume, &old])?;
         self.write_journal(Phase::MovingNew, set)?;
@@ -187,9 +202,17 @@ impl Work {
     fn write_journal(&self, phase: Phase, set: &str) -> Result<()> {
         let tmp = self.dir.join("journal.json.tmp");
         let _ = fs::remove_file(&tmp);
-        let bytes = serde_json::to_vec(&Journal { phase, set: set.to_string() }).expect("a journal is JSON");
+        let bytes = serde_json::to_vec(&Journal {
+            phase,
+            set: set.to_string(),
+        })
+        .expect("a journal is JSON");
         (|| -> io::Result<()> {
-            let mut f = File::options().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             io::Write::write_all(&mut f, &bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, self.journal())?;
@@ -215,7 +238,8 @@ fn move_entries(from: &Path, to: &Path) -> Result<()> {
     for item in read {
         let item = item.map_err(|e| Error::io("cannot read", from, e))?;
         let target = to.join(item.file_name());
-        fs::rename(item.path(), &target).map_err(|e| Error::io("cannot move an entry into", &target, e))?;
+        fs::rename(item.path(), &target)
+            .map_err(|e| Error::io("cannot move an entry into", &target, e))?;
     }
     Ok(())
 }
@@ -239,7 +263,10 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         Err(_) => {
             // A directory restored read-only (0555) blocks deleting its entries, even as owner.
             for entry in walk_dirs(path) {
-                let _ = fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+                let _ = fs::set_permissions(
+                    &entry,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                );
             }
             fs::remove_dir_all(path).map_err(|e| Error::io("cannot remove", path, e))
         }
@@ -278,8 +305,10 @@ mod tests {
     use super::*;
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort();
         v
     }
@@ -300,7 +329,11 @@ mod tests {
         work.write_journal(Phase::MovingOld, "set").unwrap();
         let old_moved = if phase == Phase::MovingOld { moved } else { 4 };
         for i in 1..=old_moved {
-            fs::rename(volume.join(format!("a{i}")), work.old().join(format!("a{i}"))).unwrap();
+            fs::rename(
+                volume.join(format!("a{i}")),
+                work.old().join(format!("a{i}")),
+            )
+            .unwrap();
         }
         if phase != Phase::MovingOld {
             work.write_journal(phase, "set").unwrap();
@@ -326,7 +359,10 @@ mod tests {
     fn an_interrupted_move_of_the_new_entries_is_rolled_forward() {
         for moved in 0..=4 {
             let (_tmp, work) = interrupted(Phase::MovingNew, moved);
-            assert_eq!(work.recover().unwrap(), Recovered::RolledForward("set".into()));
+            assert_eq!(
+                work.recover().unwrap(),
+                Recovered::RolledForward("set".into())
+            );
             assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"]);
             assert!(!work.pending() && !work.old().exists() && !work.staged().exists());
         }
@@ -356,6 +392,9 @@ mod tests {
         let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&work.volume).unwrap());
         work.swap("set").unwrap();
         assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"]);
-        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(&work.volume).unwrap()), inode);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&work.volume).unwrap()),
+            inode
+        );
     }
 }

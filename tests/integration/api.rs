@@ -31,12 +31,17 @@ impl Default for Api {
 impl Api {
     pub fn start(tls: TlsMode) -> Api {
         let f = Fixture::sample();
-        let emu = Emulator::start(Config { password: PASSWORD.into(), token: TOKEN.into(), tls, ..Config::default() }).unwrap();
+        let emu = Emulator::start(Config {
+            password: PASSWORD.into(),
+            token: TOKEN.into(),
+            tls,
+            ..Config::default()
+        })
+        .unwrap();
         let ca_file = f.path("ca.pem");
         fs::write(&ca_file, &emu.trust_pem).unwrap();
         Api { f, emu, ca_file }
     }
-
 
     /// The `api` object of a task.
     pub fn api(&self) -> Value {
@@ -62,7 +67,11 @@ impl Api {
 }
 
 fn kind(r: &Run) -> ErrorKind {
-    r.result.error.as_ref().unwrap_or_else(|| panic!("expected a failure: {}", r.stdout)).kind
+    r.result
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("expected a failure: {}", r.stdout))
+        .kind
 }
 
 #[test]
@@ -80,7 +89,11 @@ fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
     assert!(manifest.skew_ms.is_some());
     assert!(manifest.volume.is_some());
     let ours = fs::read(std::path::Path::new(&set.path).join("db.tgz")).unwrap();
-    assert_eq!(ours, a.emu.backup_file().unwrap(), "db.tgz is byte-identical to the server's file");
+    assert_eq!(
+        ours,
+        a.emu.backup_file().unwrap(),
+        "db.tgz is byte-identical to the server's file"
+    );
     let r_db = r.db.unwrap();
     assert!(r_db.changed);
     assert_eq!(r_db.backup_id.as_deref(), Some(db.backup_id.as_str()));
@@ -94,10 +107,17 @@ fn an_unchanged_installation_writes_no_second_set() {
     let second = run_ok(&a.task("backup"));
     assert!(!second.changed, "{}", second.msg);
     assert_eq!(second.backup.unwrap().id, first);
-    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 2, "a fresh server backup was compared");
+    assert_eq!(
+        a.emu.count("POST", "/api/maintenance/db/backup"),
+        2,
+        "a fresh server backup was compared"
+    );
     // A database change alone makes a new set, volume included.
     let mut db = a.emu.db();
-    db["users"].as_array_mut().unwrap().push(json!({"username": "operator", "roles": []}));
+    db["users"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"username": "operator", "roles": []}));
     a.emu.set_db(db);
     let third = run_ok(&a.task("backup"));
     assert!(third.changed);
@@ -114,25 +134,44 @@ fn the_vendors_curl_restore_accepts_our_db_tgz() {
     let r = run_ok(&a.task("backup"));
     let db_tgz = std::path::Path::new(&r.backup.unwrap().path).join("db.tgz");
     let out = Command::new("curl")
-        .args(["-sS", "--fail", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .args([
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
         .arg(&a.ca_file)
         .args(["-u", &format!("admin:{PASSWORD}"), "-F"])
         .arg(format!("file=@{}", db_tgz.display()))
         .arg(format!("{}/api/maintenance/db/restore", a.emu.url))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "202", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "202",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_bearer_token_goes_in_the_header_never_the_url() {
     let a = Api::default();
     let mut task = a.task("backup");
-    task["api"] = json!({"url": a.emu.url, "token": TOKEN, "ca_file": a.ca_file, "poll_interval_s": 0.05});
+    task["api"] =
+        json!({"url": a.emu.url, "token": TOKEN, "ca_file": a.ca_file, "poll_interval_s": 0.05});
     run_ok(&task);
     let requests = a.emu.requests();
     assert!(!requests.is_empty());
-    assert!(requests.iter().all(|r| r.auth == "bearer" && r.query.is_none()), "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.auth == "bearer" && r.query.is_none()),
+        "{requests:?}"
+    );
 }
 
 #[test]
@@ -156,14 +195,21 @@ fn a_wrong_password_is_api_auth_failed_and_not_retried() {
     task["api"]["password"] = json!(WRONG_PASSWORD);
     let r = run(&task);
     assert_eq!(kind(&r), ErrorKind::ApiAuthFailed);
-    assert_eq!(a.emu.requests().len(), 2, "one status request (and the version probe), no retries");
+    assert_eq!(
+        a.emu.requests().len(),
+        2,
+        "one status request (and the version probe), no retries"
+    );
     a.assert_no_set();
 }
 
 #[test]
 fn server_errors_are_retried_until_they_pass() {
     let a = Api::default();
-    a.emu.set_faults(Faults { fail_next: 3, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        fail_next: 3,
+        ..Faults::default()
+    });
     let r = run(&a.task("backup"));
     assert!(r.result.ok, "{}", r.stdout);
     assert!(r.stderr.contains("retrying"), "{}", r.stderr);
@@ -172,7 +218,10 @@ fn server_errors_are_retried_until_they_pass() {
 #[test]
 fn server_errors_until_the_timeout_are_api_unreachable() {
     let a = Api::default();
-    a.emu.set_faults(Faults { fail_next: 10_000, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        fail_next: 10_000,
+        ..Faults::default()
+    });
     let r = run(&a.backup_with_timeout(1.0));
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable);
     assert!(r.result.error.unwrap().retryable);
@@ -182,7 +231,10 @@ fn server_errors_until_the_timeout_are_api_unreachable() {
 #[test]
 fn a_dropped_download_is_started_again() {
     let a = Api::default();
-    a.emu.set_faults(Faults { drop_downloads: 2, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        drop_downloads: 2,
+        ..Faults::default()
+    });
     let r = run(&a.task("backup"));
     assert!(r.result.ok, "{}", r.stdout);
     assert!(r.stderr.contains("download broke"), "{}", r.stderr);
@@ -193,27 +245,46 @@ fn a_dropped_download_is_started_again() {
 #[test]
 fn downloads_that_always_break_leave_no_set_with_a_partial_file() {
     let a = Api::default();
-    a.emu.set_faults(Faults { drop_downloads: 10_000, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        drop_downloads: 10_000,
+        ..Faults::default()
+    });
     let r = run(&a.backup_with_timeout(1.0));
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable);
     a.assert_no_set();
-    assert_eq!(fs::read_dir(a.f.repo.join(".staging")).unwrap().count(), 0, "the partial download is removed");
+    assert_eq!(
+        fs::read_dir(a.f.repo.join(".staging")).unwrap().count(),
+        0,
+        "the partial download is removed"
+    );
 }
 
 #[test]
 fn a_failed_server_backup_is_db_backup_failed_with_its_message() {
     let a = Api::default();
-    a.emu.set_faults(Faults { backup_fails: Some("pg_dump: out of disk space".into()), ..Faults::default() });
+    a.emu.set_faults(Faults {
+        backup_fails: Some("pg_dump: out of disk space".into()),
+        ..Faults::default()
+    });
     let r = run(&a.task("backup"));
     assert_eq!(kind(&r), ErrorKind::DbBackupFailed);
-    assert!(r.result.error.unwrap().message.contains("pg_dump: out of disk space"));
+    assert!(
+        r.result
+            .error
+            .unwrap()
+            .message
+            .contains("pg_dump: out of disk space")
+    );
     a.assert_no_set();
 }
 
 #[test]
 fn a_backup_that_never_finishes_is_a_timeout() {
     let a = Api::default();
-    a.emu.set_faults(Faults { never_finish: true, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        never_finish: true,
+        ..Faults::default()
+    });
     let r = run(&a.backup_with_timeout(1.0));
     assert_eq!(kind(&r), ErrorKind::Timeout);
     assert!(r.result.error.unwrap().message.contains("timeout_s"));
@@ -223,14 +294,20 @@ fn a_backup_that_never_finishes_is_a_timeout() {
 #[test]
 fn slow_responses_are_waited_for() {
     let a = Api::default();
-    a.emu.set_faults(Faults { delay_ms: 300, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        delay_ms: 300,
+        ..Faults::default()
+    });
     run_ok(&a.task("backup"));
 }
 
 #[test]
 fn a_busy_server_is_waited_for() {
     let a = Api::default();
-    a.emu.set_faults(Faults { busy_next_posts: 2, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        busy_next_posts: 2,
+        ..Faults::default()
+    });
     run_ok(&a.task("backup"));
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 3);
 }
@@ -238,14 +315,21 @@ fn a_busy_server_is_waited_for() {
 #[test]
 fn the_correct_spelling_succeeded_is_accepted_too() {
     let a = Api::default();
-    a.emu.set_faults(Faults { correct_spelling: true, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        correct_spelling: true,
+        ..Faults::default()
+    });
     run_ok(&a.task("backup"));
 }
 
 #[test]
 fn nothing_listening_is_api_unreachable() {
     let a = Api::default();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut task = a.backup_with_timeout(0.5);
     task["api"]["url"] = json!(format!("https://127.0.0.1:{port}"));
     assert_eq!(kind(&run(&task)), ErrorKind::ApiUnreachable);
@@ -282,7 +366,11 @@ fn a_pinned_certificate_is_still_checked_against_the_host_name() {
     // The certificate names localhost and 127.0.0.1, not 127.0.0.2 (still this machine).
     task["api"]["url"] = json!(a.emu.url.replace("127.0.0.1", "127.0.0.2"));
     let r = run(&task);
-    if r.result.error.as_ref().is_some_and(|e| e.kind == ErrorKind::ApiUnreachable) {
+    if r.result
+        .error
+        .as_ref()
+        .is_some_and(|e| e.kind == ErrorKind::ApiUnreachable)
+    {
         return; // 127.0.0.2 is not routable in this sandbox: nothing to check
     }
     assert_eq!(kind(&r), ErrorKind::ApiTlsError, "{}", r.stdout);
@@ -300,7 +388,11 @@ fn validate_certs_false_works_with_a_warning() {
 #[test]
 fn the_password_never_appears_in_argv_output_logs_or_results() {
     let a = Api::default();
-    a.emu.set_faults(Faults { delay_ms: 100, fail_next: 1, ..Faults::default() });
+    a.emu.set_faults(Faults {
+        delay_ms: 100,
+        fail_next: 1,
+        ..Faults::default()
+    });
     let mut child = Command::new(BIN)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -310,10 +402,19 @@ fn the_password_never_appears_in_argv_output_logs_or_results() {
     let cmdline = fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(a.task("backup").to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(a.task("backup").to_string().as_bytes())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let mut wrong = a.task("backup");
     wrong["api"]["password"] = json!(WRONG_PASSWORD);
     let failed = run(&wrong);
@@ -324,9 +425,16 @@ fn the_password_never_appears_in_argv_output_logs_or_results() {
         ("failed stdout", failed.stdout.clone()),
         ("failed stderr", failed.stderr.clone()),
     ] {
-        assert!(!text.contains(PASSWORD), "the password leaked into {what}: {text}");
+        assert!(
+            !text.contains(PASSWORD),
+            "the password leaked into {what}: {text}"
+        );
     }
-    let manifests: String = a.f.set_ids().iter().map(|id| fs::read_to_string(a.f.repo.join(id).join("manifest.json")).unwrap()).collect();
+    let manifests: String =
+        a.f.set_ids()
+            .iter()
+            .map(|id| fs::read_to_string(a.f.repo.join(id).join("manifest.json")).unwrap())
+            .collect();
     assert!(!manifests.contains(PASSWORD));
 }
 

@@ -294,12 +294,22 @@ fn zstd_archives_extract_with_gnu_tar_and_every_reader_follows_the_manifest() {
 fn progress_goes_to_stderr_only_when_asked() {
     let f = Fixture::sample();
     let quiet = run_raw(f.task("backup").to_string().as_bytes(), &[]);
-    assert!(!quiet.stderr.contains("archiving"), "stderr is not a terminal: no progress");
+    assert!(
+        !quiet.stderr.contains("archiving"),
+        "stderr is not a terminal: no progress"
+    );
     let mut task = f.task("backup");
     task["force"] = json!(true);
     let asked = run_raw(task.to_string().as_bytes(), &[("CWBACKUP_PROGRESS", "1")]);
     assert!(asked.result.ok);
-    let line = asked.stderr.lines().find(|l| l.starts_with("cwbackup: archiving")).expect("a progress line");
+    let line = asked
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("cwbackup: archiving"))
+        .expect("a progress line");
     assert!(line.contains("files") && line.contains("MiB/s"), "{line}");
-    assert!(!asked.stdout.contains("archiving"), "stdout holds the result alone");
+    assert!(
+        !asked.stdout.contains("archiving"),
+        "stdout holds the result alone"
+    );
 }

@@ -19,7 +19,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cwbackup");
 
 /// Every secret the suite hands to cwbackup: each run's argv, stdout and stderr are scanned
 /// for all of them.
-pub const SECRETS: &[&str] = &[crate::api::PASSWORD, crate::api::TOKEN, crate::api::WRONG_PASSWORD];
+pub const SECRETS: &[&str] = &[
+    crate::api::PASSWORD,
+    crate::api::TOKEN,
+    crate::api::WRONG_PASSWORD,
+];
 
 /// One run of the binary.
 #[derive(Debug)]
@@ -57,8 +61,15 @@ pub fn run_raw(input: &[u8], envs: &[(&str, &str)]) -> Run {
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     for secret in SECRETS {
-        for (place, text) in [("argv", String::from_utf8_lossy(&argv).as_ref()), ("stdout", &stdout), ("stderr", &stderr)] {
-            assert!(!text.contains(secret), "a secret leaked into {place}: {text}");
+        for (place, text) in [
+            ("argv", String::from_utf8_lossy(&argv).as_ref()),
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "a secret leaked into {place}: {text}"
+            );
         }
     }
     assert!(

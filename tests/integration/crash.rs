@@ -129,8 +129,18 @@ impl Rng {
 
 fn spawn_task(task: &serde_json::Value) -> Child {
     use std::io::Write;
-    let mut child = Command::new(BIN).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(task.to_string().as_bytes()).unwrap();
+    let mut child = Command::new(BIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(task.to_string().as_bytes())
+        .unwrap();
     child
 }
 
@@ -147,20 +157,38 @@ fn timed(task: &serde_json::Value) -> Duration {
 /// old tree or the set's, never a mix.
 #[test]
 fn random_sigkills_during_backup_and_restore_lose_nothing() {
-    let kills: u64 = std::env::var("CWBACKUP_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed: u64 = std::env::var("CWBACKUP_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let kills: u64 = std::env::var("CWBACKUP_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("CWBACKUP_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("crash suite: {kills} kills, CWBACKUP_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let shm = std::path::Path::new("/dev/shm");
-    let f = if shm.is_dir() { Fixture::empty_in(shm) } else { Fixture::empty() };
+    let f = if shm.is_dir() {
+        Fixture::empty_in(shm)
+    } else {
+        Fixture::empty()
+    };
 
     // Tree B is the set restores go back to; tree A is what the volume holds otherwise.
     let make_a = |vol: &std::path::Path| {
         big_tree(vol, 4, 1_500_000);
         for i in 0..400 {
-            write(&vol.join(format!("services/a{i:03}.yml")), format!("a {i}").as_bytes(), 0o644);
+            write(
+                &vol.join(format!("services/a{i:03}.yml")),
+                format!("a {i}").as_bytes(),
+                0o644,
+            );
         }
     };
     let reset_a = |vol: &std::path::Path| {
@@ -170,7 +198,11 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
     };
     make_a(&f.vol);
     for i in 0..400 {
-        write(&f.vol.join(format!("services/b{i:03}.yml")), format!("b {i}").as_bytes(), 0o644);
+        write(
+            &f.vol.join(format!("services/b{i:03}.yml")),
+            format!("b {i}").as_bytes(),
+            0o644,
+        );
     }
     let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
     let digest_b = spec_digest(&f.vol);
@@ -201,21 +233,33 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
         };
         let before = spec_digest(&f.vol);
         let mut child = spawn_task(task);
-        std::thread::sleep(Duration::from_micros(rng.below(span.as_micros() as u64 * 11 / 10)));
+        std::thread::sleep(Duration::from_micros(
+            rng.below(span.as_micros() as u64 * 11 / 10),
+        ));
         child.kill().unwrap();
         child.wait().unwrap();
 
         // The lock is taken over and no listed set is damaged.
         let listed = f.set_ids();
-        assert!(listed.contains(&set_b), "kill {i}: the restored set is still there");
+        assert!(
+            listed.contains(&set_b),
+            "kill {i}: the restored set is still there"
+        );
         let verified = run(&json!({"operation": "verify", "repository": f.repo}));
-        assert!(verified.result.ok, "kill {i} (seed {seed}): a listed set is damaged: {}", verified.stdout);
+        assert!(
+            verified.result.ok,
+            "kill {i} (seed {seed}): a listed set is damaged: {}",
+            verified.stdout
+        );
         sets_checked += listed.len();
         // The next run that touches the volume succeeds and makes it whole.
         run_ok(&recovery);
         let now = spec_digest(&f.vol);
         if is_restore {
-            assert!(now == before || now == digest_b, "kill {i} (seed {seed}): the volume is a mix of old and new");
+            assert!(
+                now == before || now == digest_b,
+                "kill {i} (seed {seed}): the volume is a mix of old and new"
+            );
             if now == digest_b {
                 finished += 1;
                 reset_a(&f.vol);
@@ -223,7 +267,10 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
                 rolled_back += 1;
             }
         } else {
-            assert_eq!(now, before, "kill {i} (seed {seed}): a backup changed the volume");
+            assert_eq!(
+                now, before,
+                "kill {i} (seed {seed}): a backup changed the volume"
+            );
         }
         // Keep the repositories small: set B and the newest other set stay.
         for repo in [f.repo.clone(), f.path("recovery-repo")] {
@@ -260,7 +307,10 @@ fn a_backup_during_a_restore_is_busy_or_waits() {
     // Wait until the restore holds the repository lock (its safety set is being written).
     let deadline = Instant::now() + Duration::from_secs(20);
     while fs::read_dir(f.repo.join(".staging")).map_or(true, |mut d| d.next().is_none()) {
-        assert!(child.try_wait().unwrap().is_none(), "the restore ended before it was caught");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it was caught"
+        );
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -15,7 +15,11 @@ struct Mount(PathBuf);
 impl Mount {
     fn new(at: &Path, size: &str) -> Mount {
         fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).output().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "these tests mount a small tmpfs and need root: {}",
@@ -41,7 +45,11 @@ fn a_full_repository_is_no_space_and_leaves_no_set() {
     assert_eq!(e.kind, ErrorKind::NoSpace, "{}", e.message);
     assert!(e.retryable);
     assert!(f.set_ids().is_empty());
-    assert_eq!(fs::read_dir(f.repo.join(".staging")).unwrap().count(), 0, "the partial set is removed");
+    assert_eq!(
+        fs::read_dir(f.repo.join(".staging")).unwrap().count(),
+        0,
+        "the partial set is removed"
+    );
 }
 
 #[test]
@@ -57,10 +65,19 @@ fn a_full_volume_file_system_during_staging_leaves_the_volume_untouched() {
     let vol = mount_dir.join("vol");
     write(&vol.join("services/current.yml"), &[1u8; 300_000], 0o644);
     let before = listing(&vol);
-    let r = run(&json!({"operation": "restore", "repository": f.repo, "backup_id": set,
-                        "volume": {"path": vol}, "safety_backup": false}));
+    let r = run(
+        &json!({"operation": "restore", "repository": f.repo, "backup_id": set,
+                        "volume": {"path": vol}, "safety_backup": false}),
+    );
     let e = r.result.error.expect("the restore fails");
     assert_eq!(e.kind, ErrorKind::NoSpace, "{}", e.message);
-    assert_eq!(listing(&vol), before, "the volume is byte for byte as it was");
-    assert!(!mount_dir.join(".cwbackup-vol/staged").exists(), "staging is removed");
+    assert_eq!(
+        listing(&vol),
+        before,
+        "the volume is byte for byte as it was"
+    );
+    assert!(
+        !mount_dir.join(".cwbackup-vol/staged").exists(),
+        "staging is removed"
+    );
 }

@@ -20,35 +20,127 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let f = Faults::default;
-    let ok = |name, faults| Case { name, faults, timeout_s: 10.0, backup: None, restore: None };
+    let ok = |name, faults| Case {
+        name,
+        faults,
+        timeout_s: 10.0,
+        backup: None,
+        restore: None,
+    };
     vec![
         ok("no fault", f()),
-        ok("three 503s", Faults { fail_next: 3, ..f() }),
-        Case { name: "503 forever", faults: Faults { fail_next: 100_000, ..f() }, timeout_s: 1.0,
-               backup: Some(ErrorKind::ApiUnreachable), restore: Some(ErrorKind::ApiUnreachable) },
-        ok("busy twice", Faults { busy_next_posts: 2, ..f() }),
-        ok("two broken downloads", Faults { drop_downloads: 2, ..f() }),
-        Case { name: "downloads always break", faults: Faults { drop_downloads: 100_000, ..f() }, timeout_s: 1.0,
-               // The restore's safety backup downloads too.
-               backup: Some(ErrorKind::ApiUnreachable), restore: Some(ErrorKind::ApiUnreachable) },
-        Case { name: "server backup fails", faults: Faults { backup_fails: Some("disk full on server".into()), ..f() },
-               timeout_s: 10.0, backup: Some(ErrorKind::DbBackupFailed), restore: Some(ErrorKind::DbBackupFailed) },
-        Case { name: "server restore fails", faults: Faults { restore_fails: Some("relation locked".into()), ..f() },
-               timeout_s: 10.0, backup: None, restore: Some(ErrorKind::DbRestoreFailed) },
-        Case { name: "never finishes", faults: Faults { never_finish: true, ..f() }, timeout_s: 1.0,
-               backup: Some(ErrorKind::Timeout), restore: Some(ErrorKind::Timeout) },
-        ok("slow responses", Faults { delay_ms: 200, ..f() }),
-        Case { name: "restore refused for the version",
-               faults: Faults { refuse_restore_versions: vec!["1.10.2".into()], last_compatible_version: Some("1.9.0".into()), ..f() },
-               timeout_s: 10.0, backup: None, restore: Some(ErrorKind::VersionIncompatible) },
-        ok("correct spelling", Faults { correct_spelling: true, ..f() }),
+        ok(
+            "three 503s",
+            Faults {
+                fail_next: 3,
+                ..f()
+            },
+        ),
+        Case {
+            name: "503 forever",
+            faults: Faults {
+                fail_next: 100_000,
+                ..f()
+            },
+            timeout_s: 1.0,
+            backup: Some(ErrorKind::ApiUnreachable),
+            restore: Some(ErrorKind::ApiUnreachable),
+        },
+        ok(
+            "busy twice",
+            Faults {
+                busy_next_posts: 2,
+                ..f()
+            },
+        ),
+        ok(
+            "two broken downloads",
+            Faults {
+                drop_downloads: 2,
+                ..f()
+            },
+        ),
+        Case {
+            name: "downloads always break",
+            faults: Faults {
+                drop_downloads: 100_000,
+                ..f()
+            },
+            timeout_s: 1.0,
+            // The restore's safety backup downloads too.
+            backup: Some(ErrorKind::ApiUnreachable),
+            restore: Some(ErrorKind::ApiUnreachable),
+        },
+        Case {
+            name: "server backup fails",
+            faults: Faults {
+                backup_fails: Some("disk full on server".into()),
+                ..f()
+            },
+            timeout_s: 10.0,
+            backup: Some(ErrorKind::DbBackupFailed),
+            restore: Some(ErrorKind::DbBackupFailed),
+        },
+        Case {
+            name: "server restore fails",
+            faults: Faults {
+                restore_fails: Some("relation locked".into()),
+                ..f()
+            },
+            timeout_s: 10.0,
+            backup: None,
+            restore: Some(ErrorKind::DbRestoreFailed),
+        },
+        Case {
+            name: "never finishes",
+            faults: Faults {
+                never_finish: true,
+                ..f()
+            },
+            timeout_s: 1.0,
+            backup: Some(ErrorKind::Timeout),
+            restore: Some(ErrorKind::Timeout),
+        },
+        ok(
+            "slow responses",
+            Faults {
+                delay_ms: 200,
+                ..f()
+            },
+        ),
+        Case {
+            name: "restore refused for the version",
+            faults: Faults {
+                refuse_restore_versions: vec!["1.10.2".into()],
+                last_compatible_version: Some("1.9.0".into()),
+                ..f()
+            },
+            timeout_s: 10.0,
+            backup: None,
+            restore: Some(ErrorKind::VersionIncompatible),
+        },
+        ok(
+            "correct spelling",
+            Faults {
+                correct_spelling: true,
+                ..f()
+            },
+        ),
     ]
 }
 
 fn every_listed_set_verifies(a: &Api, case: &str) {
     let r = run(&json!({"operation": "verify", "repository": a.f.repo}));
-    let none = r.result.error.as_ref().is_some_and(|e| e.kind == ErrorKind::BackupNotFound);
-    assert!(r.result.ok || none, "{case}: a listed set is damaged: {}", r.stdout);
+    let none = r
+        .result
+        .error
+        .as_ref()
+        .is_some_and(|e| e.kind == ErrorKind::BackupNotFound);
+    assert!(
+        r.result.ok || none,
+        "{case}: a listed set is damaged: {}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -60,8 +152,18 @@ fn every_fault_against_backup() {
         match case.backup {
             None => assert!(r.result.ok, "{}: {}", case.name, r.stdout),
             Some(kind) => {
-                assert_eq!(r.result.error.as_ref().map(|e| e.kind), Some(kind), "{}: {}", case.name, r.stdout);
-                assert!(a.f.set_ids().is_empty(), "{}: a failed backup published a set", case.name);
+                assert_eq!(
+                    r.result.error.as_ref().map(|e| e.kind),
+                    Some(kind),
+                    "{}: {}",
+                    case.name,
+                    r.stdout
+                );
+                assert!(
+                    a.f.set_ids().is_empty(),
+                    "{}: a failed backup published a set",
+                    case.name
+                );
             }
         }
         every_listed_set_verifies(&a, case.name);
@@ -84,11 +186,27 @@ fn every_fault_against_restore() {
         match case.restore {
             None => {
                 assert!(r.result.ok, "{}: {}", case.name, r.stdout);
-                assert_eq!(spec_digest(&a.f.vol), set_digest, "{}: the volume equals the set", case.name);
+                assert_eq!(
+                    spec_digest(&a.f.vol),
+                    set_digest,
+                    "{}: the volume equals the set",
+                    case.name
+                );
             }
             Some(kind) => {
-                assert_eq!(r.result.error.as_ref().map(|e| e.kind), Some(kind), "{}: {}", case.name, r.stdout);
-                assert_eq!(listing(&a.f.vol), before, "{}: a failed restore left the volume as it was", case.name);
+                assert_eq!(
+                    r.result.error.as_ref().map(|e| e.kind),
+                    Some(kind),
+                    "{}: {}",
+                    case.name,
+                    r.stdout
+                );
+                assert_eq!(
+                    listing(&a.f.vol),
+                    before,
+                    "{}: a failed restore left the volume as it was",
+                    case.name
+                );
             }
         }
         a.emu.set_faults(Faults::default());

@@ -17,22 +17,49 @@ use crate::common::*;
 /// checks and reach the deeper ones.
 fn json_value() -> impl Strategy<Value = Value> {
     let keys = prop::sample::select(vec![
-        "operation", "repository", "volume", "api", "path", "docker_volume", "url", "password", "token",
-        "backup_id", "keep_last", "force", "deep", "restart", "timeout_s", "_ansible_x", "unknown",
+        "operation",
+        "repository",
+        "volume",
+        "api",
+        "path",
+        "docker_volume",
+        "url",
+        "password",
+        "token",
+        "backup_id",
+        "keep_last",
+        "force",
+        "deep",
+        "restart",
+        "timeout_s",
+        "_ansible_x",
+        "unknown",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_map(|f| json!(f)),
-        prop::sample::select(vec!["backup", "restore", "verify", "list", "prune", "/r", "https://x", "../x", ""]).prop_map(Value::from),
+        prop::sample::select(vec![
+            "backup",
+            "restore",
+            "verify",
+            "list",
+            "prune",
+            "/r",
+            "https://x",
+            "../x",
+            ""
+        ])
+        .prop_map(Value::from),
         ".{0,12}".prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(keys.clone(), inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            prop::collection::btree_map(keys.clone(), inner, 0..6).prop_map(|m| Value::Object(
+                m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+            )),
         ]
     })
 }
@@ -46,7 +73,13 @@ fn valid_tar() -> (Vec<u8>, Limits) {
     let entries = tree::scan(&f.vol).unwrap();
     let mut out = Vec::new();
     let w = archive::write_tar(&f.vol, &entries, &mut out).unwrap();
-    (out, Limits { max_bytes: w.expanded_bytes, max_entries: w.files })
+    (
+        out,
+        Limits {
+            max_bytes: w.expanded_bytes,
+            max_entries: w.files,
+        },
+    )
 }
 
 fn documented_archive_error(kind: ErrorKind) -> bool {
@@ -112,33 +145,39 @@ proptest! {
     }
 }
 
-#[test]
-fn a_header_announcing_a_huge_file_is_refused_before_reading_it() {
+/// A regular-file header announcing `size` bytes.
+fn header(path: &str, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
-    h.set_path("huge").unwrap();
-    h.set_size(8 << 30);
+    h.set_path(path).unwrap();
+    h.set_size(size);
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_uid(0);
     h.set_gid(0);
     h.set_cksum();
-    let mut tar = h.as_bytes().to_vec();
+    h
+}
+
+#[test]
+fn a_header_announcing_a_huge_file_is_refused_before_reading_it() {
+    let mut tar = header("huge", 8 << 30).as_bytes().to_vec();
     tar.extend_from_slice(&[0u8; 1024]);
-    let e = read_archive(&tar[..], None, Limits { max_bytes: 1 << 20, max_entries: 10 }).unwrap_err();
+    let e = read_archive(
+        &tar[..],
+        None,
+        Limits {
+            max_bytes: 1 << 20,
+            max_entries: 10,
+        },
+    )
+    .unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{}", e.message);
 }
 
 #[test]
 fn a_gzip_bomb_is_stopped_at_the_manifests_size() {
     // 64 MiB of zeros in one entry compresses to ~64 KiB; the manifest allows 1 MiB.
-    let mut h = tar::Header::new_ustar();
-    h.set_path("bomb").unwrap();
-    h.set_size(64 << 20);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_cksum();
+    let h = header("bomb", 64 << 20);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(h.as_bytes()).unwrap();
     let zeros = vec![0u8; 1 << 20];
@@ -152,7 +191,18 @@ fn a_gzip_bomb_is_stopped_at_the_manifests_size() {
     let dest = f.path("dest");
     fs::create_dir(&dest).unwrap();
     let reader = flate2::read::GzDecoder::new(&bomb[..]);
-    let e = read_archive(reader, Some(&dest), Limits { max_bytes: 1 << 20, max_entries: 10 }).unwrap_err();
+    let e = read_archive(
+        reader,
+        Some(&dest),
+        Limits {
+            max_bytes: 1 << 20,
+            max_entries: 10,
+        },
+    )
+    .unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{}", e.message);
-    assert!(!dest.join("bomb").exists(), "nothing of the bomb was written");
+    assert!(
+        !dest.join("bomb").exists(),
+        "nothing of the bomb was written"
+    );
 }

@@ -17,7 +17,11 @@ fn modify(vol: &Path) {
     fs::remove_file(vol.join("services/secret.env")).unwrap();
     write(&vol.join("services/added.yml"), b"added", 0o644);
     write(&vol.join("bin/run.sh"), b"#!/bin/sh\necho changed\n", 0o755);
-    fs::set_permissions(vol.join("data/blob.bin"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        vol.join("data/blob.bin"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
 }
 
 fn volume_only(f: &Fixture, extra: serde_json::Value) -> serde_json::Value {
@@ -32,13 +36,24 @@ fn volume_only(f: &Fixture, extra: serde_json::Value) -> serde_json::Value {
 fn a_modified_volume_is_brought_back_exactly() {
     let f = Fixture::sample();
     let original = listing(&f.vol);
-    let digest = run_ok(&f.task("backup")).backup.unwrap().manifest.unwrap().volume.unwrap().content_digest;
+    let digest = run_ok(&f.task("backup"))
+        .backup
+        .unwrap()
+        .manifest
+        .unwrap()
+        .volume
+        .unwrap()
+        .content_digest;
     modify(&f.vol);
     let modified_digest = spec_digest(&f.vol);
     let r = run_ok(&volume_only(&f, json!({"diff": true})));
     assert!(r.changed && r.restart_required);
     assert_eq!(spec_digest(&f.vol), digest);
-    assert_eq!(listing(&f.vol), original, "contents, modes, symlinks and mtimes are back");
+    assert_eq!(
+        listing(&f.vol),
+        original,
+        "contents, modes, symlinks and mtimes are back"
+    );
     let diff = r.diff.unwrap();
     assert_eq!(diff.after["files_added"], json!(1), "{diff:?}");
     assert_eq!(diff.after["files_removed"], json!(1));
@@ -47,10 +62,16 @@ fn a_modified_volume_is_brought_back_exactly() {
     // The safety set holds the state from before.
     let safety = r.safety_backup.unwrap();
     assert!(safety.id.starts_with("pre-restore-"));
-    assert_eq!(safety.manifest.unwrap().volume.unwrap().content_digest, modified_digest);
+    assert_eq!(
+        safety.manifest.unwrap().volume.unwrap().content_digest,
+        modified_digest
+    );
     // No work directory leftovers beside the volume but the lock.
     let work = f.tmp.path().join(".cwbackup-vol");
-    let left: Vec<_> = fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
 }
 
@@ -58,7 +79,12 @@ fn a_modified_volume_is_brought_back_exactly() {
 fn ownership_is_restored_when_running_as_root() {
     use std::os::unix::fs::MetadataExt;
     let f = Fixture::sample();
-    std::os::unix::fs::chown(f.vol.join("services/opcua-server.yml"), Some(1234), Some(2345)).unwrap();
+    std::os::unix::fs::chown(
+        f.vol.join("services/opcua-server.yml"),
+        Some(1234),
+        Some(2345),
+    )
+    .unwrap();
     std::os::unix::fs::lchown(f.vol.join("links/rel"), Some(1235), Some(2346)).unwrap();
     std::os::unix::fs::chown(f.vol.join("empty"), Some(1236), Some(2347)).unwrap();
     run_ok(&f.task("backup"));
@@ -83,8 +109,15 @@ fn restoring_again_changes_nothing_and_writes_no_safety_set() {
     let sets = f.set_ids().len();
     let r = run_ok(&volume_only(&f, json!({})));
     assert!(!r.changed && !r.restart_required, "{}", r.msg);
-    assert_eq!(f.set_ids().len(), sets, "no safety set for a restore that changes nothing");
-    let forced = run_ok(&volume_only(&f, json!({"force": true, "safety_backup": false})));
+    assert_eq!(
+        f.set_ids().len(),
+        sets,
+        "no safety set for a restore that changes nothing"
+    );
+    let forced = run_ok(&volume_only(
+        &f,
+        json!({"force": true, "safety_backup": false}),
+    ));
     assert!(forced.changed);
 }
 
@@ -127,18 +160,26 @@ fn both_halves_are_restored_and_a_second_restore_sends_no_request() {
     let original_db = a.emu.db();
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
-    a.emu.set_db(json!({"users": [], "roles": [], "permissions": []}));
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
     let r = run_ok(&a.task("restore"));
     assert!(r.changed);
     assert!(r.db.as_ref().unwrap().changed && r.volume.as_ref().unwrap().changed);
     assert_eq!(a.emu.db(), original_db);
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 1);
     let safety = r.safety_backup.unwrap().manifest.unwrap();
-    assert!(safety.db.is_some() && safety.volume.is_some(), "the safety set holds both halves");
+    assert!(
+        safety.db.is_some() && safety.volume.is_some(),
+        "the safety set holds both halves"
+    );
 
     let again = run_ok(&a.task("restore"));
     assert!(!again.changed, "{}", again.msg);
-    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 1, "no restore request reached the server");
+    assert_eq!(
+        a.emu.count("POST", "/api/maintenance/db/restore"),
+        1,
+        "no restore request reached the server"
+    );
 }
 
 #[test]
@@ -156,7 +197,11 @@ fn a_refused_database_is_version_incompatible_and_the_volume_is_untouched() {
     let e = r.result.error.unwrap();
     assert_eq!(e.kind, ErrorKind::VersionIncompatible, "{}", e.message);
     assert_eq!(e.details["last_compatible_version"], json!("1.9.4"));
-    assert_eq!(listing(&a.f.vol), before, "the volume is byte for byte as it was");
+    assert_eq!(
+        listing(&a.f.vol),
+        before,
+        "the volume is byte for byte as it was"
+    );
     assert!(!a.f.tmp.path().join(".cwbackup-vol/staged").exists());
 }
 
@@ -166,7 +211,10 @@ fn a_failed_database_restore_is_db_restore_failed_with_the_message() {
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
     let before = listing(&a.f.vol);
-    a.emu.set_faults(Faults { restore_fails: Some("psql: relation locked".into()), ..Faults::default() });
+    a.emu.set_faults(Faults {
+        restore_fails: Some("psql: relation locked".into()),
+        ..Faults::default()
+    });
     let r = run(&a.task("restore"));
     let e = r.result.error.unwrap();
     assert_eq!(e.kind, ErrorKind::DbRestoreFailed);
@@ -197,7 +245,10 @@ fn the_restart_command_runs_after_a_change_and_its_failure_is_reported() {
     run_ok(&f.task("backup"));
     modify(&f.vol);
     let marker = f.path("restarted");
-    let r = run_ok(&volume_only(&f, json!({"restart": ["sh", "-c", format!("echo done > {}", marker.display())]})));
+    let r = run_ok(&volume_only(
+        &f,
+        json!({"restart": ["sh", "-c", format!("echo done > {}", marker.display())]}),
+    ));
     assert!(!r.restart_required);
     assert!(marker.exists());
     modify(&f.vol);
@@ -228,7 +279,10 @@ fn a_damaged_set_is_refused_before_anything_changes() {
 fn no_set_is_backup_not_found() {
     let f = Fixture::sample();
     fs::create_dir(&f.repo).unwrap();
-    assert_eq!(run(&volume_only(&f, json!({}))).result.error.unwrap().kind, ErrorKind::BackupNotFound);
+    assert_eq!(
+        run(&volume_only(&f, json!({}))).result.error.unwrap().kind,
+        ErrorKind::BackupNotFound
+    );
 }
 
 // ---- malicious archives -------------------------------------------------------------------
@@ -285,7 +339,13 @@ fn plant_set(repo: &Path, id: &str, tar: &[u8], files: u64, expanded_bytes: u64)
 }
 
 fn file<'a>(name: &'a [u8], data: &'a [u8]) -> Raw<'a> {
-    Raw { name, kind: tar::EntryType::Regular, link: b"", data, size: None }
+    Raw {
+        name,
+        kind: tar::EntryType::Regular,
+        link: b"",
+        data,
+        size: None,
+    }
 }
 
 /// Everything in the fixture but the repository and cwbackup's work directory (whose lock
@@ -300,12 +360,28 @@ fn outside_the_repository(f: &Fixture) -> std::collections::BTreeMap<Vec<u8>, Li
 fn malicious_archives_are_unsafe_archive_and_write_nothing_outside() {
     let cases: Vec<(&str, Vec<Raw>, u64, u64)> = vec![
         ("dotdot", vec![file(b"../escaped.txt", b"x")], 10, 10),
-        ("absolute", vec![file(b"/tmp/cwbackup-absolute-escape", b"x")], 10, 10),
-        ("nested-dotdot", vec![file(b"a/../../escaped.txt", b"x")], 10, 10),
+        (
+            "absolute",
+            vec![file(b"/tmp/cwbackup-absolute-escape", b"x")],
+            10,
+            10,
+        ),
+        (
+            "nested-dotdot",
+            vec![file(b"a/../../escaped.txt", b"x")],
+            10,
+            10,
+        ),
         (
             "symlink-then-write-through",
             vec![
-                Raw { name: b"link", kind: tar::EntryType::Symlink, link: b"..", data: b"", size: None },
+                Raw {
+                    name: b"link",
+                    kind: tar::EntryType::Symlink,
+                    link: b"..",
+                    data: b"",
+                    size: None,
+                },
                 file(b"link/escaped.txt", b"x"),
             ],
             10,
@@ -314,33 +390,132 @@ fn malicious_archives_are_unsafe_archive_and_write_nothing_outside() {
         (
             "write-through-inner-symlink",
             vec![
-                Raw { name: b"d", kind: tar::EntryType::Symlink, link: b"sub", data: b"", size: None },
+                Raw {
+                    name: b"d",
+                    kind: tar::EntryType::Symlink,
+                    link: b"sub",
+                    data: b"",
+                    size: None,
+                },
                 file(b"d/x", b"x"),
             ],
             10,
             10,
         ),
-        ("absolute-symlink", vec![Raw { name: b"etc", kind: tar::EntryType::Symlink, link: b"/etc", data: b"", size: None }], 10, 10),
-        ("climbing-symlink", vec![Raw { name: b"up", kind: tar::EntryType::Symlink, link: b"a/../..", data: b"", size: None }], 10, 10),
-        ("hardlink-outside", vec![Raw { name: b"passwd", kind: tar::EntryType::Link, link: b"/etc/passwd", data: b"", size: None }], 10, 10),
-        ("hardlink-dotdot", vec![Raw { name: b"h", kind: tar::EntryType::Link, link: b"../escaped.txt", data: b"", size: None }], 10, 10),
-        ("device", vec![Raw { name: b"null", kind: tar::EntryType::Char, link: b"", data: b"", size: None }], 10, 10),
-        ("fifo", vec![Raw { name: b"pipe", kind: tar::EntryType::Fifo, link: b"", data: b"", size: None }], 10, 10),
-        ("bigger-than-announced", vec![file(b"big", &[7u8; 4096])], 10, 100),
-        ("more-entries-than-announced", vec![file(b"a", b"1"), file(b"b", b"2"), file(b"c", b"3")], 2, 10),
-        ("duplicate", vec![file(b"x", b"1"), file(b"x", b"2")], 10, 10),
+        (
+            "absolute-symlink",
+            vec![Raw {
+                name: b"etc",
+                kind: tar::EntryType::Symlink,
+                link: b"/etc",
+                data: b"",
+                size: None,
+            }],
+            10,
+            10,
+        ),
+        (
+            "climbing-symlink",
+            vec![Raw {
+                name: b"up",
+                kind: tar::EntryType::Symlink,
+                link: b"a/../..",
+                data: b"",
+                size: None,
+            }],
+            10,
+            10,
+        ),
+        (
+            "hardlink-outside",
+            vec![Raw {
+                name: b"passwd",
+                kind: tar::EntryType::Link,
+                link: b"/etc/passwd",
+                data: b"",
+                size: None,
+            }],
+            10,
+            10,
+        ),
+        (
+            "hardlink-dotdot",
+            vec![Raw {
+                name: b"h",
+                kind: tar::EntryType::Link,
+                link: b"../escaped.txt",
+                data: b"",
+                size: None,
+            }],
+            10,
+            10,
+        ),
+        (
+            "device",
+            vec![Raw {
+                name: b"null",
+                kind: tar::EntryType::Char,
+                link: b"",
+                data: b"",
+                size: None,
+            }],
+            10,
+            10,
+        ),
+        (
+            "fifo",
+            vec![Raw {
+                name: b"pipe",
+                kind: tar::EntryType::Fifo,
+                link: b"",
+                data: b"",
+                size: None,
+            }],
+            10,
+            10,
+        ),
+        (
+            "bigger-than-announced",
+            vec![file(b"big", &[7u8; 4096])],
+            10,
+            100,
+        ),
+        (
+            "more-entries-than-announced",
+            vec![file(b"a", b"1"), file(b"b", b"2"), file(b"c", b"3")],
+            2,
+            10,
+        ),
+        (
+            "duplicate",
+            vec![file(b"x", b"1"), file(b"x", b"2")],
+            10,
+            10,
+        ),
     ];
     for (name, entries, files, bytes) in cases {
         let f = Fixture::sample();
         let before = outside_the_repository(&f);
         fs::create_dir_all(&f.repo).unwrap();
         plant_set(&f.repo, name, &raw_tar(&entries), files, bytes);
-        let r = run(&volume_only(&f, json!({"backup_id": name, "safety_backup": false})));
-        let e = r.result.error.unwrap_or_else(|| panic!("{name}: the restore must fail: {}", r.stdout));
+        let r = run(&volume_only(
+            &f,
+            json!({"backup_id": name, "safety_backup": false}),
+        ));
+        let e = r
+            .result
+            .error
+            .unwrap_or_else(|| panic!("{name}: the restore must fail: {}", r.stdout));
         assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{name}: {}", e.message);
-        assert!(outside_the_repository(&f) == before, "{name}: the volume and its surroundings are untouched");
+        assert!(
+            outside_the_repository(&f) == before,
+            "{name}: the volume and its surroundings are untouched"
+        );
         assert!(!Path::new("/tmp/cwbackup-absolute-escape").exists());
-        assert!(!f.tmp.path().join(".cwbackup-vol/staged").exists(), "{name}: staging removed");
+        assert!(
+            !f.tmp.path().join(".cwbackup-vol/staged").exists(),
+            "{name}: staging removed"
+        );
     }
 }
 
@@ -352,7 +527,10 @@ fn a_truncated_archive_is_an_integrity_error() {
     tar.truncate(2048);
     plant_set(&f.repo, "truncated", &tar, 10, 10_000);
     let before = listing(&f.vol);
-    let r = run(&volume_only(&f, json!({"backup_id": "truncated", "safety_backup": false})));
+    let r = run(&volume_only(
+        &f,
+        json!({"backup_id": "truncated", "safety_backup": false}),
+    ));
     assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
     assert_eq!(listing(&f.vol), before);
 }
@@ -361,13 +539,21 @@ fn a_truncated_archive_is_an_integrity_error() {
 
 fn tree_a(vol: &Path) {
     for i in 0..1500 {
-        write(&vol.join(format!("a{i:04}.yml")), format!("old {i}").as_bytes(), 0o644);
+        write(
+            &vol.join(format!("a{i:04}.yml")),
+            format!("old {i}").as_bytes(),
+            0o644,
+        );
     }
 }
 
 fn tree_b(vol: &Path) {
     for i in 0..1500 {
-        write(&vol.join(format!("b{i:04}.yml")), format!("new {i}").as_bytes(), 0o644);
+        write(
+            &vol.join(format!("b{i:04}.yml")),
+            format!("new {i}").as_bytes(),
+            0o644,
+        );
     }
 }
 
@@ -381,19 +567,36 @@ fn reset(vol: &Path, fill: fn(&Path)) {
 fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
     // On tmpfs when there is one: this disk makes file creation slow, and the test makes many.
     let shm = Path::new("/dev/shm");
-    let f = if shm.is_dir() { Fixture::empty_in(shm) } else { Fixture::empty() };
+    let f = if shm.is_dir() {
+        Fixture::empty_in(shm)
+    } else {
+        Fixture::empty()
+    };
     tree_b(&f.vol);
     let digest_b = spec_digest(&f.vol);
     let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
     reset(&f.vol, tree_a);
     let digest_a = spec_digest(&f.vol);
     let journal = f.tmp.path().join(".cwbackup-vol/journal.json");
-    let task = volume_only(&f, json!({"safety_backup": false, "force": true, "backup_id": set_b}));
+    let task = volume_only(
+        &f,
+        json!({"safety_backup": false, "force": true, "backup_id": set_b}),
+    );
     let (mut rolled_back, mut rolled_forward) = (0, 0);
     for delay_us in [0u64, 1_000, 3_000, 6_000, 10_000, 15_000, 25_000, 40_000] {
         reset(&f.vol, tree_a);
-        let mut child = Command::new(BIN).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(task.to_string().as_bytes()).unwrap();
+        let mut child = Command::new(BIN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(task.to_string().as_bytes())
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !journal.exists() && child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "the swap never started");
@@ -402,7 +605,10 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
         std::thread::sleep(Duration::from_micros(delay_us));
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        eprintln!("kill after {delay_us}µs: {status:?}, journal {:?}", fs::read_to_string(&journal).ok());
+        eprintln!(
+            "kill after {delay_us}µs: {status:?}, journal {:?}",
+            fs::read_to_string(&journal).ok()
+        );
         // The next run that touches the volume makes it whole first (a backup, into another
         // repository so that the restore above keeps finding set B).
         let mut backup = f.task("backup");
@@ -410,8 +616,15 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
         backup["force"] = json!(true);
         run_ok(&backup);
         let now = spec_digest(&f.vol);
-        assert!(now == digest_a || now == digest_b, "after a kill {delay_us}µs into the swap the volume is a mix");
-        if now == digest_a { rolled_back += 1 } else { rolled_forward += 1 }
+        assert!(
+            now == digest_a || now == digest_b,
+            "after a kill {delay_us}µs into the swap the volume is a mix"
+        );
+        if now == digest_a {
+            rolled_back += 1
+        } else {
+            rolled_forward += 1
+        }
         assert!(!journal.exists());
     }
     eprintln!("swap kills: {rolled_back} rolled back, {rolled_forward} finished");

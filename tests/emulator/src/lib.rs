@@ -203,7 +203,10 @@ impl Emulator {
             });
         });
         let started = std::thread::scope(|_| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(handle.listening())
         });
         if started.is_none() {
@@ -251,7 +254,10 @@ impl Emulator {
 
     /// How many requests matched `method` and `path`.
     pub fn count(&self, method: &str, path: &str) -> usize {
-        self.requests().iter().filter(|r| r.method == method && r.path == path).count()
+        self.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path == path)
+            .count()
     }
 
     /// The last backup file the server made, as it serves it.
@@ -273,7 +279,9 @@ fn make_certificates(mode: TlsMode) -> (String, String, String) {
     match mode {
         TlsMode::SelfSigned | TlsMode::ExpiredSelfSigned => {
             let mut params = CertificateParams::new(names).expect("params");
-            params.distinguished_name.push(DnType::CommonName, "connectware");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "connectware");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             if mode == TlsMode::ExpiredSelfSigned {
                 params.not_before = rcgen::date_time_ymd(2019, 1, 1);
@@ -285,13 +293,19 @@ fn make_certificates(mode: TlsMode) -> (String, String, String) {
         TlsMode::Ca => {
             let ca_key = KeyPair::generate().expect("a key");
             let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            ca_params.distinguished_name.push(DnType::CommonName, "cybus_ca");
+            ca_params
+                .distinguished_name
+                .push(DnType::CommonName, "cybus_ca");
             ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             let ca_cert = ca_params.self_signed(&ca_key).expect("a CA");
             let issuer = Issuer::new(ca_params, ca_key);
             let mut params = CertificateParams::new(names).expect("params");
-            params.distinguished_name.push(DnType::CommonName, "cybus_server");
-            let cert = params.signed_by(&key, &issuer).expect("a server certificate");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "cybus_server");
+            let cert = params
+                .signed_by(&key, &issuer)
+                .expect("a server certificate");
             (cert.pem(), key.serialize_pem(), ca_cert.pem())
         }
     }
@@ -300,8 +314,14 @@ fn make_certificates(mode: TlsMode) -> (String, String, String) {
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/maintenance/db", get(status))
-        .route("/api/maintenance/db/backup", get(download).post(start_backup))
-        .route("/api/maintenance/db/restore", axum::routing::post(start_restore))
+        .route(
+            "/api/maintenance/db/backup",
+            get(download).post(start_backup),
+        )
+        .route(
+            "/api/maintenance/db/restore",
+            axum::routing::post(start_restore),
+        )
         .route("/api/system/info", get(system_info))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_gate))
         .route("/_emulator/db", get(get_db).put(put_db))
@@ -317,7 +337,11 @@ fn now() -> String {
 
 /// Logs, delays, fails on request, and checks credentials, before any `/api` handler.
 async fn api_gate(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let auth = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let kind = if auth.starts_with("Basic ") {
         "basic"
     } else if auth.starts_with("Bearer ") {
@@ -343,7 +367,8 @@ async fn api_gate(State(state): State<Shared>, request: Request, next: Next) -> 
         }
         let basic = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", s.username, s.password))
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", s.username, s.password))
         );
         let allowed = auth == basic || auth == format!("Bearer {}", s.token);
         (s.faults.delay_ms, fail, busy, allowed)
@@ -355,10 +380,18 @@ async fn api_gate(State(state): State<Shared>, request: Request, next: Next) -> 
         return (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable").into_response();
     }
     if !allowed {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Unauthorized"}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Unauthorized"})),
+        )
+            .into_response();
     }
     if busy {
-        return (StatusCode::CONFLICT, Json(json!({"message": "an operation is already running"}))).into_response();
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"message": "an operation is already running"})),
+        )
+            .into_response();
     }
     next.run(request).await
 }
@@ -369,7 +402,11 @@ fn op_json(op: &Option<OpStatus>, correct_spelling: bool) -> Value {
     match op {
         None => Value::Null,
         Some(o) => {
-            let key = if correct_spelling { "succeeded" } else { "succeded" };
+            let key = if correct_spelling {
+                "succeeded"
+            } else {
+                "succeded"
+            };
             json!({
                 key: o.succeeded,
                 "id": o.id,
@@ -401,7 +438,11 @@ async fn start_backup(State(state): State<Shared>) -> Response {
     let (duration, never, id) = {
         let mut s = state.lock().unwrap();
         if s.running {
-            return (StatusCode::CONFLICT, Json(json!({"message": "an operation is already running"}))).into_response();
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({"message": "an operation is already running"})),
+            )
+                .into_response();
         }
         s.running = true;
         let started = now();
@@ -442,11 +483,18 @@ async fn start_backup(State(state): State<Shared>) -> Response {
 /// A database backup file: a gzip'd tar of `VERSION` and `dump.json`, with the time of making
 /// in the tar and gzip headers (so two backups of the same database differ in bytes only).
 pub fn db_file(version: &str, db: &Value) -> Vec<u8> {
-    let mtime = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let gz = flate2::GzBuilder::new().mtime(mtime as u32).write(Vec::new(), flate2::Compression::default());
+    let mtime = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let gz = flate2::GzBuilder::new()
+        .mtime(mtime as u32)
+        .write(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
-    let members: [(&str, Vec<u8>); 2] =
-        [("VERSION", format!("{version}\n").into_bytes()), ("dump.json", serde_json::to_vec_pretty(db).unwrap())];
+    let members: [(&str, Vec<u8>); 2] = [
+        ("VERSION", format!("{version}\n").into_bytes()),
+        ("dump.json", serde_json::to_vec_pretty(db).unwrap()),
+    ];
     for (name, data) in members {
         let mut h = tar::Header::new_ustar();
         h.set_size(data.len() as u64);
@@ -466,7 +514,11 @@ pub fn read_db_file(bytes: &[u8]) -> Result<(String, Value), String> {
     let (mut version, mut db) = (None, None);
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        let name = entry
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut data).map_err(|e| e.to_string())?;
         match name.as_str() {
@@ -491,7 +543,11 @@ async fn download(State(state): State<Shared>) -> Response {
         (s.backup_file.clone(), drop_it)
     };
     let Some(file) = file else {
-        return (StatusCode::NOT_FOUND, Json(json!({"message": "no backup available"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "no backup available"})),
+        )
+            .into_response();
     };
     let len = file.len();
     let body = if drop_it {
@@ -512,7 +568,10 @@ async fn download(State(state): State<Shared>) -> Response {
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/gzip")
         .header(header::CONTENT_LENGTH, len)
-        .header(header::CONTENT_DISPOSITION, "attachment; filename=\"backup.tgz\"")
+        .header(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"backup.tgz\"",
+        )
         .body(body)
         .unwrap()
 }
@@ -523,17 +582,31 @@ async fn start_restore(State(state): State<Shared>, mut multipart: Multipart) ->
         if field.name() == Some("file") {
             match field.bytes().await {
                 Ok(bytes) => file = Some(bytes.to_vec()),
-                Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"message": e.to_string()}))).into_response(),
+                Err(e) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({"message": e.to_string()})),
+                    )
+                        .into_response();
+                }
             }
         }
     }
     let Some(file) = file else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"message": "multipart field `file` is missing"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"message": "multipart field `file` is missing"})),
+        )
+            .into_response();
     };
     let (duration, never, started) = {
         let mut s = state.lock().unwrap();
         if s.running {
-            return (StatusCode::CONFLICT, Json(json!({"message": "an operation is already running"}))).into_response();
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({"message": "an operation is already running"})),
+            )
+                .into_response();
         }
         s.running = true;
         let started = now();
@@ -547,7 +620,13 @@ async fn start_restore(State(state): State<Shared>, mut multipart: Multipart) ->
             (None, Ok((v, _))) => format!("{v}_{started}"),
             (None, Err(_)) => format!("unknown_{started}"),
         };
-        s.restore = Some(OpStatus { succeeded: false, id, status_message: "running".into(), start_date: started, end_date: None });
+        s.restore = Some(OpStatus {
+            succeeded: false,
+            id,
+            status_message: "running".into(),
+            start_date: started,
+            end_date: None,
+        });
     }
     if !never {
         tokio::spawn(async move {
@@ -556,12 +635,21 @@ async fn start_restore(State(state): State<Shared>, mut multipart: Multipart) ->
             let outcome = match parsed {
                 Err(e) => (false, format!("Restore failed: {e}")),
                 Ok((v, _)) if s.faults.refuse_restore_versions.contains(&v) => {
-                    let last = s.faults.last_compatible_version.clone().unwrap_or_else(|| "unknown".into());
-                    (false, format!(
-                        "Restore failed: the database backup was made with Connectware {v}, which this version cannot restore. The last Connectware version that can restore it is {last}."
-                    ))
+                    let last = s
+                        .faults
+                        .last_compatible_version
+                        .clone()
+                        .unwrap_or_else(|| "unknown".into());
+                    (
+                        false,
+                        format!(
+                            "Restore failed: the database backup was made with Connectware {v}, which this version cannot restore. The last Connectware version that can restore it is {last}."
+                        ),
+                    )
                 }
-                Ok(_) if s.faults.restore_fails.is_some() => (false, s.faults.restore_fails.clone().unwrap()),
+                Ok(_) if s.faults.restore_fails.is_some() => {
+                    (false, s.faults.restore_fails.clone().unwrap())
+                }
                 Ok((v, db)) => {
                     s.db = db;
                     (true, format!("OK (restored a backup of Connectware {v})"))

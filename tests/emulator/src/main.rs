@@ -16,15 +16,26 @@ fn main() {
     let mut cert_out = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
-            "--port" => config.port = value().parse().unwrap_or_else(|_| die("--port takes a number")),
+            "--port" => {
+                config.port = value()
+                    .parse()
+                    .unwrap_or_else(|_| die("--port takes a number"))
+            }
             "--version" => config.version = value(),
             "--username" => config.username = value(),
             "--password" => config.password = value(),
             "--token" => config.token = value(),
             "--op-duration-ms" => {
-                config.op_duration = Duration::from_millis(value().parse().unwrap_or_else(|_| die("--op-duration-ms takes a number")))
+                config.op_duration = Duration::from_millis(
+                    value()
+                        .parse()
+                        .unwrap_or_else(|_| die("--op-duration-ms takes a number")),
+                )
             }
             "--tls" => {
                 config.tls = match value().as_str() {
