@@ -67,6 +67,10 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     if let (Some(r), false) = (&repo, task.dry_run) {
         r.clean_staging()?;
     }
+    // A volume left half-swapped by a killed restore is made whole before it is read.
+    if let (Some(dir), false) = (&volume_dir, task.dry_run) {
+        finish_interrupted_restore(dir, task, &mut warnings)?;
+    }
     let sets = repo
         .as_ref()
         .map(Repository::sets)
@@ -137,7 +141,8 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
 }
 
 /// Takes both halves into a staged set and publishes it (or finds both equal to
-/// `comparable`). Call with the repository lock held. Restore uses it for its safety set.
+/// `comparable`). Call with the repository lock held and the volume whole (no interrupted
+/// restore pending). Restore uses it for its safety set.
 #[allow(clippy::too_many_arguments)]
 pub fn take_set(
     repo: &Repository,
@@ -149,9 +154,6 @@ pub fn take_set(
     mut warnings: Vec<String>,
     before: serde_json::Value,
 ) -> Result<TaskResult> {
-    if let Some(dir) = volume_dir {
-        finish_interrupted_restore(dir, task, &mut warnings)?;
-    }
     let created = SystemTime::now();
     let staged = repo.stage(&format!("new.{}", std::process::id()))?;
     let outcome = build(
@@ -179,13 +181,7 @@ fn finish_interrupted_restore(dir: &Path, task: &Task, warnings: &mut Vec<String
         return Ok(());
     }
     let _lock = work.lock(Operation::Backup, task.wait_for_lock)?;
-    match work.recover()? {
-        swap::Recovered::Nothing => {}
-        other => warnings.push(format!(
-            "an interrupted restore of {} was finished first: {other:?}",
-            dir.display()
-        )),
-    }
+    warnings.extend(work.recover()?.describe(dir));
     Ok(())
 }
 

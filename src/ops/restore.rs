@@ -24,7 +24,7 @@ use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, RestoreOptions, Task};
 use crate::volume;
 use crate::volume::digest::{self, DigestEntry};
-use crate::volume::swap::{self, Recovered, Work};
+use crate::volume::swap::{self, Work};
 
 /// What an operator must do after any restore, whoever restarts Connectware.
 const BROWSER_SESSIONS: &str =
@@ -48,19 +48,16 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         .as_ref()
         .map(|w| w.lock(Operation::Restore, task.wait_for_lock))
         .transpose()?;
+    if !task.dry_run {
+        repo.clean_staging()?;
+    }
     if let Some(w) = &work {
         if task.dry_run {
             if w.pending() {
                 warnings.push("an interrupted restore will be finished first".to_string());
             }
-        } else {
-            repo.clean_staging()?;
-            match w.recover()? {
-                Recovered::Nothing => {}
-                other => warnings.push(format!(
-                    "an interrupted restore was finished first: {other:?}"
-                )),
-            }
+        } else if let Some(what) = w.recover()?.describe(&w.volume) {
+            warnings.push(what);
         }
     }
 
@@ -122,9 +119,6 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         .as_ref()
         .is_some_and(|r| r.succeeded && r.id == set_db_id);
     let db_needed = client.is_some() && (opts.force || !db_matches);
-    if let Some(c) = &client {
-        check_versions(c, &set, opts.force, &mut warnings)?;
-    }
 
     let before = json!({
         "volume_digest": live.as_ref().map(|l| &l.digest),
@@ -155,6 +149,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             });
         }
         return Ok(result);
+    }
+    if let Some(c) = &client {
+        check_versions(c, &set, opts.force, &mut warnings)?;
     }
     let diff = if task.diff {
         Some(plan_diff(

@@ -63,6 +63,25 @@ pub enum Recovered {
     CleanedUp(String),
 }
 
+impl Recovered {
+    /// What recovery did, for a warning; None when there was nothing to do.
+    pub fn describe(&self, volume: &Path) -> Option<String> {
+        let v = volume.display();
+        match self {
+            Recovered::Nothing => None,
+            Recovered::RolledBack(set) => Some(format!(
+                "a restore of set {set} into {v} was interrupted before its new tree was moved in; the volume was put back as it was"
+            )),
+            Recovered::RolledForward(set) => Some(format!(
+                "a restore of set {set} into {v} was interrupted while its new tree was moved in; the move was finished"
+            )),
+            Recovered::CleanedUp(set) => Some(format!(
+                "a restore of set {set} into {v} was interrupted while cleaning up; the leftovers were removed"
+            )),
+        }
+    }
+}
+
 impl Work {
     /// The work directory for `volume` (created on demand).
     pub fn of(volume: &Path) -> Result<Work> {
