@@ -456,6 +456,11 @@ pub fn archive_volume(
         })?;
         let after = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
         if !written.changed && before == after {
+            for link in &written.escaping_links {
+                warnings.push(format!(
+                    "symlink {link} points outside the volume (absolute, or `..` after a name): it is backed up, but a restore of this set will refuse it as unsafe_archive; make it relative and inside the volume"
+                ));
+            }
             for skipped in &written.skipped {
                 warnings.push(format!(
                     "{skipped} in the volume is a socket, FIFO or device and was not archived"

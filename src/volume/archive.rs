@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 use super::digest::{self, DigestEntry};
+use super::extract::symlink_target_is_safe;
 use super::pgzip::ParGzWriter;
 use super::tree::{Entry, Kind};
 use crate::progress::Progress;
@@ -46,6 +47,8 @@ pub struct Written {
     /// Entries left out because a tar archive of a volume cannot carry them (sockets, FIFOs,
     /// devices), as relative paths.
     pub skipped: Vec<String>,
+    /// Symlinks archived whose targets could leave the volume: a restore refuses them.
+    pub escaping_links: Vec<String>,
     /// The archive file's sha256 (hex) and size.
     pub sha256: String,
     pub bytes: u64,
@@ -99,6 +102,7 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
         content_digest: String::new(),
         changed: false,
         skipped: Vec::new(),
+        escaping_links: Vec::new(),
         sha256: String::new(),
         bytes: 0,
     };
@@ -132,6 +136,14 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
                 header.set_entry_type(EntryType::Symlink);
                 set_name(&mut header, &entry.path, &mut pax);
                 let target = entry.target.as_deref().unwrap_or_default();
+                let parts: Vec<&[u8]> = entry.path.split(|b| *b == b'/').collect();
+                if !symlink_target_is_safe(&parts, target) {
+                    written.escaping_links.push(format!(
+                        "{} -> {}",
+                        String::from_utf8_lossy(&entry.path),
+                        String::from_utf8_lossy(target)
+                    ));
+                }
                 if target.len() <= 100 {
                     header.set_link_name_literal(target)?;
                 } else {

@@ -313,3 +313,22 @@ fn progress_goes_to_stderr_only_when_asked() {
         "stdout holds the result alone"
     );
 }
+
+#[test]
+fn a_symlink_that_a_restore_would_refuse_is_warned_about_at_backup() {
+    let f = Fixture::sample();
+    std::os::unix::fs::symlink("/etc/hostname", f.vol.join("absolute-link")).unwrap();
+    let r = run_ok(&f.task("backup"));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("absolute-link -> /etc/hostname") && w.contains("unsafe_archive")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        !r.warnings.iter().any(|w| w.contains("links/rel")),
+        "inside links are fine: {:?}",
+        r.warnings
+    );
+}
