@@ -43,6 +43,23 @@ fn result_validator() -> &'static jsonschema::Validator {
     })
 }
 
+/// Starts `cwbackup` in the background with `task` on stdin (for tests that kill it).
+pub fn spawn(task: &Value) -> std::process::Child {
+    let mut child = Command::new(BIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(task.to_string().as_bytes())
+        .unwrap();
+    child
+}
+
 /// Runs `cwbackup` with `input` on stdin and checks the output contract: exactly one line of
 /// JSON on stdout that validates against schemas/result.schema.json and whose `ok` matches
 /// the exit code.

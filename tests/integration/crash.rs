@@ -1,7 +1,7 @@
 //! Crashes and concurrency: a killed backup leaves no set; two tasks never share a repository.
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cwbackup::error::ErrorKind;
@@ -11,19 +11,7 @@ use crate::common::*;
 
 /// Starts a backup in the background; returns once it is writing its archive.
 fn start_backup(f: &Fixture) -> Child {
-    let mut child = Command::new(BIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(f.task("backup").to_string().as_bytes())
-        .unwrap();
+    let mut child = spawn(&f.task("backup"));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let writing = fs::read_dir(f.repo.join(".staging"))
@@ -127,23 +115,6 @@ impl Rng {
     }
 }
 
-fn spawn_task(task: &serde_json::Value) -> Child {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(task.to_string().as_bytes())
-        .unwrap();
-    child
-}
-
 fn timed(task: &serde_json::Value) -> Duration {
     let start = Instant::now();
     run_ok(task);
@@ -232,7 +203,7 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
             (&backup, backup_time)
         };
         let before = spec_digest(&f.vol);
-        let mut child = spawn_task(task);
+        let mut child = spawn(task);
         std::thread::sleep(Duration::from_micros(
             rng.below(span.as_micros() as u64 * 11 / 10),
         ));
@@ -303,7 +274,7 @@ fn a_backup_during_a_restore_is_busy_or_waits() {
     write(&f.vol.join("changed.txt"), b"x", 0o644);
     let mut restore = f.task("restore");
     restore["backup_id"] = json!(set);
-    let mut child = spawn_task(&restore);
+    let mut child = spawn(&restore);
     // Wait until the restore holds the repository lock (its safety set is being written).
     let deadline = Instant::now() + Duration::from_secs(20);
     while fs::read_dir(f.repo.join(".staging")).map_or(true, |mut d| d.next().is_none()) {

@@ -1,7 +1,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cw_emulator::{Faults, TlsMode};
@@ -585,18 +584,7 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
     let (mut rolled_back, mut rolled_forward) = (0, 0);
     for delay_us in [0u64, 1_000, 3_000, 6_000, 10_000, 15_000, 25_000, 40_000] {
         reset(&f.vol, tree_a);
-        let mut child = Command::new(BIN)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(task.to_string().as_bytes())
-            .unwrap();
+        let mut child = spawn(&task);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !journal.exists() && child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "the swap never started");

@@ -387,11 +387,7 @@ async fn api_gate(State(state): State<Shared>, request: Request, next: Next) -> 
             .into_response();
     }
     if busy {
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({"message": "an operation is already running"})),
-        )
-            .into_response();
+        return already_running();
     }
     next.run(request).await
 }
@@ -434,18 +430,31 @@ async fn system_info(State(state): State<Shared>) -> Response {
     Json(json!({"time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64, "version": s.version})).into_response()
 }
 
+/// Marks a server-side operation as running and returns its start time; None when one
+/// already runs.
+fn begin(s: &mut Inner) -> Option<String> {
+    if s.running {
+        return None;
+    }
+    s.running = true;
+    Some(now())
+}
+
+/// The answer to a POST while an operation runs.
+fn already_running() -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({"message": "an operation is already running"})),
+    )
+        .into_response()
+}
+
 async fn start_backup(State(state): State<Shared>) -> Response {
     let (duration, never, id) = {
         let mut s = state.lock().unwrap();
-        if s.running {
-            return (
-                StatusCode::CONFLICT,
-                Json(json!({"message": "an operation is already running"})),
-            )
-                .into_response();
-        }
-        s.running = true;
-        let started = now();
+        let Some(started) = begin(&mut s) else {
+            return already_running();
+        };
         let id = format!("{}_{}", s.version, started);
         s.backup = Some(OpStatus {
             succeeded: false,
@@ -601,15 +610,9 @@ async fn start_restore(State(state): State<Shared>, mut multipart: Multipart) ->
     };
     let (duration, never, started) = {
         let mut s = state.lock().unwrap();
-        if s.running {
-            return (
-                StatusCode::CONFLICT,
-                Json(json!({"message": "an operation is already running"})),
-            )
-                .into_response();
-        }
-        s.running = true;
-        let started = now();
+        let Some(started) = begin(&mut s) else {
+            return already_running();
+        };
         (s.op_duration, s.faults.never_finish, started)
     };
     let parsed = read_db_file(&file);
