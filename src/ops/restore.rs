@@ -24,6 +24,7 @@ use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, RestoreOptions, Task};
 use crate::volume;
 use crate::volume::digest::{self, DigestEntry};
+use crate::volume::extract::Contents;
 use crate::volume::swap::{self, Work};
 
 /// What an operator must do after any restore, whoever restarts Connectware.
@@ -153,17 +154,6 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     if let Some(c) = &client {
         check_versions(c, &set, opts.force, &mut warnings)?;
     }
-    let diff = if task.diff {
-        Some(plan_diff(
-            &set,
-            live.as_ref(),
-            volume_needed,
-            db_needed,
-            before,
-        )?)
-    } else {
-        None
-    };
     let halves = match (volume_needed, db_needed) {
         (true, true) => "the volume and the database",
         (true, false) => "the volume",
@@ -185,7 +175,16 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             volume_needed,
             client.as_ref().map(|_| db_needed),
         );
-        result.diff = diff;
+        if task.diff {
+            result.diff = Some(plan_diff(
+                &set,
+                live.as_ref(),
+                volume_needed,
+                db_needed,
+                before,
+                None,
+            )?);
+        }
         return Ok(result);
     }
 
@@ -201,9 +200,22 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     } else {
         None
     };
-    if let (true, Some(w), Some(dir)) = (volume_needed, &work, &volume_dir) {
-        stage(w, &set, dir)?;
-    }
+    let staged = match (volume_needed, &work, &volume_dir) {
+        (true, Some(w), Some(dir)) => Some(stage(w, &set, dir)?),
+        _ => None,
+    };
+    let diff = if task.diff {
+        Some(plan_diff(
+            &set,
+            live.as_ref(),
+            volume_needed,
+            db_needed,
+            before,
+            staged,
+        )?)
+    } else {
+        None
+    };
     if db_needed {
         let db_file = set
             .path
@@ -316,19 +328,24 @@ fn version_key(v: &str) -> Option<Vec<u64>> {
 }
 
 /// Before and after, with counts of the files a restore adds, removes and changes.
+/// `staged` is what staging extracted; without it (a dry run), the archive is read here.
 fn plan_diff(
     set: &Set,
     live: Option<&Live>,
     volume_needed: bool,
     db_needed: bool,
     before: Value,
+    staged: Option<Contents>,
 ) -> Result<Diff> {
     let mut after = before.clone();
     if db_needed {
         after["db_restore_id"] = json!(set.manifest.db.as_ref().map(|d| &d.backup_id));
     }
     if let (true, Some(live)) = (volume_needed, live) {
-        let (contents, _) = check::volume(&set.path, &set.manifest, None)?;
+        let contents = match staged {
+            Some(contents) => contents,
+            None => check::volume(&set.path, &set.manifest, None)?.0,
+        };
         let changes = digest::changes(&live.entries, &contents.entries);
         after["volume_digest"] = json!(contents.content_digest);
         after["files_added"] = json!(changes.added.len());
@@ -380,10 +397,11 @@ fn safety_backup(
 }
 
 /// Extracts the set's volume into the work directory and checks it against the manifest.
-fn stage(work: &Work, set: &Set, dir: &Path) -> Result<()> {
+/// Returns what the archive holds.
+fn stage(work: &Work, set: &Set, dir: &Path) -> Result<Contents> {
     let staged = work.fresh_staged()?;
-    let outcome = check::volume(&set.path, &set.manifest, Some(&staged)).and_then(|(_, problems)| match problems.first() {
-        None => swap::sync_filesystem(&staged),
+    let outcome = check::volume(&set.path, &set.manifest, Some(&staged)).and_then(|(contents, problems)| match problems.first() {
+        None => swap::sync_filesystem(&staged).map(|()| contents),
         Some(p) => Err(Error::new(
             ErrorKind::IntegrityError,
             format!("backup set {} does not extract as its manifest says ({}); the volume {} was not touched", set.id, p.message, dir.display()),

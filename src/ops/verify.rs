@@ -140,6 +140,11 @@ fn check_set(
             message,
         })
     };
+    // With `deep`, the one read of the archive extracts it into a scratch directory.
+    let scratch = match (&set.manifest.volume, deep) {
+        (Some(_), true) => Some(repo.stage(&format!("verify-{}", set.id))?),
+        _ => None,
+    };
     // The checksums and the full read of the archive are independent: one core each.
     let (sums, read) = std::thread::scope(|scope| {
         let sums = scope.spawn(|| {
@@ -151,7 +156,7 @@ fn check_set(
             .manifest
             .volume
             .as_ref()
-            .map(|_| check::volume(&set.path, &set.manifest, None));
+            .map(|_| check::volume(&set.path, &set.manifest, scratch.as_deref()));
         (
             sums.join().expect("the checksum thread does not panic"),
             read,
@@ -160,41 +165,46 @@ fn check_set(
     for p in sums {
         add(p.component, p.message);
     }
-    let Some(read) = read else {
-        return Ok(None);
-    };
     let entries = match read {
-        Ok((contents, problems)) => {
+        None => None,
+        Some(Ok((contents, problems))) => {
             for p in problems {
                 add(p.component, p.message);
             }
             Some(contents.entries)
         }
-        Err(e) => {
+        Some(Err(e)) if e.kind == ErrorKind::NoSpace => {
+            if let Some(scratch) = &scratch {
+                let _ = std::fs::remove_dir_all(scratch);
+            }
+            return Err(e);
+        }
+        Some(Err(e)) => {
             add("volume", e.message);
             None
         }
     };
-    if deep && entries.is_some() {
-        let scratch = repo.stage(&format!("verify-{}", set.id))?;
-        let outcome = check::volume(&set.path, &set.manifest, Some(&scratch))
-            .and_then(|_| volume::live(&scratch).map(|(_, extracted)| extracted));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let expected = &set
-            .manifest
-            .volume
-            .as_ref()
-            .expect("volume present")
-            .content_digest;
-        match outcome {
-            Ok(extracted) if &extracted == expected => {}
-            Ok(extracted) => add(
-                "volume",
-                format!("the extracted tree's digest is {extracted}, the manifest says {expected}"),
-            ),
-            Err(e) if e.kind == ErrorKind::NoSpace => return Err(e),
-            Err(e) => add("volume", format!("deep check: {}", e.message)),
+    if let Some(scratch) = scratch {
+        // The digest of the tree as it landed on disk, computed afresh from the files.
+        if entries.is_some() {
+            let expected = &set
+                .manifest
+                .volume
+                .as_ref()
+                .expect("volume present")
+                .content_digest;
+            match volume::live(&scratch) {
+                Ok((_, extracted)) if &extracted == expected => {}
+                Ok((_, extracted)) => add(
+                    "volume",
+                    format!(
+                        "the extracted tree's digest is {extracted}, the manifest says {expected}"
+                    ),
+                ),
+                Err(e) => add("volume", format!("deep check: {}", e.message)),
+            }
         }
+        let _ = std::fs::remove_dir_all(&scratch);
     }
     Ok(entries)
 }
