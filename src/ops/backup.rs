@@ -169,7 +169,7 @@ pub fn take_set(
         before,
     );
     if outcome.is_err() || staged.exists() {
-        let _ = std::fs::remove_dir_all(&staged);
+        let _ = repository::remove_tree(&staged);
     }
     outcome
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repository::{Repository, Set, check};
+use crate::repository::{self, Repository, Set, check};
 use crate::result::{Finding, Level, TaskResult};
 use crate::task::{Operation, Task, VerifyOptions};
 use crate::volume;
@@ -175,7 +175,7 @@ fn check_set(
         }
         Some(Err(e)) if e.kind == ErrorKind::NoSpace => {
             if let Some(scratch) = &scratch {
-                let _ = std::fs::remove_dir_all(scratch);
+                let _ = repository::remove_tree(scratch);
             }
             return Err(e);
         }
@@ -204,7 +204,7 @@ fn check_set(
                 Err(e) => add("volume", format!("deep check: {}", e.message)),
             }
         }
-        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = repository::remove_tree(&scratch);
     }
     Ok(entries)
 }

@@ -178,12 +178,8 @@ impl Repository {
             Ok(read) => {
                 for item in read.flatten() {
                     let path = item.path();
-                    let result = if item.file_type().is_ok_and(|t| t.is_dir()) {
-                        fs::remove_dir_all(&path)
-                    } else {
-                        fs::remove_file(&path)
-                    };
-                    result.map_err(|e| Error::repo("cannot clean leftover", &path, e))?;
+                    remove_tree(&path)
+                        .map_err(|e| Error::repo("cannot clean leftover", &path, e))?;
                 }
                 Ok(())
             }
@@ -201,9 +197,7 @@ impl Repository {
             .create(&staging)
             .map_err(|e| Error::repo("cannot create", &staging, e))?;
         let dir = staging.join(name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| Error::repo("cannot clean", &dir, e))?;
-        }
+        remove_tree(&dir).map_err(|e| Error::repo("cannot clean", &dir, e))?;
         DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -237,7 +231,7 @@ impl Repository {
         fs::rename(&set.path, &trash)
             .map_err(|e| Error::repo("cannot delete set", &set.path, e))?;
         fsync_dir(&self.root).map_err(|e| Error::repo("cannot sync", &self.root, e))?;
-        fs::remove_dir_all(&trash).map_err(|e| Error::repo("cannot remove", &trash, e))
+        remove_tree(&trash).map_err(|e| Error::repo("cannot remove", &trash, e))
     }
 
     /// `base`, or `base-2`, `base-3`… if a directory of that name exists.
@@ -266,4 +260,63 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Syncs a directory, so that renames and new entries in it survive a crash.
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// Removes a file, or a directory tree (nothing if it is missing). A read-only directory (a
+/// restored 0555 one) blocks deleting its entries even for its owner, so directories are made
+/// writable first when a plain removal fails.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    for dir in walk_dirs(path) {
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+    }
+    fs::remove_dir_all(path)
+}
+
+/// `root` and every directory below it (not following symlinks).
+fn walk_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        if let Ok(read) = fs::read_dir(&dirs[i]) {
+            for item in read.flatten() {
+                if item.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(item.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_tree_removes_read_only_trees_files_and_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("ro/inner")).unwrap();
+        fs::write(tree.join("ro/inner/f"), "x").unwrap();
+        fs::set_permissions(tree.join("ro/inner"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::set_permissions(tree.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        let file = tmp.path().join("file");
+        fs::write(&file, "x").unwrap();
+        remove_tree(&file).unwrap();
+        assert!(!file.exists());
+        remove_tree(&tmp.path().join("missing")).unwrap();
+    }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repository::{fsync_dir, lock};
+use crate::repository::{self, fsync_dir, lock};
 use crate::task::Operation;
 
 /// The work directory of a volume.
@@ -270,42 +270,9 @@ fn sync_dirs(dirs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Removes a directory tree, making read-only directories writable first.
-pub fn remove_tree(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-        Ok(_) => {}
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            // A directory restored read-only (0555) blocks deleting its entries, even as owner.
-            for entry in walk_dirs(path) {
-                let _ = fs::set_permissions(
-                    &entry,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
-                );
-            }
-            fs::remove_dir_all(path).map_err(|e| Error::io("cannot remove", path, e))
-        }
-    }
-}
-
-fn walk_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        if let Ok(read) = fs::read_dir(&dirs[i]) {
-            for item in read.flatten() {
-                if item.file_type().is_ok_and(|t| t.is_dir()) {
-                    dirs.push(item.path());
-                }
-            }
-        }
-        i += 1;
-    }
-    dirs
+/// Removes a tree of the work directory (nothing if it is missing).
+fn remove_tree(path: &Path) -> Result<()> {
+    repository::remove_tree(path).map_err(|e| Error::io("cannot remove", path, e))
 }
 
 /// Flushes every file system buffer of the file system holding `path` (one call instead of
