@@ -32,6 +32,32 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// The pauses between retries: from [`BACKOFF_START`], doubling up to [`BACKOFF_MAX`], never
+/// past the deadline.
+struct Backoff {
+    pause: Duration,
+    deadline: Instant,
+}
+
+impl Backoff {
+    fn until(deadline: Instant) -> Backoff {
+        Backoff {
+            pause: BACKOFF_START,
+            deadline,
+        }
+    }
+
+    /// The pause before the next try, or None when waiting it would pass the deadline.
+    fn next(&mut self) -> Option<Duration> {
+        let pause = self.pause;
+        if Instant::now() + pause > self.deadline {
+            return None;
+        }
+        self.pause = (pause * 2).min(BACKOFF_MAX);
+        Some(pause)
+    }
+}
+
 /// The status of the last backup or restore, as the server reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OpStatus {
@@ -181,7 +207,7 @@ impl Client {
         post: bool,
         make: &dyn Fn() -> Result<RequestBuilder>,
     ) -> Result<Response> {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::until(deadline);
         loop {
             let failure = match make()?.send() {
                 Ok(response) if response.status().is_success() => return Ok(response),
@@ -238,16 +264,15 @@ impl Client {
                     )
                 }
             };
-            if Instant::now() + backoff > deadline {
+            let Some(pause) = backoff.next() else {
                 return Err(failure);
-            }
+            };
             eprintln!(
                 "cwbackup: {}; retrying in {:.1}s",
                 failure.message,
-                backoff.as_secs_f64()
+                pause.as_secs_f64()
             );
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            std::thread::sleep(pause);
         }
     }
 
@@ -384,7 +409,7 @@ impl Client {
     /// Streams `GET /api/maintenance/db/backup` into `dest` while hashing it; a broken
     /// transfer starts again from the beginning until the deadline.
     fn download(&self, dest: &Path, deadline: Instant) -> Result<(String, u64)> {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::until(deadline);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let mut response =
@@ -437,21 +462,20 @@ impl Client {
                     }
                     return Ok((sha256, bytes));
                 }
-                Some(why) if Instant::now() + backoff > deadline => {
-                    return Err(Error::new(
-                        ErrorKind::ApiUnreachable,
-                        format!(
-                            "the database backup download from {} kept breaking until the timeout: {why}",
-                            self.base
-                        ),
-                    ));
-                }
                 Some(why) => {
+                    let Some(pause) = backoff.next() else {
+                        return Err(Error::new(
+                            ErrorKind::ApiUnreachable,
+                            format!(
+                                "the database backup download from {} kept breaking until the timeout: {why}",
+                                self.base
+                            ),
+                        ));
+                    };
                     eprintln!(
                         "cwbackup: the database backup download broke ({why}); starting it again"
                     );
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    std::thread::sleep(pause);
                 }
             }
         }

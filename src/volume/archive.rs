@@ -65,25 +65,15 @@ pub fn write_archive(
     let hashed = HashingWriter::new(BufWriter::with_capacity(BUF, file));
     let (mut written, hashed) = match compression {
         Compression::Gzip => {
-            let mut tar =
-                BufWriter::with_capacity(BUF, ParGzWriter::new(hashed, GZIP_LEVEL, threads)?);
-            let written = write_tar(root, entries, &mut tar)?;
-            (
-                written,
-                tar.into_inner().map_err(|e| e.into_error())?.finish()?,
-            )
+            let gzip = ParGzWriter::new(hashed, GZIP_LEVEL, threads)?;
+            tar_into(root, entries, gzip, ParGzWriter::finish)?
         }
         Compression::Zstd => {
             let mut zstd = zstd::stream::write::Encoder::new(hashed, ZSTD_LEVEL)?;
             zstd.multithread(threads as u32)?;
             // zstd's default job (4 windows, 8 MiB) per worker pushed peak RSS past 64 MiB.
             zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
-            let mut tar = BufWriter::with_capacity(BUF, zstd);
-            let written = write_tar(root, entries, &mut tar)?;
-            (
-                written,
-                tar.into_inner().map_err(|e| e.into_error())?.finish()?,
-            )
+            tar_into(root, entries, zstd, zstd::stream::write::Encoder::finish)?
         }
     };
     let (file, sha256, bytes) = hashed.finish()?;
@@ -91,6 +81,19 @@ pub fn write_archive(
     written.sha256 = sha256;
     written.bytes = bytes;
     Ok(written)
+}
+
+/// Writes the tar stream through `encoder`, then ends the encoder with `finish`.
+fn tar_into<E: Write, F>(
+    root: &Path,
+    entries: &[Entry],
+    encoder: E,
+    finish: impl FnOnce(E) -> io::Result<F>,
+) -> io::Result<(Written, F)> {
+    let mut tar = BufWriter::with_capacity(BUF, encoder);
+    let written = write_tar(root, entries, &mut tar)?;
+    let encoder = tar.into_inner().map_err(|e| e.into_error())?;
+    Ok((written, finish(encoder)?))
 }
 
 /// Writes the tar stream (uncompressed) for `entries` to `out`.
