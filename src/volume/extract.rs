@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::digest::{self, DigestEntry};
-use super::pgzip::read_ahead;
+use super::pgzip;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::task::Compression;
@@ -55,8 +55,10 @@ pub struct Contents {
 pub fn open(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
     let file = BufReader::with_capacity(1 << 20, File::open(path)?);
     Ok(match compression {
-        Compression::Gzip => Box::new(read_ahead(flate2::read::GzDecoder::new(file))),
-        Compression::Zstd => Box::new(read_ahead(zstd::stream::read::Decoder::with_buffer(file)?)),
+        Compression::Gzip => Box::new(pgzip::reader(file)),
+        Compression::Zstd => Box::new(pgzip::read_ahead(zstd::stream::read::Decoder::with_buffer(
+            file,
+        )?)),
     })
 }
 

@@ -1,12 +1,18 @@
-//! Parallel gzip, as pigz does it: one standard gzip stream (GNU tar and gzip read it as
-//! usual), compressed on every core.
+//! gzip compressed on every core, and read back on a thread of its own.
 //!
-//! The input is cut into 1 MiB chunks. Each is compressed on a worker thread as raw deflate,
-//! primed with the previous chunk's last 32 KiB (the deflate window, so the ratio matches a
-//! single stream) and ended with a sync flush (so the pieces concatenate into one valid
-//! deflate stream); the last chunk ends the stream. The writer appends the pieces in order
-//! between a gzip header and a trailer whose CRC-32 combines the chunks' CRCs. At most two
-//! chunks per worker are in flight, so memory stays bounded whatever the input's size.
+//! The writer cuts its input into 4 MiB chunks and compresses each with libdeflate, on a worker
+//! thread, into a gzip member of its own. The file is those members back to back: gzip, GNU tar
+//! and every gzip library read it as one stream (RFC 1952 §2.2, as `cat a.gz b.gz` makes). Each
+//! member's header carries an extra field, `CW`, with the member's deflate and data sizes, so
+//! that the reader can hand libdeflate (which works on whole buffers only) one whole member at
+//! a time. gzip files without that field (made by other tools) are read by flate2 as a plain
+//! multi-member stream.
+//!
+//! Why libdeflate rather than zlib: at level 6 it is 1.4 × faster than zlib-rs at level 6 and
+//! its output is smaller than GNU `gzip -6`'s, where zlib-rs needs level 7 (and twice the time)
+//! for that; it also inflates twice as fast. Why 4 MiB chunks: each chunk starts with an empty
+//! deflate window, and below 4 MiB that cost made binary data compress worse than `gzip -6`.
+//! At most one chunk per worker is in flight, so memory stays bounded whatever the size.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -14,54 +20,65 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+use libdeflater::{CompressionLvl, Compressor, Decompressor};
 
-/// Bytes per chunk.
-const CHUNK: usize = 1 << 20;
-/// The deflate window: how much of the previous chunk primes the next.
-const WINDOW: usize = 32 * 1024;
-/// A gzip header: magic, deflate, no flags, no mtime, no extra flags, OS Unix.
-const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+/// Bytes per chunk (and so per member).
+const CHUNK: usize = 4 << 20;
+/// The largest member data the reader accepts: a header claiming more is damage, not ours.
+const MAX_MEMBER: usize = 16 << 20;
+/// A member header: magic, deflate, FEXTRA, no mtime, no extra flags, OS Unix, then XLEN = 12
+/// and the subfield `CW` of 8 bytes: deflate size and data size, u32 little-endian.
+const HEADER_LEN: usize = 24;
+const HEADER_START: [u8; 16] = [0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 12, 0, b'C', b'W', 8, 0];
+/// A gzip trailer: CRC-32 and size of the data.
+const TRAILER_LEN: usize = 8;
+/// Decompressed buffers queued ahead of the reader.
+const QUEUE: usize = 2;
 
-/// A compressed chunk and the CRC-32 of its input.
-type Compressed = io::Result<(Vec<u8>, Crc)>;
+/// A finished member, or why compressing failed.
+type Member = io::Result<Vec<u8>>;
 
 struct Job {
     data: Vec<u8>,
-    dictionary: Vec<u8>,
-    last: bool,
-    reply: SyncSender<Compressed>,
+    reply: SyncSender<Member>,
 }
 
 /// A gzip writer that compresses on `threads` worker threads.
 pub struct ParGzWriter<W: Write> {
     out: W,
     chunk: Vec<u8>,
-    dictionary: Vec<u8>,
-    crc: Crc,
+    members: u64,
     jobs: Option<mpsc::Sender<Job>>,
-    pending: VecDeque<Receiver<Compressed>>,
+    /// Chunk buffers the workers are done with, to fill again.
+    spare: Receiver<Vec<u8>>,
+    pending: VecDeque<Receiver<Member>>,
     in_flight: usize,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl<W: Write> ParGzWriter<W> {
-    /// A writer at gzip `level` on `threads` threads (at least one).
-    pub fn new(mut out: W, level: u32, threads: usize) -> io::Result<Self> {
-        out.write_all(&HEADER)?;
+    /// A writer at libdeflate `level` (1–12) on `threads` threads (at least one).
+    pub fn new(out: W, level: i32, threads: usize) -> io::Result<Self> {
+        let level = CompressionLvl::new(level)
+            .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
+        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
         let workers = (0..threads.max(1))
             .map(|_| {
                 let queue = queue.clone();
+                let give_back = give_back.clone();
                 std::thread::spawn(move || {
+                    let mut compressor = Compressor::new(level);
+                    let mut out = Vec::new();
                     loop {
                         let job = match queue.lock().expect("the job queue").recv() {
                             Ok(job) => job,
                             Err(_) => return, // the writer is gone
                         };
-                        let result = compress(level, &job.dictionary, &job.data, job.last);
-                        let _ = job.reply.send(result);
+                        let member = member(&mut compressor, &job.data, &mut out);
+                        let _ = give_back.send(job.data);
+                        let _ = job.reply.send(member);
                     }
                 })
             })
@@ -69,32 +86,30 @@ impl<W: Write> ParGzWriter<W> {
         Ok(ParGzWriter {
             out,
             chunk: Vec::with_capacity(CHUNK),
-            dictionary: Vec::new(),
-            crc: Crc::new(),
+            members: 0,
             jobs: Some(jobs),
+            spare,
             pending: VecDeque::new(),
-            in_flight: 2 * workers.len(),
+            in_flight: workers.len(),
             workers,
         })
     }
 
-    /// Hands the current chunk to a worker, writing finished chunks when too many are queued.
-    fn submit(&mut self, last: bool) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
-        let tail = data.len().saturating_sub(WINDOW);
-        let dictionary = std::mem::replace(&mut self.dictionary, data[tail..].to_vec());
+    /// Hands the current chunk to a worker, writing finished members when too many are queued.
+    fn submit(&mut self) -> io::Result<()> {
+        let mut fresh = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        fresh.clear();
+        let data = std::mem::replace(&mut self.chunk, fresh);
         let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job {
-            data,
-            dictionary,
-            last,
-            reply,
-        };
         self.jobs
             .as_ref()
             .expect("not finished")
-            .send(job)
+            .send(Job { data, reply })
             .map_err(|_| io::Error::other("a compression thread died"))?;
+        self.members += 1;
         self.pending.push_back(answer);
         while self.pending.len() > self.in_flight {
             self.write_next()?;
@@ -102,26 +117,26 @@ impl<W: Write> ParGzWriter<W> {
         Ok(())
     }
 
-    /// Writes the oldest chunk once its worker is done.
+    /// Writes the oldest member once its worker is done.
     fn write_next(&mut self) -> io::Result<()> {
         let Some(answer) = self.pending.pop_front() else {
             return Ok(());
         };
-        let (bytes, crc) = answer
+        let member = answer
             .recv()
             .map_err(|_| io::Error::other("a compression thread died"))??;
-        self.crc.combine(&crc);
-        self.out.write_all(&bytes)
+        self.out.write_all(&member)
     }
 
-    /// Ends the stream (last chunk, trailer) and returns the inner writer.
+    /// Writes the last chunk (an empty member if nothing was written, so the file is still
+    /// valid gzip) and returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.submit(true)?;
+        if !self.chunk.is_empty() || self.members == 0 {
+            self.submit()?;
+        }
         while !self.pending.is_empty() {
             self.write_next()?;
         }
-        self.out.write_all(&self.crc.sum().to_le_bytes())?;
-        self.out.write_all(&self.crc.amount().to_le_bytes())?;
         self.jobs = None;
         for worker in self.workers.drain(..) {
             let _ = worker.join();
@@ -135,7 +150,7 @@ impl<W: Write> Write for ParGzWriter<W> {
         let n = data.len().min(CHUNK - self.chunk.len());
         self.chunk.extend_from_slice(&data[..n]);
         if self.chunk.len() == CHUNK {
-            self.submit(false)?;
+            self.submit()?;
         }
         Ok(n)
     }
@@ -145,80 +160,135 @@ impl<W: Write> Write for ParGzWriter<W> {
     }
 }
 
-/// Compresses one chunk as raw deflate, primed with `dictionary`; a sync flush ends it, or
-/// the end of the stream for the `last` chunk.
-fn compress(level: u32, dictionary: &[u8], data: &[u8], last: bool) -> Compressed {
-    let mut crc = Crc::new();
-    crc.update(data);
-    let mut deflate = Compress::new(Compression::new(level), false);
-    if !dictionary.is_empty() {
-        deflate
-            .set_dictionary(dictionary)
-            .map_err(io::Error::other)?;
+/// Compresses `data` into one complete gzip member, using `scratch` (kept by the worker, so
+/// that only the member's own size is allocated per chunk).
+fn member(compressor: &mut Compressor, data: &[u8], scratch: &mut Vec<u8>) -> Member {
+    scratch.resize(compressor.deflate_compress_bound(data.len()), 0);
+    let deflated = compressor
+        .deflate_compress(data, scratch)
+        .map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + deflated + TRAILER_LEN);
+    out.extend_from_slice(&HEADER_START);
+    out.extend_from_slice(&(deflated as u32).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&scratch[..deflated]);
+    out.extend_from_slice(&libdeflater::crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// The deflate and data sizes a member header of ours announces; `None` for any other header.
+fn sizes(header: &[u8; HEADER_LEN]) -> Option<(usize, usize)> {
+    if header[..4] != HEADER_START[..4] || header[10..16] != HEADER_START[10..16] {
+        return None;
     }
-    let flush = if last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
-    let mut out = Vec::with_capacity(data.len() / 2 + 64 * 1024);
-    loop {
-        let consumed = deflate.total_in() as usize;
-        let status = deflate
-            .compress_vec(&data[consumed..], &mut out, flush)
-            .map_err(io::Error::other)?;
-        let all_in = deflate.total_in() as usize == data.len();
-        let done = if last {
-            status == Status::StreamEnd
-        } else {
-            all_in && out.len() < out.capacity()
-        };
-        if done {
-            return Ok((out, crc));
+    let deflated = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+    let data = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes")) as usize;
+    Some((deflated, data))
+}
+
+fn damaged(why: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("gzip data damaged: {why}"),
+    )
+}
+
+/// Reads a gzip file, decompressing on a thread of its own ahead of the reader: our members
+/// whole through libdeflate, anything else through flate2.
+pub fn reader<R: Read + Send + 'static>(mut inner: R) -> impl Read + Send {
+    on_thread(move |tx| {
+        let mut header = [0u8; HEADER_LEN];
+        let got = read_full(&mut inner, &mut header)?;
+        if got == HEADER_LEN && sizes(&header).is_some() {
+            return members(inner, header, tx);
         }
-        out.reserve(out.capacity().max(64 * 1024));
+        let stream = io::Cursor::new(header[..got].to_vec()).chain(inner);
+        pump(flate2::read::MultiGzDecoder::new(stream), tx)
+    })
+}
+
+/// Decompresses members of ours, `header` being the first one's, until the input ends.
+fn members(
+    mut inner: impl Read,
+    mut header: [u8; HEADER_LEN],
+    tx: &SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<()> {
+    let mut decompressor = Decompressor::new();
+    let mut input = Vec::new();
+    loop {
+        let (deflated, len) =
+            sizes(&header).ok_or_else(|| damaged("a member without its size field".into()))?;
+        if len > MAX_MEMBER || deflated > MAX_MEMBER + MAX_MEMBER / 8 {
+            return Err(damaged(format!("a member claims {deflated} → {len} bytes")));
+        }
+        input.resize(deflated + TRAILER_LEN, 0);
+        inner
+            .read_exact(&mut input)
+            .map_err(|e| damaged(format!("a member is cut short ({e})")))?;
+        let mut data = vec![0u8; len];
+        let n = decompressor
+            .deflate_decompress(&input[..deflated], &mut data)
+            .map_err(|e| damaged(e.to_string()))?;
+        let trailer = &input[deflated..];
+        let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+        let size = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) as usize;
+        if n != len || size != len || libdeflater::crc32(&data) != crc {
+            return Err(damaged("a member's CRC-32 or size does not match".into()));
+        }
+        if !data.is_empty() && tx.send(Ok(data)).is_err() {
+            return Ok(()); // the reader is gone
+        }
+        match read_full(&mut inner, &mut header)? {
+            0 => return Ok(()),
+            HEADER_LEN => {}
+            _ => return Err(damaged("the file ends inside a member header".into())),
+        }
     }
 }
 
-/// Moves reading (and so decompressing) `inner` to a thread of its own, handing 1 MiB buffers
-/// over a short queue: the consumer writes files while the next buffer is decompressed.
-pub fn read_ahead<R: Read + Send + 'static>(mut inner: R) -> impl Read {
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    std::thread::spawn(move || {
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            let result = loop {
-                match inner.read(&mut buf[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == buf.len() {
-                            break Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            buf.truncate(filled);
-            match result {
-                // An empty buffer marks the end; a send fails once the consumer is gone.
-                Ok(()) => {
-                    let end = buf.is_empty();
-                    if tx.send(Ok(buf)).is_err() || end {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if !buf.is_empty() {
-                        let _ = tx.send(Ok(buf));
-                    }
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
+/// Moves reading `inner` (and so decompressing it) to a thread of its own.
+pub fn read_ahead<R: Read + Send + 'static>(inner: R) -> impl Read + Send {
+    on_thread(move |tx| pump(inner, tx))
+}
+
+/// Sends what `inner` yields in 1 MiB buffers.
+fn pump(mut inner: impl Read, tx: &SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let filled = read_full(&mut inner, &mut buf)?;
+        buf.truncate(filled);
+        if filled == 0 || tx.send(Ok(buf)).is_err() {
+            return Ok(());
         }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_full(inner: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match inner.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Runs `produce` on a thread of its own; the non-empty buffers it sends are the returned
+/// reader's bytes, then its error if it fails.
+fn on_thread<F>(produce: F) -> ReadAhead
+where
+    F: FnOnce(&SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    std::thread::spawn(move || {
+        // An empty buffer marks the end; a send fails once the reader is gone.
+        let end = produce(&tx).map(|()| Vec::new());
+        let _ = tx.send(end);
     });
     ReadAhead {
         rx,
@@ -279,54 +349,87 @@ mod tests {
             .collect()
     }
 
-    fn round_trip(len: usize, threads: usize) {
-        let data = sample(len);
+    fn compress(data: &[u8], threads: usize) -> Vec<u8> {
         let mut w = ParGzWriter::new(Vec::new(), 6, threads).unwrap();
         for piece in data.chunks(70_001) {
             w.write_all(piece).unwrap();
         }
-        let gz = w.finish().unwrap();
+        w.finish().unwrap()
+    }
+
+    fn read_back(gz: Vec<u8>) -> io::Result<Vec<u8>> {
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data, "{len} bytes on {threads} threads");
-        let mut back = Vec::new();
-        read_ahead(flate2::read::GzDecoder::new(std::io::Cursor::new(gz)))
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
+        reader(io::Cursor::new(gz)).read_to_end(&mut back)?;
+        Ok(back)
     }
 
     #[test]
-    fn one_standard_gzip_stream_for_any_size() {
-        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345] {
-            round_trip(len, 2);
+    fn members_read_back_here_and_as_standard_gzip() {
+        for (len, threads) in [
+            (0, 2),
+            (1, 2),
+            (CHUNK, 2),
+            (CHUNK + 1, 2),
+            (2 * CHUNK + 5, 1),
+        ] {
+            let data = sample(len);
+            let gz = compress(&data, threads);
+            assert!(gz.len() > HEADER_LEN);
+            let mut standard = Vec::new();
+            flate2::read::MultiGzDecoder::new(&gz[..])
+                .read_to_end(&mut standard)
+                .unwrap();
+            assert_eq!(standard, data, "{len} bytes on {threads} threads, flate2");
+            assert_eq!(read_back(gz).unwrap(), data, "{len} bytes, our reader");
         }
-        round_trip(2 * CHUNK + 5, 1);
     }
 
     #[test]
-    fn the_ratio_matches_a_single_stream() {
-        let data = sample(4 * CHUNK);
-        let mut w = ParGzWriter::new(Vec::new(), 6, 2).unwrap();
-        w.write_all(&data).unwrap();
-        let parallel = w.finish().unwrap().len();
-        let mut single = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
-        single.write_all(&data).unwrap();
-        let single = single.finish().unwrap().len();
-        assert!(
-            parallel as f64 <= single as f64 * 1.002,
-            "parallel {parallel}, single {single}"
-        );
+    fn other_gzip_files_are_read_too() {
+        let data = sample(3 << 20);
+        // One stream, as zlib or an older cwbackup writes it, and two members back to back.
+        let mut one = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        one.write_all(&data).unwrap();
+        let one = one.finish().unwrap();
+        assert_eq!(read_back(one.clone()).unwrap(), data);
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        assert_eq!(read_back(two).unwrap(), [&data[..], &data[..]].concat());
+        assert!(read_back(b"\x1f\x8b".to_vec()).is_err());
+    }
+
+    #[test]
+    fn damage_is_an_error_not_different_data() {
+        let data = sample(CHUNK + 1000);
+        let gz = compress(&data, 2);
+        // A flipped byte in the data, in a trailer, in the size field; a cut file; junk after.
+        let last = gz.len() - 1;
+        for at in [HEADER_LEN + 100, last - 6, 17] {
+            let mut bad = gz.clone();
+            bad[at] ^= 0x40;
+            let e = read_back(bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "byte {at}: {e}");
+        }
+        assert!(read_back(gz[..gz.len() - 3].to_vec()).is_err());
+        assert!(read_back([&gz[..], b"junk"].concat()).is_err());
+    }
+
+    #[test]
+    fn the_ratio_is_zlib_level_6s() {
+        // On real volumes it is better (the benchmark compares with `gzip -6`); on this
+        // synthetic sample, within 0.5 % of one zlib stream.
+        let data = sample(2 * CHUNK);
+        let ours = compress(&data, 2).len();
+        let mut zlib = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        zlib.write_all(&data).unwrap();
+        let zlib = zlib.finish().unwrap().len();
+        assert!(ours as f64 <= zlib as f64 * 1.005, "ours {ours}, zlib {zlib}");
     }
 
     #[test]
     fn read_ahead_passes_errors_on() {
-        let mut broken = &b"\x1f\x8b\x08\x00garbage"[..];
-        let mut data = Vec::new();
-        let _ = std::io::copy(&mut broken, &mut data);
-        let mut r = read_ahead(flate2::read::GzDecoder::new(std::io::Cursor::new(data)));
+        let broken = b"\x1f\x8b\x08\x00garbage".to_vec();
+        let mut r = read_ahead(flate2::read::GzDecoder::new(io::Cursor::new(broken)));
         let mut out = Vec::new();
         assert!(r.read_to_end(&mut out).is_err());
     }
