@@ -3,14 +3,17 @@
 //!
 //! Plan: lock the repository and the volume, finish any swap a crash interrupted, choose the
 //! set, check its checksums, and decide per half whether it differs from the live state (the
-//! volume by content digest; the database by the server's last restore id). Nothing differs:
-//! `changed: false`, nothing written. Apply, in this order: safety backup of the current state
-//! (`pre-restore-…`) → extract the volume into a staging directory beside it and check its
-//! digest → restore the database → swap the staged tree in (journaled, see volume/swap.rs) →
-//! run `restart`. A failure before the swap leaves the volume untouched.
+//! volume by content digest, or by its listing alone when that already differs; the database
+//! by the server's last restore id). Nothing differs: `changed: false`, nothing written. The
+//! volume is extracted into a staging directory beside it (and checked against the manifest's
+//! digest) while the checksums and the live digest are read: the staged tree is used only once
+//! both say so, and is removed otherwise. Apply, in this order: safety backup of the current
+//! state (`pre-restore-…`) → restore the database → swap the staged tree in (journaled, see
+//! volume/swap.rs) → run `restart`. A failure before the swap leaves the volume untouched.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
@@ -31,10 +34,25 @@ use crate::volume::swap::{self, Work};
 const BROWSER_SESSIONS: &str =
     "every Admin-UI browser session must be restarted (log out and in again) after a restore";
 
-/// The live volume: its digest lines and digest.
-struct Live {
-    entries: Vec<DigestEntry>,
-    digest: String,
+/// The live volume, as far as the plan needs to read it.
+enum Live {
+    /// Every file read: the digest lines and the content digest.
+    Hashed {
+        entries: Vec<DigestEntry>,
+        digest: String,
+    },
+    /// The listing alone differs from the set's (entry count or bytes of files), so no file
+    /// was read. Only without `diff`, which needs the digest lines.
+    Differs,
+}
+
+impl Live {
+    fn digest(&self) -> Option<&String> {
+        match self {
+            Live::Hashed { digest, .. } => Some(digest),
+            Live::Differs => None,
+        }
+    }
 }
 
 pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
@@ -81,14 +99,36 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             ),
         ));
     }
-    // The set's checksums and the live volume's digest are independent reads: one core each.
-    let (problems, live) = std::thread::scope(|scope| {
+    // Three independent reads at once: the set's checksums, the live volume's digest, and the
+    // extraction of the set's volume into staging, which the restore needs if the volume
+    // differs. The staged tree is only a candidate until the checksums match and the plan
+    // needs it; a plan that does not calls the extraction off and removes what it wrote.
+    let set_volume_digest = set
+        .manifest
+        .volume
+        .as_ref()
+        .map(|v| v.content_digest.clone());
+    let speculate = match (&work, &volume_dir) {
+        (Some(w), Some(dir)) if !task.dry_run => Some((w, dir.as_path())),
+        _ => None,
+    };
+    let stop = AtomicBool::new(false);
+    let (problems, live, staged) = std::thread::scope(|scope| {
         let sums = scope.spawn(|| check::checksums(&set.path, &set.manifest));
-        let live = volume_dir.as_deref().map(live_state).transpose();
-        (
-            sums.join().expect("the checksum thread does not panic"),
-            live,
-        )
+        let staging =
+            speculate.map(|(w, dir)| scope.spawn(|| Staged::extract(w, &set, dir, &stop)));
+        let live = volume_dir
+            .as_deref()
+            .map(|dir| live_state(dir, &set, task.diff))
+            .transpose();
+        let problems = sums.join().expect("the checksum thread does not panic");
+        let needed = problems.is_empty()
+            && matches!(&live, Ok(Some(l)) if opts.force || l.digest() != set_volume_digest.as_ref());
+        if !needed {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let staged = staging.map(|h| h.join().expect("the staging thread does not panic"));
+        (problems, live, staged)
     });
     if let Some(p) = problems.first() {
         return Err(Error::new(
@@ -102,14 +142,15 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
 
     // The plan.
     let live = live?;
-    let set_volume_digest = set
-        .manifest
-        .volume
-        .as_ref()
-        .map(|v| v.content_digest.clone());
     let volume_needed = live
         .as_ref()
-        .is_some_and(|l| opts.force || Some(&l.digest) != set_volume_digest.as_ref());
+        .is_some_and(|l| opts.force || l.digest() != set_volume_digest.as_ref());
+    // Called off (and so an error) when not needed: dropping it removes it.
+    let staged = if volume_needed {
+        staged.transpose()?
+    } else {
+        None
+    };
     let db_status = match &client {
         Some(c) => Some(c.status()?),
         None => None,
@@ -122,7 +163,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let db_needed = client.is_some() && (opts.force || !db_matches);
 
     let before = json!({
-        "volume_digest": live.as_ref().map(|l| &l.digest),
+        "volume_digest": live.as_ref().and_then(Live::digest),
         "db_restore_id": last_restore.as_ref().and_then(|r| r.id.clone()),
     });
     if !volume_needed && !db_needed {
@@ -200,10 +241,6 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     } else {
         None
     };
-    let staged = match (volume_needed, &work, &volume_dir) {
-        (true, Some(w), Some(dir)) => Some(stage(w, &set, dir)?),
-        _ => None,
-    };
     let diff = if task.diff {
         Some(plan_diff(
             &set,
@@ -211,7 +248,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             volume_needed,
             db_needed,
             before,
-            staged,
+            staged.as_ref().map(|s| &s.contents),
         )?)
     } else {
         None
@@ -220,19 +257,14 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         let db_file = set
             .path
             .join(&set.manifest.db.as_ref().expect("checked above").file);
-        let restored = client
+        // A failure here drops `staged`, which removes it: the volume was not touched.
+        client
             .as_ref()
             .expect("db_needed implies api")
-            .restore(&db_file);
-        if let Err(e) = restored {
-            if let Some(w) = &work {
-                let _ = w.discard_staged();
-            }
-            return Err(e);
-        }
+            .restore(&db_file)?;
     }
-    if let (true, Some(w)) = (volume_needed, &work) {
-        w.swap(&set.id)?;
+    if let Some(staged) = staged {
+        staged.swap_in(&set.id)?;
     }
 
     let mut msg = format!("restored {halves} from backup set {}", set.id);
@@ -285,8 +317,19 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
     }
 }
 
-fn live_state(dir: &Path) -> Result<Live> {
-    volume::live(dir).map(|(entries, digest)| Live { entries, digest })
+/// Reads the live volume; unless `every_file` (for a diff), stops at the listing when that
+/// already differs from the set's.
+fn live_state(dir: &Path, set: &Set, every_file: bool) -> Result<Live> {
+    let hashed = match (&set.manifest.volume, every_file) {
+        (Some(v), false) => volume::live_unless_counts_differ(dir, v.files, v.expanded_bytes)?,
+        _ => Some(volume::live(dir)?),
+    };
+    Ok(
+        hashed.map_or(Live::Differs, |(entries, digest)| Live::Hashed {
+            entries,
+            digest,
+        }),
+    )
 }
 
 /// Refuses a backup from a newer Connectware than the target's (unless `force`), and warns
@@ -335,18 +378,22 @@ fn plan_diff(
     volume_needed: bool,
     db_needed: bool,
     before: Value,
-    staged: Option<Contents>,
+    staged: Option<&Contents>,
 ) -> Result<Diff> {
     let mut after = before.clone();
     if db_needed {
         after["db_restore_id"] = json!(set.manifest.db.as_ref().map(|d| &d.backup_id));
     }
-    if let (true, Some(live)) = (volume_needed, live) {
+    if let (true, Some(Live::Hashed { entries, .. })) = (volume_needed, live) {
+        let read;
         let contents = match staged {
             Some(contents) => contents,
-            None => check::volume(&set.path, &set.manifest, None)?.0,
+            None => {
+                read = check::volume(&set.path, &set.manifest, None)?.0;
+                &read
+            }
         };
-        let changes = digest::changes(&live.entries, &contents.entries);
+        let changes = digest::changes(entries, &contents.entries);
         after["volume_digest"] = json!(contents.content_digest);
         after["files_added"] = json!(changes.added.len());
         after["files_removed"] = json!(changes.removed.len());
@@ -396,21 +443,53 @@ fn safety_backup(
     Ok(taken.backup.expect("a written set is named"))
 }
 
-/// Extracts the set's volume into the work directory and checks it against the manifest.
-/// Returns what the archive holds.
-fn stage(work: &Work, set: &Set, dir: &Path) -> Result<Contents> {
-    let staged = work.fresh_staged()?;
-    let outcome = check::volume(&set.path, &set.manifest, Some(&staged)).and_then(|(contents, problems)| match problems.first() {
-        None => swap::sync_filesystem(&staged).map(|()| contents),
-        Some(p) => Err(Error::new(
-            ErrorKind::IntegrityError,
-            format!("backup set {} does not extract as its manifest says ({}); the volume {} was not touched", set.id, p.message, dir.display()),
-        )),
-    });
-    if outcome.is_err() {
-        let _ = work.discard_staged();
+/// The set's volume extracted into the work directory beside the volume, checked against the
+/// manifest and synced. Dropping it removes it, unless it was swapped in.
+struct Staged<'a> {
+    work: &'a Work,
+    /// What the archive holds.
+    contents: Contents,
+    remove_on_drop: bool,
+}
+
+impl<'a> Staged<'a> {
+    /// Extracts until done or `stop` is set (then an error).
+    fn extract(work: &'a Work, set: &Set, dir: &Path, stop: &AtomicBool) -> Result<Staged<'a>> {
+        let staged = work.fresh_staged()?;
+        let outcome = check::volume_until(&set.path, &set.manifest, Some(&staged), stop).and_then(|(contents, problems)| match problems.first() {
+            None => swap::sync_filesystem(&staged).map(|()| contents),
+            Some(p) => Err(Error::new(
+                ErrorKind::IntegrityError,
+                format!("backup set {} does not extract as its manifest says ({}); the volume {} was not touched", set.id, p.message, dir.display()),
+            )),
+        });
+        match outcome {
+            Ok(contents) => Ok(Staged {
+                work,
+                contents,
+                remove_on_drop: true,
+            }),
+            Err(e) => {
+                let _ = work.discard_staged();
+                Err(e)
+            }
+        }
     }
-    outcome
+
+    /// Swaps the staged tree into the volume (journaled: if this fails half-way, the next run
+    /// finishes or rolls back the swap, so the staged tree must stay).
+    fn swap_in(mut self, set: &str) -> Result<()> {
+        self.remove_on_drop = false;
+        self.work.swap(set)
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = self.work.discard_staged();
+        }
+    }
 }
 
 /// Runs the operator's restart command; its output goes to stderr (stdout is the result's).

@@ -2,7 +2,9 @@
 //! on a new set before publishing it; restore runs them before touching anything.
 
 use std::fs::File;
+use std::io::{self, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::manifest::Manifest;
 use crate::error::{Error, ErrorKind};
@@ -89,6 +91,16 @@ pub fn volume(
     manifest: &Manifest,
     dest: Option<&Path>,
 ) -> Result<(Contents, Vec<Problem>), Error> {
+    volume_until(dir, manifest, dest, &AtomicBool::new(false))
+}
+
+/// `volume`, called off (with an error) as soon as `stop` is set.
+pub fn volume_until(
+    dir: &Path,
+    manifest: &Manifest,
+    dest: Option<&Path>,
+    stop: &AtomicBool,
+) -> Result<(Contents, Vec<Problem>), Error> {
     let Some(v) = &manifest.volume else {
         return Err(Error::new(
             ErrorKind::BackupNotFound,
@@ -98,6 +110,10 @@ pub fn volume(
     let path = dir.join(&v.file);
     let reader =
         extract::open(&path, v.compression).map_err(|e| Error::repo("cannot open", &path, e))?;
+    let reader = Until {
+        inner: reader,
+        stop,
+    };
     let contents = extract::read_archive(reader, dest, limits(manifest).expect("volume present"))?;
     let mut problems = Vec::new();
     if contents.files != v.files {
@@ -128,6 +144,21 @@ pub fn volume(
         ));
     }
     Ok((contents, problems))
+}
+
+/// A reader that fails once `stop` is set.
+struct Until<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Until<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("called off"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Decompresses and reads the database file and compares its content digest with the manifest.

@@ -17,9 +17,37 @@ use crate::task::VolumeSource;
 /// The live volume's content: its digest lines (sorted by path) and its content digest, from
 /// one read of every file.
 pub fn live(dir: &Path) -> Result<(Vec<digest::DigestEntry>, String)> {
-    let listing = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+    hash_listed(dir, &scan(dir)?)
+}
+
+/// Like `live`, but `None`, without reading any file, when the listing alone shows that the
+/// volume is not the tree of an archive with `files` entries and `bytes` bytes of files
+/// (different counts make different digest lines, so a different digest).
+pub fn live_unless_counts_differ(
+    dir: &Path,
+    files: u64,
+    bytes: u64,
+) -> Result<Option<(Vec<digest::DigestEntry>, String)>> {
+    let listing = scan(dir)?;
+    let archived = listing.iter().filter(|e| e.kind != tree::Kind::Other);
+    let live_files = archived.clone().count() as u64;
+    let live_bytes: u64 = archived
+        .filter(|e| e.kind == tree::Kind::File)
+        .map(|e| e.size)
+        .sum();
+    if (live_files, live_bytes) != (files, bytes) {
+        return Ok(None);
+    }
+    hash_listed(dir, &listing).map(Some)
+}
+
+fn scan(dir: &Path) -> Result<Vec<tree::Entry>> {
+    tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))
+}
+
+fn hash_listed(dir: &Path, listing: &[tree::Entry]) -> Result<(Vec<digest::DigestEntry>, String)> {
     let mut entries =
-        digest::live_entries(dir, &listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
+        digest::live_entries(dir, listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
     let content_digest = digest::content_digest(&mut entries);
     Ok((entries, content_digest))
 }

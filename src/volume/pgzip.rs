@@ -423,7 +423,10 @@ mod tests {
         let mut zlib = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         zlib.write_all(&data).unwrap();
         let zlib = zlib.finish().unwrap().len();
-        assert!(ours as f64 <= zlib as f64 * 1.005, "ours {ours}, zlib {zlib}");
+        assert!(
+            ours as f64 <= zlib as f64 * 1.005,
+            "ours {ours}, zlib {zlib}"
+        );
     }
 
     #[test]

@@ -65,13 +65,41 @@ fn a_modified_volume_is_brought_back_exactly() {
         safety.manifest.unwrap().volume.unwrap().content_digest,
         modified_digest
     );
-    // No work directory leftovers beside the volume but the lock.
+    only_the_lock_is_left(&f);
+}
+
+/// No leftovers in the work directory beside the volume (a staged tree, an old tree, a
+/// journal) but the lock.
+fn only_the_lock_is_left(f: &Fixture) {
     let work = f.tmp.path().join(".cwbackup-vol");
     let left: Vec<_> = fs::read_dir(&work)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+}
+
+#[test]
+fn a_change_that_keeps_every_size_is_found_and_an_added_file_too() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let wanted = spec_digest(&f.vol);
+    // The same entries of the same sizes, one byte different: only reading the files shows it.
+    let p = f.vol.join("services/opcua-server.yml");
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&p, bytes).unwrap();
+    let r = run_ok(&volume_only(&f, json!({"safety_backup": false})));
+    assert!(r.changed, "{}", r.msg);
+    assert_eq!(spec_digest(&f.vol), wanted);
+    // One more file: the listing alone shows it.
+    write(&f.vol.join("services/added.yml"), b"added", 0o644);
+    let r = run_ok(&volume_only(&f, json!({"safety_backup": false})));
+    assert!(r.changed, "{}", r.msg);
+    assert_eq!(spec_digest(&f.vol), wanted);
+    let r = run_ok(&volume_only(&f, json!({})));
+    assert!(!r.changed, "{}", r.msg);
+    only_the_lock_is_left(&f);
 }
 
 #[test]
@@ -113,6 +141,7 @@ fn restoring_again_changes_nothing_and_writes_no_safety_set() {
         sets,
         "no safety set for a restore that changes nothing"
     );
+    only_the_lock_is_left(&f);
     let forced = run_ok(&volume_only(
         &f,
         json!({"force": true, "safety_backup": false}),
@@ -233,6 +262,7 @@ fn a_backup_from_a_newer_connectware_is_refused_unless_forced() {
     assert_eq!(e.kind, ErrorKind::VersionIncompatible);
     assert_eq!(e.details["backup_version"], json!("1.11.0"));
     assert_eq!(a.f.set_ids().len(), 1, "refused before the safety backup");
+    only_the_lock_is_left(&a.f);
     let mut task = a.task("restore");
     task["force"] = json!(true);
     run_ok(&task);
@@ -272,6 +302,7 @@ fn a_damaged_set_is_refused_before_anything_changes() {
     assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
     assert_eq!(listing(&f.vol), before);
     assert_eq!(f.set_ids().len(), 1, "no safety set");
+    only_the_lock_is_left(&f);
 }
 
 #[test]
