@@ -2,16 +2,36 @@
 //! archives, random and mutated (proptest). `fuzz/` has cargo-fuzz targets for longer runs.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 
 use cwbackup::error::ErrorKind;
 use cwbackup::repository::manifest::Manifest;
 use cwbackup::volume::extract::{Limits, read_archive};
-use cwbackup::volume::{archive, tree};
+use cwbackup::volume::{archive, pgzip, tree};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::common::*;
+
+/// 5 MiB of text-like data: two gzip members.
+fn gzip_sample() -> &'static [u8] {
+    static DATA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        (0..5u32 << 20)
+            .map(|i| b"sensor: line-4\n"[(i as usize) % 15] ^ ((i.wrapping_mul(2_654_435_761) >> 29) as u8))
+            .collect()
+    })
+}
+
+/// `gzip_sample` as cwbackup writes it.
+fn our_gzip() -> &'static [u8] {
+    static GZ: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    GZ.get_or_init(|| {
+        let mut w = pgzip::ParGzWriter::new(Vec::new(), 6, 2).unwrap();
+        w.write_all(gzip_sample()).unwrap();
+        w.finish().unwrap()
+    })
+}
 
 /// Keys and values from the task's own vocabulary, so that generated tasks get past the first
 /// checks and reach the deeper ones.
@@ -108,6 +128,31 @@ proptest! {
     fn random_manifests_are_refused_with_a_message(value in json_value()) {
         if let Err(message) = Manifest::from_slice(value.to_string().as_bytes()) {
             prop_assert!(!message.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_bytes_read_as_gzip_fail_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..2048), ours in any::<bool>()) {
+        // Half the cases start with the header of one of our members, to get past the first check.
+        let mut input = if ours { our_gzip()[..24].to_vec() } else { Vec::new() };
+        input.extend_from_slice(&bytes);
+        let mut out = Vec::new();
+        if let Err(e) = pgzip::reader(std::io::Cursor::new(input)).read_to_end(&mut out) {
+            // A panic on the decompression thread would surface as this.
+            prop_assert!(!e.to_string().contains("thread stopped"), "{}", e);
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_in_gzip_is_an_error_or_changes_nothing(at in any::<prop::sample::Index>(), xor in 1u8..=255) {
+        let mut gz = our_gzip().to_vec();
+        let i = at.index(gz.len());
+        gz[i] ^= xor;
+        let mut out = Vec::new();
+        match pgzip::reader(std::io::Cursor::new(gz)).read_to_end(&mut out) {
+            // Only the header's mtime and OS bytes may change without notice.
+            Ok(_) => prop_assert!(out == gzip_sample(), "byte {} changed the data unnoticed", i),
+            Err(e) => prop_assert!(!e.to_string().contains("thread stopped"), "{}", e),
         }
     }
 
