@@ -35,12 +35,18 @@ const TRAILER_LEN: usize = 8;
 /// Decompressed buffers queued ahead of the reader.
 const QUEUE: usize = 2;
 
-/// A finished member, or why compressing failed.
-type Member = io::Result<Vec<u8>>;
-
+/// A chunk to compress into a member, in buffers that come back with the answer.
 struct Job {
     data: Vec<u8>,
-    reply: SyncSender<Member>,
+    member: Vec<u8>,
+    reply: SyncSender<io::Result<Done>>,
+}
+
+/// A compressed chunk: the member is `member[..len]`.
+struct Done {
+    data: Vec<u8>,
+    member: Vec<u8>,
+    len: usize,
 }
 
 /// A gzip writer that compresses on `threads` worker threads.
@@ -49,10 +55,12 @@ pub struct ParGzWriter<W: Write> {
     chunk: Vec<u8>,
     members: u64,
     jobs: Option<mpsc::Sender<Job>>,
-    /// Chunk buffers the workers are done with, to fill again.
-    spare: Receiver<Vec<u8>>,
-    pending: VecDeque<Receiver<Member>>,
+    pending: VecDeque<Receiver<io::Result<Done>>>,
     in_flight: usize,
+    /// Buffers back from the workers, to use again: after the first few chunks, none is
+    /// allocated (which also keeps the allocator from growing the heap).
+    spare_chunks: Vec<Vec<u8>>,
+    spare_members: Vec<Vec<u8>>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -63,22 +71,23 @@ impl<W: Write> ParGzWriter<W> {
             .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
-        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
         let workers = (0..threads.max(1))
             .map(|_| {
                 let queue = queue.clone();
-                let give_back = give_back.clone();
                 std::thread::spawn(move || {
                     let mut compressor = Compressor::new(level);
-                    let mut out = Vec::new();
                     loop {
-                        let job = match queue.lock().expect("the job queue").recv() {
+                        let Job {
+                            data,
+                            mut member,
+                            reply,
+                        } = match queue.lock().expect("the job queue").recv() {
                             Ok(job) => job,
                             Err(_) => return, // the writer is gone
                         };
-                        let member = member(&mut compressor, &job.data, &mut out);
-                        let _ = give_back.send(job.data);
-                        let _ = job.reply.send(member);
+                        let done = write_member(&mut compressor, &data, &mut member)
+                            .map(|len| Done { data, member, len });
+                        let _ = reply.send(done);
                     }
                 })
             })
@@ -88,9 +97,10 @@ impl<W: Write> ParGzWriter<W> {
             chunk: Vec::with_capacity(CHUNK),
             members: 0,
             jobs: Some(jobs),
-            spare,
             pending: VecDeque::new(),
             in_flight: workers.len(),
+            spare_chunks: Vec::new(),
+            spare_members: Vec::new(),
             workers,
         })
     }
@@ -98,16 +108,21 @@ impl<W: Write> ParGzWriter<W> {
     /// Hands the current chunk to a worker, writing finished members when too many are queued.
     fn submit(&mut self) -> io::Result<()> {
         let mut fresh = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+            .spare_chunks
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK));
         fresh.clear();
         let data = std::mem::replace(&mut self.chunk, fresh);
+        let member = self.spare_members.pop().unwrap_or_default();
         let (reply, answer) = mpsc::sync_channel(1);
         self.jobs
             .as_ref()
             .expect("not finished")
-            .send(Job { data, reply })
+            .send(Job {
+                data,
+                member,
+                reply,
+            })
             .map_err(|_| io::Error::other("a compression thread died"))?;
         self.members += 1;
         self.pending.push_back(answer);
@@ -122,10 +137,13 @@ impl<W: Write> ParGzWriter<W> {
         let Some(answer) = self.pending.pop_front() else {
             return Ok(());
         };
-        let member = answer
+        let done = answer
             .recv()
             .map_err(|_| io::Error::other("a compression thread died"))??;
-        self.out.write_all(&member)
+        self.out.write_all(&done.member[..done.len])?;
+        self.spare_chunks.push(done.data);
+        self.spare_members.push(done.member);
+        Ok(())
     }
 
     /// Writes the last chunk (an empty member if nothing was written, so the file is still
@@ -160,21 +178,27 @@ impl<W: Write> Write for ParGzWriter<W> {
     }
 }
 
-/// Compresses `data` into one complete gzip member, using `scratch` (kept by the worker, so
-/// that only the member's own size is allocated per chunk).
-fn member(compressor: &mut Compressor, data: &[u8], scratch: &mut Vec<u8>) -> Member {
-    scratch.resize(compressor.deflate_compress_bound(data.len()), 0);
+/// Compresses `data` into one complete gzip member at the start of `member` (grown if needed,
+/// never shrunk); returns the member's length.
+fn write_member(
+    compressor: &mut Compressor,
+    data: &[u8],
+    member: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let room = HEADER_LEN + compressor.deflate_compress_bound(data.len()) + TRAILER_LEN;
+    if member.len() < room {
+        member.resize(room, 0);
+    }
     let deflated = compressor
-        .deflate_compress(data, scratch)
+        .deflate_compress(data, &mut member[HEADER_LEN..room - TRAILER_LEN])
         .map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + deflated + TRAILER_LEN);
-    out.extend_from_slice(&HEADER_START);
-    out.extend_from_slice(&(deflated as u32).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&scratch[..deflated]);
-    out.extend_from_slice(&libdeflater::crc32(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    Ok(out)
+    member[..16].copy_from_slice(&HEADER_START);
+    member[16..20].copy_from_slice(&(deflated as u32).to_le_bytes());
+    member[20..24].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    let end = HEADER_LEN + deflated;
+    member[end..end + 4].copy_from_slice(&libdeflater::crc32(data).to_le_bytes());
+    member[end + 4..end + 8].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    Ok(end + TRAILER_LEN)
 }
 
 /// The deflate and data sizes a member header of ours announces; `None` for any other header.
@@ -197,23 +221,19 @@ fn damaged(why: String) -> io::Error {
 /// Reads a gzip file, decompressing on a thread of its own ahead of the reader: our members
 /// whole through libdeflate, anything else through flate2.
 pub fn reader<R: Read + Send + 'static>(mut inner: R) -> impl Read + Send {
-    on_thread(move |tx| {
+    on_thread(move |feed| {
         let mut header = [0u8; HEADER_LEN];
         let got = read_full(&mut inner, &mut header)?;
         if got == HEADER_LEN && sizes(&header).is_some() {
-            return members(inner, header, tx);
+            return members(inner, header, feed);
         }
         let stream = io::Cursor::new(header[..got].to_vec()).chain(inner);
-        pump(flate2::read::MultiGzDecoder::new(stream), tx)
+        pump(flate2::read::MultiGzDecoder::new(stream), feed)
     })
 }
 
 /// Decompresses members of ours, `header` being the first one's, until the input ends.
-fn members(
-    mut inner: impl Read,
-    mut header: [u8; HEADER_LEN],
-    tx: &SyncSender<io::Result<Vec<u8>>>,
-) -> io::Result<()> {
+fn members(mut inner: impl Read, mut header: [u8; HEADER_LEN], feed: &Feed) -> io::Result<()> {
     let mut decompressor = Decompressor::new();
     let mut input = Vec::new();
     loop {
@@ -226,7 +246,7 @@ fn members(
         inner
             .read_exact(&mut input)
             .map_err(|e| damaged(format!("a member is cut short ({e})")))?;
-        let mut data = vec![0u8; len];
+        let mut data = feed.buffer(len);
         let n = decompressor
             .deflate_decompress(&input[..deflated], &mut data)
             .map_err(|e| damaged(e.to_string()))?;
@@ -236,7 +256,7 @@ fn members(
         if n != len || size != len || libdeflater::crc32(&data) != crc {
             return Err(damaged("a member's CRC-32 or size does not match".into()));
         }
-        if !data.is_empty() && tx.send(Ok(data)).is_err() {
+        if !data.is_empty() && !feed.send(data) {
             return Ok(()); // the reader is gone
         }
         match read_full(&mut inner, &mut header)? {
@@ -249,16 +269,16 @@ fn members(
 
 /// Moves reading `inner` (and so decompressing it) to a thread of its own.
 pub fn read_ahead<R: Read + Send + 'static>(inner: R) -> impl Read + Send {
-    on_thread(move |tx| pump(inner, tx))
+    on_thread(move |feed| pump(inner, feed))
 }
 
 /// Sends what `inner` yields in 1 MiB buffers.
-fn pump(mut inner: impl Read, tx: &SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
+fn pump(mut inner: impl Read, feed: &Feed) -> io::Result<()> {
     loop {
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = feed.buffer(1 << 20);
         let filled = read_full(&mut inner, &mut buf)?;
         buf.truncate(filled);
-        if filled == 0 || tx.send(Ok(buf)).is_err() {
+        if filled == 0 || !feed.send(buf) {
             return Ok(());
         }
     }
@@ -282,24 +302,49 @@ fn read_full(inner: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// reader's bytes, then its error if it fails.
 fn on_thread<F>(produce: F) -> ReadAhead
 where
-    F: FnOnce(&SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> + Send + 'static,
+    F: FnOnce(&Feed) -> io::Result<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let (give_back, used) = mpsc::channel();
     std::thread::spawn(move || {
-        // An empty buffer marks the end; a send fails once the reader is gone.
-        let end = produce(&tx).map(|()| Vec::new());
-        let _ = tx.send(end);
+        let feed = Feed { tx, used };
+        // An empty buffer marks the end.
+        let end = produce(&feed).map(|()| Vec::new());
+        let _ = feed.tx.send(end);
     });
     ReadAhead {
         rx,
+        give_back,
         current: Vec::new(),
         at: 0,
         done: false,
     }
 }
 
+/// The producing thread's end of a `ReadAhead`.
+struct Feed {
+    tx: SyncSender<io::Result<Vec<u8>>>,
+    /// Buffers the reader is done with.
+    used: Receiver<Vec<u8>>,
+}
+
+impl Feed {
+    /// A buffer of `len` bytes: one the reader gave back, or a new one.
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.used.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Hands a non-empty buffer to the reader; false once the reader is gone.
+    fn send(&self, buf: Vec<u8>) -> bool {
+        self.tx.send(Ok(buf)).is_ok()
+    }
+}
+
 struct ReadAhead {
     rx: Receiver<io::Result<Vec<u8>>>,
+    give_back: mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
     done: bool,
@@ -314,7 +359,8 @@ impl Read for ReadAhead {
             match self.rx.recv() {
                 Ok(Ok(buf)) => {
                     self.done = buf.is_empty();
-                    self.current = buf;
+                    let used = std::mem::replace(&mut self.current, buf);
+                    let _ = self.give_back.send(used);
                     self.at = 0;
                 }
                 Ok(Err(e)) => {

@@ -18,7 +18,10 @@ fn gzip_sample() -> &'static [u8] {
     static DATA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     DATA.get_or_init(|| {
         (0..5u32 << 20)
-            .map(|i| b"sensor: line-4\n"[(i as usize) % 15] ^ ((i.wrapping_mul(2_654_435_761) >> 29) as u8))
+            .map(|i| {
+                b"sensor: line-4\n"[(i as usize) % 15]
+                    ^ ((i.wrapping_mul(2_654_435_761) >> 29) as u8)
+            })
             .collect()
     })
 }
