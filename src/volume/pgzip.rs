@@ -236,33 +236,39 @@ pub fn reader<R: Read + Send + 'static>(mut inner: R) -> impl Read + Send {
 fn members(mut inner: impl Read, mut header: [u8; HEADER_LEN], feed: &Feed) -> io::Result<()> {
     let mut decompressor = Decompressor::new();
     let mut input = Vec::new();
+    // Where the current member starts in the file, for the operator's error message.
+    let mut at = 0;
     loop {
-        let (deflated, len) =
-            sizes(&header).ok_or_else(|| damaged("a member without its size field".into()))?;
+        let here = at;
+        let bad = move |why: &str| damaged(format!("the member at byte {here} {why}"));
+        let (deflated, len) = sizes(&header).ok_or_else(|| bad("has no size field"))?;
         if len > MAX_MEMBER || deflated > MAX_MEMBER + MAX_MEMBER / 8 {
-            return Err(damaged(format!("a member claims {deflated} → {len} bytes")));
+            return Err(bad(&format!("claims {deflated} → {len} bytes")));
         }
         input.resize(deflated + TRAILER_LEN, 0);
         inner
             .read_exact(&mut input)
-            .map_err(|e| damaged(format!("a member is cut short ({e})")))?;
+            .map_err(|e| bad(&format!("is cut short ({e})")))?;
         let mut data = feed.buffer(len);
         let n = decompressor
             .deflate_decompress(&input[..deflated], &mut data)
-            .map_err(|e| damaged(e.to_string()))?;
+            .map_err(|_| bad("does not inflate"))?;
         let trailer = &input[deflated..];
         let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
         let size = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) as usize;
         if n != len || size != len || libdeflater::crc32(&data) != crc {
-            return Err(damaged("a member's CRC-32 or size does not match".into()));
+            return Err(bad("does not match its CRC-32 or size"));
         }
+        at += HEADER_LEN + deflated + TRAILER_LEN;
         if !data.is_empty() && !feed.send(data) {
             return Ok(()); // the reader is gone
         }
         match read_full(&mut inner, &mut header)? {
             0 => return Ok(()),
             HEADER_LEN => {}
-            _ => return Err(damaged("the file ends inside a member header".into())),
+            _ => {
+                return Err(damaged(format!("the member at byte {at} is cut short")));
+            }
         }
     }
 }
@@ -458,6 +464,13 @@ mod tests {
         }
         assert!(read_back(gz[..gz.len() - 3].to_vec()).is_err());
         assert!(read_back([&gz[..], b"junk"].concat()).is_err());
+        // The message says where: the second member starts after the first.
+        let second =
+            HEADER_LEN + sizes(gz[..HEADER_LEN].try_into().unwrap()).unwrap().0 + TRAILER_LEN;
+        let mut bad = gz.clone();
+        bad[second + HEADER_LEN + 10] ^= 0x40;
+        let e = read_back(bad).unwrap_err().to_string();
+        assert!(e.contains(&format!("the member at byte {second} ")), "{e}");
     }
 
     #[test]
