@@ -128,6 +128,24 @@ fn ownership_is_restored_when_running_as_root() {
 }
 
 #[test]
+fn ownership_is_exact_below_a_setgid_parent() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // The set's files are root's; the volume's parent (where staging happens) is setgid with
+    // another group, which every new file would inherit unless it is given its owner back.
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    std::os::unix::fs::chown(f.tmp.path(), None, Some(4321)).unwrap();
+    fs::set_permissions(f.tmp.path(), fs::Permissions::from_mode(0o2775)).unwrap();
+    modify(&f.vol);
+    run_ok(&volume_only(&f, json!({"safety_backup": false})));
+    for (path, _) in listing(&f.vol) {
+        let path = f.vol.join(String::from_utf8(path).unwrap());
+        let m = fs::symlink_metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{}", path.display());
+    }
+}
+
+#[test]
 fn restoring_again_changes_nothing_and_writes_no_safety_set() {
     let f = Fixture::sample();
     run_ok(&f.task("backup"));
