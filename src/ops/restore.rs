@@ -113,7 +113,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         _ => None,
     };
     let stop = AtomicBool::new(false);
-    let (problems, live, staged) = std::thread::scope(|scope| {
+    let (problems, live, volume_needed, staged) = std::thread::scope(|scope| {
         let sums = scope.spawn(|| check::checksums(&set.path, &set.manifest));
         let staging =
             speculate.map(|(w, dir)| scope.spawn(|| Staged::extract(w, &set, dir, &stop)));
@@ -122,13 +122,14 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             .map(|dir| live_state(dir, &set, task.diff))
             .transpose();
         let problems = sums.join().expect("the checksum thread does not panic");
-        let needed = problems.is_empty()
-            && matches!(&live, Ok(Some(l)) if opts.force || l.digest() != set_volume_digest.as_ref());
-        if !needed {
+        // The plan for the volume: restore it if it differs (or `force`).
+        let volume_needed =
+            matches!(&live, Ok(Some(l)) if opts.force || l.digest() != set_volume_digest.as_ref());
+        if !(volume_needed && problems.is_empty()) {
             stop.store(true, Ordering::Relaxed);
         }
         let staged = staging.map(|h| h.join().expect("the staging thread does not panic"));
-        (problems, live, staged)
+        (problems, live, volume_needed, staged)
     });
     if let Some(p) = problems.first() {
         return Err(Error::new(
@@ -142,9 +143,6 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
 
     // The plan.
     let live = live?;
-    let volume_needed = live
-        .as_ref()
-        .is_some_and(|l| opts.force || l.digest() != set_volume_digest.as_ref());
     // Called off (and so an error) when not needed: dropping it removes it.
     let staged = if volume_needed {
         staged.transpose()?
