@@ -127,10 +127,6 @@ struct FileInfo {
 /// directory), extracts into it, keeping modes, mtimes, and ownership when running as root.
 pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> Result<Contents> {
     let as_root = unsafe { libc::geteuid() } == 0;
-    let born = match dest {
-        Some(dest) => born_owner(dest)?,
-        None => (0, 0),
-    };
     let mut archive = tar::Archive::new(reader);
     let mut lines: Vec<DigestEntry> = Vec::new();
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
@@ -256,9 +252,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     )));
                 }
                 if let (Some(f), Some(path)) = (out, &target_path) {
-                    // A new file is born with `born`'s owner: only another one needs a chown.
-                    let owner = (as_root && (uid, gid) != born).then_some((uid, gid));
-                    finish_file(&f, path, mode, mtime, owner)?;
+                    finish_file(&f, path, mode, mtime, as_root.then_some((uid, gid)))?;
                 }
                 let hash: [u8; 32] = hasher.finalize().into();
                 files.insert(rel.clone(), FileInfo { size, hash, mode });
@@ -375,20 +369,6 @@ fn make_parent(path: &Path) -> Result<()> {
             .map_err(|e| Error::io("cannot create directory", parent, e))?;
     }
     Ok(())
-}
-
-/// The owner a file created below `dest` gets: ours, with the group of `dest` when `dest` is
-/// setgid (new directories inherit that, and directory modes are only applied at the end).
-fn born_owner(dest: &Path) -> Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(dest).map_err(|e| Error::io("cannot read", dest, e))?;
-    let uid = u64::from(unsafe { libc::geteuid() });
-    let gid = if meta.mode() & libc::S_ISGID != 0 {
-        u64::from(meta.gid())
-    } else {
-        u64::from(unsafe { libc::getegid() })
-    };
-    Ok((uid, gid))
 }
 
 /// Sets owner (first: chown clears setuid bits), mode and mtime of a written file.
