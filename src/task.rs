@@ -66,11 +66,18 @@ pub struct RawTask {
     #[serde(default)]
     pub force: bool,
 
-    /// backup: after a successful backup, keep only this many newest sets; prune: required,
-    /// the number of newest sets to keep. The newest set is never deleted.
+    /// backup: after a successful backup, keep only this many newest regular sets; prune:
+    /// required, the number of newest regular sets to keep. `pre-restore-…` safety sets are
+    /// not counted here (see `keep_safety`). The set the task wrote or found unchanged, the
+    /// newest set and the only complete set are never deleted.
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub keep_last: Option<u32>,
+
+    /// backup, prune: how many of the newest `pre-restore-…` safety sets retention keeps
+    /// (default 3); applied only together with `keep_last`.
+    #[serde(default)]
+    pub keep_safety: Option<u32>,
 
     /// backup: also decompress and read the whole new set before publishing it.
     #[serde(default)]
@@ -288,14 +295,26 @@ pub enum Op {
     Restore(RestoreOptions),
     Verify(VerifyOptions),
     List,
-    Prune { keep_last: u32 },
+    Prune(Retention),
 }
+
+/// What retention keeps: the newest `keep_last` regular sets and the newest `keep_safety`
+/// safety sets (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub keep_safety: u32,
+}
+
+/// How many safety sets retention keeps when the task does not say.
+pub const DEFAULT_KEEP_SAFETY: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     pub backup_id: Option<String>,
     pub force: bool,
-    pub keep_last: Option<u32>,
+    /// Retention after a successful backup (`keep_last` given).
+    pub retention: Option<Retention>,
     pub verify: bool,
     pub compression: Compression,
 }
@@ -342,11 +361,18 @@ const COMMON_KEYS: &[&str] = &[
 /// Keys only some operations accept.
 fn operation_keys(op: Operation) -> &'static [&'static str] {
     match op {
-        Operation::Backup => &["backup_id", "force", "keep_last", "verify", "compression"],
+        Operation::Backup => &[
+            "backup_id",
+            "force",
+            "keep_last",
+            "keep_safety",
+            "verify",
+            "compression",
+        ],
         Operation::Restore => &["backup_id", "force", "safety_backup", "restart"],
         Operation::Verify => &["backup_id", "deep", "against_live"],
         Operation::List => &[],
-        Operation::Prune => &["keep_last"],
+        Operation::Prune => &["keep_last", "keep_safety"],
     }
 }
 
@@ -440,11 +466,20 @@ fn validate(raw: RawTask) -> Result<Task> {
         return Err(invalid("/repository: the repository path is empty"));
     }
     let api = raw.api.map(api_config).transpose()?;
+    if raw.keep_safety.is_some() && raw.keep_last.is_none() {
+        return Err(invalid(
+            "/keep_safety: applies only together with `keep_last`; add `keep_last` or leave `keep_safety` out",
+        ));
+    }
+    let retention = raw.keep_last.map(|keep_last| Retention {
+        keep_last,
+        keep_safety: raw.keep_safety.unwrap_or(DEFAULT_KEEP_SAFETY),
+    });
     let op = match raw.operation {
         Operation::Backup => Op::Backup(BackupOptions {
             backup_id: raw.backup_id,
             force: raw.force,
-            keep_last: raw.keep_last,
+            retention,
             verify: raw.verify,
             compression: raw.compression,
         }),
@@ -460,11 +495,10 @@ fn validate(raw: RawTask) -> Result<Task> {
             against_live: raw.against_live,
         }),
         Operation::List => Op::List,
-        Operation::Prune => Op::Prune {
-            keep_last: raw
-                .keep_last
+        Operation::Prune => Op::Prune(
+            retention
                 .ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
-        },
+        ),
     };
     if matches!(op, Op::Backup(_) | Op::Restore(_)) && volume.is_none() && api.is_none() {
         return Err(invalid(format!(

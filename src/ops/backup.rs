@@ -81,7 +81,8 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         && let Some(set) = sets.iter().find(|s| &s.id == id)
     {
         let msg = format!("backup set {id} already exists; nothing to do");
-        return Ok(unchanged(task, set, volume_dir.as_deref(), msg, warnings));
+        let result = unchanged(task, set, volume_dir.as_deref(), msg, warnings);
+        return retain(repo.as_ref(), task, opts, result);
     }
     let newest = sets.iter().find(|s| !s.is_safety());
     // The set an unchanged installation would equal: same halves, and no reason to write anyway.
@@ -105,7 +106,8 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
             "the volume is unchanged since backup set {}; nothing to do (force writes a new set)",
             set.id
         );
-        return Ok(unchanged(task, set, Some(dir), msg, warnings));
+        let result = unchanged(task, set, Some(dir), msg, warnings);
+        return retain(repo.as_ref(), task, opts, result);
     }
 
     if task.dry_run {
@@ -128,7 +130,7 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         return Ok(result);
     }
     let repo = repo.expect("a real run created the repository");
-    take_set(
+    let result = take_set(
         &repo,
         task,
         opts,
@@ -137,7 +139,34 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         comparable,
         warnings,
         before,
-    )
+    )?;
+    retain(Some(&repo), task, opts, result)
+}
+
+/// Applies the task's retention, with the repository lock still held, to a successful
+/// backup's result. The set the backup wrote or found unchanged is never deleted, whatever the
+/// `created_at` of the other sets says (SPEC §6).
+fn retain(
+    repo: Option<&Repository>,
+    task: &Task,
+    opts: &BackupOptions,
+    mut result: TaskResult,
+) -> Result<TaskResult> {
+    let (Some(repo), Some(retention), false) = (repo, opts.retention, task.dry_run) else {
+        return Ok(result);
+    };
+    let protect = result.backup.as_ref().map(|b| b.id.clone());
+    let deleted = prune::apply(repo, retention, protect.as_deref(), false)?;
+    if !deleted.is_empty() {
+        result.changed = true;
+        result.msg = format!(
+            "{}; retention deleted {} older set(s)",
+            result.msg,
+            deleted.len()
+        );
+    }
+    result.sets = Some(deleted);
+    Ok(result)
 }
 
 /// Takes both halves into a staged set and publishes it (or finds both equal to
@@ -339,17 +368,6 @@ fn build(
         true,
         format!("wrote backup set {id}"),
     );
-    if let Some(keep_last) = opts.keep_last {
-        let deleted = prune::apply(repo, keep_last, false)?;
-        if !deleted.is_empty() {
-            result.msg = format!(
-                "{}; retention deleted {} older set(s)",
-                result.msg,
-                deleted.len()
-            );
-        }
-        result.sets = Some(deleted);
-    }
     if let (Some(dir), Some(v)) = (volume_dir, &manifest.volume) {
         result.volume = Some(volume_outcome(dir, v, true));
     }

@@ -18,6 +18,6 @@ pub fn run(task: &Task) -> Result<TaskResult> {
         Op::Restore(opts) => restore::run(task, opts),
         Op::Verify(opts) => verify::run(task, opts),
         Op::List => list::run(task),
-        Op::Prune { keep_last } => prune::run(task, *keep_last),
+        Op::Prune(retention) => prune::run(task, *retention),
     }
 }

@@ -416,7 +416,7 @@ fn safety_backup(
     let opts = BackupOptions {
         backup_id: Some(id),
         force: true,
-        keep_last: None,
+        retention: None,
         verify: false,
         compression: Compression::default(),
     };

@@ -1,7 +1,8 @@
 //! verify: check sets against their manifests and collect every finding instead of stopping
 //! at the first. Checksums of every file; a full decompress and read of the volume archive
 //! with its digest recomputed; `deep` also extracts it and digests the extracted tree;
-//! `against_live` reports how the live volume drifted from the set (as warnings).
+//! `against_live` reports how the live volume drifted from the named set, or else from the newest
+//! set that is not a safety set (as warnings).
 
 use std::path::Path;
 
@@ -61,10 +62,17 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         ));
     }
 
+    // The set the live volume is compared with: the named one, else the newest that is not a
+    // `pre-restore-…` safety set (SPEC §3): right after a restore, the newest set is the safety
+    // set of the state before, and comparing with it would report false drift.
+    let live_target = chosen
+        .iter()
+        .position(|s| opts.backup_id.is_some() || !s.is_safety())
+        .or(if chosen.is_empty() { None } else { Some(0) });
     let mut newest_entries = None;
     for (i, set) in chosen.iter().enumerate() {
         let entries = check_set(&repo, set, opts.deep, &mut findings)?;
-        if i == 0 {
+        if Some(i) == live_target {
             newest_entries = entries;
         }
     }
@@ -76,7 +84,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
             ));
         };
         let dir = volume::resolve(source)?;
-        match (chosen.first(), newest_entries) {
+        match (live_target.map(|i| chosen[i]), newest_entries) {
             (Some(set), Some(set_entries)) => drift(set, &dir, &set_entries, &mut findings)?,
             (Some(set), None) => findings.push(Finding {
                 level: Level::Warning,

@@ -137,3 +137,19 @@ fn an_unknown_set_is_backup_not_found() {
     let r = run(&json!({"operation": "verify", "repository": f.repo, "backup_id": "nope"}));
     assert_eq!(r.result.error.unwrap().kind, ErrorKind::BackupNotFound);
 }
+
+#[test]
+fn against_live_right_after_a_restore_compares_with_the_restored_set_not_the_safety_set() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    write(&f.vol.join("services/opcua-server.yml"), b"edited by hand", 0o644);
+    let restored = run_ok(&f.task("restore"));
+    assert!(restored.safety_backup.is_some(), "a safety set was written");
+    let mut task = f.task("verify");
+    task["against_live"] = json!(true);
+    let findings = run_ok(&task).findings.unwrap();
+    assert!(
+        findings.is_empty(),
+        "the live volume equals the restored set: {findings:?}"
+    );
+}

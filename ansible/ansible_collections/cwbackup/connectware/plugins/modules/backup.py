@@ -114,8 +114,14 @@ options:
     default: false
   keep_last:
     description:
-      - O(operation=backup) after a successful backup keep only this many newest sets.
-      - O(operation=prune) required; the number of newest sets to keep. The newest set is never deleted.
+      - O(operation=backup) after a successful backup keep only this many newest regular sets.
+      - O(operation=prune) required; the number of newest regular sets to keep.
+      - C(pre-restore-...) safety sets are counted apart (O(keep_safety)). The set the task wrote or found unchanged, the newest set and the only set are never deleted.
+    type: int
+  keep_safety:
+    description:
+      - O(operation=backup) and O(operation=prune) how many of the newest C(pre-restore-...) safety sets retention keeps.
+      - Applied only together with O(keep_last); the binary's default is 3.
     type: int
   verify:
     description: O(operation=backup) also decompress and read the whole new set before publishing it.
@@ -292,6 +298,7 @@ def argument_spec():
         backup_id=dict(type='str'),
         force=dict(type='bool', default=False),
         keep_last=dict(type='int', no_log=False),
+        keep_safety=dict(type='int', no_log=False),
         verify=dict(type='bool', default=False),
         compression=dict(type='str', choices=['gzip', 'zstd'], default='gzip'),
         safety_backup=dict(type='bool', default=True),
