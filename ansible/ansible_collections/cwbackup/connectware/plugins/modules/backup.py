@@ -364,6 +364,10 @@ def main():
     task = build_task(module.params, module.check_mode, module._diff)
     rc, stdout, stderr = module.run_command([binary], data=json.dumps(task), binary_data=True)
     result = interpret(rc, stdout, stderr)
+    # Ansible reports warnings given through module.warn; passing them to exit_json is
+    # deprecated (ansible-core 2.19 warns on every call).
+    for warning in result.pop('warnings', None) or []:
+        module.warn(warning)
     if result['failed']:
         module.fail_json(**result)
     module.exit_json(**result)
