@@ -77,7 +77,7 @@ fn a_full_volume_file_system_during_staging_leaves_the_volume_untouched() {
         "the volume is byte for byte as it was"
     );
     assert!(
-        !mount_dir.join(".cwbackup-vol/staged").exists(),
+        !vol.join(".cwbackup-work").exists(),
         "staging is removed"
     );
 }

@@ -65,18 +65,17 @@ fn a_modified_volume_is_brought_back_exactly() {
         safety.manifest.unwrap().volume.unwrap().content_digest,
         modified_digest
     );
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
 }
 
-/// No leftovers in the work directory beside the volume (a staged tree, an old tree, a
-/// journal) but the lock.
-fn only_the_lock_is_left(f: &Fixture) {
-    let work = f.tmp.path().join(".cwbackup-vol");
-    let left: Vec<_> = fs::read_dir(&work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+/// When a task returns, the volume holds nothing of the tool's (no work directory: no staged
+/// tree, old tree, journal or lock holder), and nothing was written beside it.
+fn nothing_of_the_tool_is_left(f: &Fixture) {
+    assert!(
+        !f.vol.join(".cwbackup-work").exists(),
+        "the work directory is removed"
+    );
+    assert!(!f.tmp.path().join(".cwbackup-vol").exists());
 }
 
 #[test]
@@ -99,7 +98,7 @@ fn a_change_that_keeps_every_size_is_found_and_an_added_file_too() {
     assert_eq!(spec_digest(&f.vol), wanted);
     let r = run_ok(&volume_only(&f, json!({})));
     assert!(!r.changed, "{}", r.msg);
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
 }
 
 #[test]
@@ -159,7 +158,7 @@ fn restoring_again_changes_nothing_and_writes_no_safety_set() {
         sets,
         "no safety set for a restore that changes nothing"
     );
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
     let forced = run_ok(&volume_only(
         &f,
         json!({"force": true, "safety_backup": false}),
@@ -233,6 +232,9 @@ fn a_refused_database_is_version_incompatible_and_the_volume_is_untouched() {
     let a = Api::default();
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
+    // The database differs too, so it is to be restored (by content, not by restore id).
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
     let before = listing(&a.f.vol);
     a.emu.set_faults(Faults {
         refuse_restore_versions: vec!["1.10.2".into()],
@@ -248,7 +250,7 @@ fn a_refused_database_is_version_incompatible_and_the_volume_is_untouched() {
         before,
         "the volume is byte for byte as it was"
     );
-    assert!(!a.f.tmp.path().join(".cwbackup-vol/staged").exists());
+    assert!(!a.f.vol.join(".cwbackup-work").exists());
 }
 
 #[test]
@@ -256,6 +258,9 @@ fn a_failed_database_restore_is_db_restore_failed_with_the_message() {
     let a = Api::default();
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
+    // The database differs too, so it is to be restored (by content, not by restore id).
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
     let before = listing(&a.f.vol);
     a.emu.set_faults(Faults {
         restore_fails: Some("psql: relation locked".into()),
@@ -280,7 +285,7 @@ fn a_backup_from_a_newer_connectware_is_refused_unless_forced() {
     assert_eq!(e.kind, ErrorKind::VersionIncompatible);
     assert_eq!(e.details["backup_version"], json!("1.11.0"));
     assert_eq!(a.f.set_ids().len(), 1, "refused before the safety backup");
-    only_the_lock_is_left(&a.f);
+    nothing_of_the_tool_is_left(&a.f);
     let mut task = a.task("restore");
     task["force"] = json!(true);
     run_ok(&task);
@@ -320,7 +325,7 @@ fn a_damaged_set_is_refused_before_anything_changes() {
     assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
     assert_eq!(listing(&f.vol), before);
     assert_eq!(f.set_ids().len(), 1, "no safety set");
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
 }
 
 #[test]
@@ -561,7 +566,7 @@ fn malicious_archives_are_unsafe_archive_and_write_nothing_outside() {
         );
         assert!(!Path::new("/tmp/cwbackup-absolute-escape").exists());
         assert!(
-            !f.tmp.path().join(".cwbackup-vol/staged").exists(),
+            !f.vol.join(".cwbackup-work").exists(),
             "{name}: staging removed"
         );
     }
@@ -625,7 +630,7 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
     let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
     reset(&f.vol, tree_a);
     let digest_a = spec_digest(&f.vol);
-    let journal = f.tmp.path().join(".cwbackup-vol/journal.json");
+    let journal = f.vol.join(".cwbackup-work/journal.json");
     let task = volume_only(
         &f,
         json!({"safety_backup": false, "force": true, "backup_id": set_b}),
