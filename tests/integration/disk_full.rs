@@ -10,10 +10,10 @@ use serde_json::json;
 use crate::common::*;
 
 /// A tmpfs of `size` mounted at `at`, unmounted when dropped.
-struct Mount(PathBuf);
+pub struct Mount(PathBuf);
 
 impl Mount {
-    fn new(at: &Path, size: &str) -> Mount {
+    pub fn new(at: &Path, size: &str) -> Mount {
         fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

@@ -401,11 +401,21 @@ fn file<'a>(name: &'a [u8], data: &'a [u8]) -> Raw<'a> {
     }
 }
 
-/// Everything in the fixture but the repository and cwbackup's work directory (whose lock
-/// file a restore may create), with modes, sizes, contents and mtimes.
+/// Everything in the fixture but the repository, with modes, sizes, contents and mtimes (but
+/// the volume directory's own mtime, which the work directory inside it moves).
 fn outside_the_repository(f: &Fixture) -> std::collections::BTreeMap<Vec<u8>, Listed> {
     let mut all = listing(f.tmp.path());
-    all.retain(|path, _| !path.starts_with(b"repo") && !path.starts_with(b".cwbackup-vol"));
+    all.retain(|path, _| !path.starts_with(b"repo"));
+    if let Some(vol) = all.get_mut(&b"vol"[..]) {
+        vol.mtime = 0;
+    }
+    all
+}
+
+/// The volume's listing without cwbackup's work directory (there while a task runs).
+fn volume_listing(vol: &Path) -> std::collections::BTreeMap<Vec<u8>, Listed> {
+    let mut all = listing(vol);
+    all.retain(|path, _| !path.starts_with(b".cwbackup-work"));
     all
 }
 
@@ -670,4 +680,333 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
         assert!(!journal.exists());
     }
     eprintln!("swap kills: {rolled_back} rolled back, {rolled_forward} finished");
+}
+
+// ---- Issue 11: nothing lost, nothing hangs (the restore and swap side) ----
+
+/// Starts a restore that pauses just before its last check of the volume and the swap (the
+/// test-only hook `CWBACKUP_TEST_PAUSE_BEFORE_SWAP`), and waits until it got there.
+struct Paused {
+    child: std::process::Child,
+    go: PathBuf,
+}
+
+impl Paused {
+    fn start(task: &serde_json::Value, go: PathBuf) -> Paused {
+        let mut child = std::process::Command::new(BIN)
+            .env("CWBACKUP_TEST_PAUSE_BEFORE_SWAP", &go)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(task.to_string().as_bytes())
+            .unwrap();
+        let mut reached = go.clone().into_os_string();
+        reached.push(".reached");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !Path::new(&reached).exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the restore ended before the swap"
+            );
+            assert!(Instant::now() < deadline, "the restore never reached the swap");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Paused { child, go }
+    }
+
+    /// Lets it go on and returns its result.
+    fn finish(self) -> cwbackup::result::TaskResult {
+        fs::write(&self.go, b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn a_repository_inside_the_volume_is_refused_before_anything_runs() {
+    let f = Fixture::sample();
+    let set = run_ok(&f.task("backup")).backup.unwrap().id;
+    // The repository moved into the volume: a restore without a safety set used to move it
+    // away with the old tree.
+    let inside = f.vol.join("backups");
+    fs::rename(&f.repo, &inside).unwrap();
+    modify(&f.vol);
+    let before = listing(&f.vol);
+    let mut task = volume_only(&f, json!({"safety_backup": false, "backup_id": set}));
+    task["repository"] = json!(inside);
+    let r = run(&task);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(
+        e.message.contains(&*inside.to_string_lossy())
+            && e.message.contains(&*f.vol.to_string_lossy()),
+        "{}",
+        e.message
+    );
+    assert_eq!(listing(&f.vol), before, "nothing ran");
+    // A backup into the volume (through a symlink, into a repository not made yet), and a
+    // volume inside the repository, are refused the same way.
+    std::os::unix::fs::symlink(&f.vol, f.path("link")).unwrap();
+    for (repo, vol) in [
+        (f.path("link/new-repo"), f.vol.clone()),
+        (f.tmp.path().to_path_buf(), f.vol.clone()),
+    ] {
+        let r = run(&json!({"operation": "backup", "repository": repo, "volume": {"path": vol}}));
+        assert_eq!(r.result.error.unwrap().kind, ErrorKind::InvalidTask);
+    }
+    assert_eq!(listing(&f.vol), before);
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn a_restore_holding_the_volume_makes_a_backup_into_another_repository_busy() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let paused = Paused::start(&volume_only(&f, json!({"safety_backup": false})), f.path("go"));
+    let mut backup = f.task("backup");
+    backup["repository"] = json!(f.path("other-repo"));
+    let r = run(&backup);
+    let e = r.result.error.expect("the backup must not read a volume being restored");
+    assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
+    assert_eq!(e.details["operation"], json!("restore"));
+    assert_eq!(e.details["pid"], json!(paused.child.id()));
+    let restored = paused.finish();
+    assert!(restored.ok, "{:?}", restored.error);
+    // Once the restore is done the backup runs (and waiting for the lock works too).
+    backup["wait_for_lock_s"] = json!(5);
+    run_ok(&backup);
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn restore_works_on_a_tmpfs_mount_point_and_leaves_nothing_in_it() {
+    let f = Fixture::empty();
+    let _m = crate::disk_full::Mount::new(&f.vol, "64m");
+    sample_tree(&f.vol);
+    let wanted = spec_digest(&f.vol);
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let r = run_ok(&volume_only(&f, json!({})));
+    assert!(r.changed && r.volume.unwrap().changed, "{}", r.msg);
+    assert_eq!(spec_digest(&f.vol), wanted);
+    nothing_of_the_tool_is_left(&f);
+    // A backup of the mount point leaves nothing either, and finds it unchanged.
+    let again = run_ok(&f.task("backup"));
+    assert!(!again.changed || again.backup.is_some());
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn a_volume_written_to_before_the_swap_is_a_consistency_error_and_untouched() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let paused = Paused::start(&volume_only(&f, json!({})), f.path("go"));
+    write(&f.vol.join("services/commissioned-meanwhile.yml"), b"new", 0o644);
+    let before = volume_listing(&f.vol);
+    let r = paused.finish();
+    let e = r.error.expect("the restore must not swap a volume that changed");
+    assert_eq!(e.kind, ErrorKind::ConsistencyError, "{}", e.message);
+    assert!(e.message.contains("not touched"), "{}", e.message);
+    assert_eq!(listing(&f.vol), before, "the volume is untouched");
+    nothing_of_the_tool_is_left(&f);
+    // The next restore works.
+    run_ok(&volume_only(&f, json!({"safety_backup": false})));
+}
+
+/// `chattr +i` on `path` (and `-i` when dropped, so that the fixture can be removed).
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chattr +i needs root and a file system that supports it");
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_swap_that_fails_midway_is_rolled_back_by_the_same_run() {
+    let f = Fixture::empty();
+    for name in ["a1", "a2", "m-immutable", "z1", "z2"] {
+        write(&f.vol.join(name), name.as_bytes(), 0o644);
+    }
+    run_ok(&f.task("backup"));
+    write(&f.vol.join("a1"), b"changed", 0o644);
+    write(&f.vol.join("b-added"), b"added", 0o644);
+    // Entries move in name order: a1, a2 and b-added move before the immutable one fails.
+    let guard = Immutable::set(&f.vol.join("m-immutable"));
+    let before = listing(&f.vol);
+    let r = run(&volume_only(&f, json!({"safety_backup": false})));
+    let e = r.result.error.expect("an immutable entry cannot be moved");
+    assert!(e.message.contains("rolled back"), "{}", e.message);
+    assert_eq!(listing(&f.vol), before, "the volume is exactly the old tree");
+    nothing_of_the_tool_is_left(&f);
+    drop(guard);
+    let r = run_ok(&volume_only(&f, json!({"safety_backup": false})));
+    assert!(r.changed);
+    assert!(!f.vol.join("b-added").exists());
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn a_failure_after_the_database_was_restored_puts_the_database_back() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let changed_db = json!({"users": [{"username": "later", "roles": []}], "roles": [], "permissions": []});
+    a.emu.set_db(changed_db.clone());
+    let paused = Paused::start(&a.task("restore"), a.f.path("go"));
+    write(&a.f.vol.join("services/meanwhile.yml"), b"x", 0o644);
+    let before = volume_listing(&a.f.vol);
+    let r = paused.finish();
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::ConsistencyError, "{}", e.message);
+    assert!(e.message.contains("was put back from safety set"), "{}", e.message);
+    assert_eq!(a.emu.db(), changed_db, "the database is as before the restore");
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+    assert_eq!(listing(&a.f.vol), before);
+
+    // Without a safety set there is nothing to put back: the error says which half is new.
+    let mut task = a.task("restore");
+    task["safety_backup"] = json!(false);
+    let paused = Paused::start(&task, a.f.path("go2"));
+    write(&a.f.vol.join("services/meanwhile-2.yml"), b"x", 0o644);
+    let e = paused.finish().error.unwrap();
+    assert!(
+        e.message.contains("the database was restored from set")
+            && e.message.contains("the volume was not"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn the_database_is_decided_by_content_not_by_the_last_restore_id() {
+    let a = Api::default();
+    let original = a.emu.db();
+    run_ok(&a.task("backup"));
+    a.emu.set_db(json!({"users": [], "roles": [], "permissions": []}));
+    let first = run_ok(&a.task("restore"));
+    assert!(first.db.unwrap().changed);
+    assert_eq!(a.emu.db(), original);
+    // The database changes after the restore; the server's last restore id still names the
+    // set's backup, but the content differs: restored again.
+    a.emu.set_db(json!({"users": [{"username": "x", "roles": []}], "roles": [], "permissions": []}));
+    let second = run_ok(&a.task("restore"));
+    assert!(second.changed && second.db.unwrap().changed, "{}", second.msg);
+    assert_eq!(a.emu.db(), original);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+    // Right after, the content is equal: nothing to do, no restore request.
+    let third = run_ok(&a.task("restore"));
+    assert!(!third.changed, "{}", third.msg);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+    // A dry run sends no POST at all, and says the database was not compared.
+    let posts = a.emu.count("POST", "/api/maintenance/db/backup");
+    let mut dry = a.task("restore");
+    dry["dry_run"] = json!(true);
+    let r = run_ok(&dry);
+    assert!(r.db.unwrap().changed);
+    assert!(r.warnings.iter().any(|w| w.contains("not compared")), "{:?}", r.warnings);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), posts);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+}
+
+#[test]
+fn the_restart_command_gets_no_secret() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let dump = a.f.path("restart-env");
+    let mut task = a.task("restore");
+    task["api"]["password"] = serde_json::Value::Null;
+    task["api"].as_object_mut().unwrap().remove("password");
+    task["api"]["password_env"] = json!("CWB_TEST_API_SECRET");
+    task["restart"] = json!(["sh", "-c", format!("env > {}", dump.display())]);
+    let r = run_raw(
+        task.to_string().as_bytes(),
+        &[("CWB_TEST_API_SECRET", crate::api::PASSWORD)],
+    );
+    assert!(r.result.ok, "{}", r.stdout);
+    assert!(!r.result.restart_required);
+    let env = fs::read_to_string(&dump).unwrap();
+    assert!(env.contains("PATH="), "the dump is the child's environment");
+    assert!(!env.contains(crate::api::PASSWORD), "the secret reached the child");
+    assert!(!env.contains("CWB_TEST_API_SECRET"));
+}
+
+#[test]
+fn symlinks_in_place_of_the_tools_paths_are_refused_and_never_followed() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    // The repository's lock.
+    let victim = f.path("victim.txt");
+    fs::write(&victim, b"precious").unwrap();
+    fs::remove_file(f.repo.join(".lock")).unwrap();
+    std::os::unix::fs::symlink(&victim, f.repo.join(".lock")).unwrap();
+    let mut task = f.task("backup");
+    task["force"] = json!(true);
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::RepositoryError);
+    assert!(e.message.contains("symlink"), "{}", e.message);
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    fs::remove_file(f.repo.join(".lock")).unwrap();
+    // The work directory inside the volume.
+    let victim_dir = f.path("victim-dir");
+    fs::create_dir(&victim_dir).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, f.vol.join(".cwbackup-work")).unwrap();
+    modify(&f.vol);
+    for task in [volume_only(&f, json!({})), task.clone()] {
+        let e = run(&task).result.error.unwrap();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(fs::read_dir(&victim_dir).unwrap().count(), 0, "nothing written through it");
+    }
+    fs::remove_file(f.vol.join(".cwbackup-work")).unwrap();
+    run_ok(&volume_only(&f, json!({})));
+}
+
+#[test]
+fn special_files_that_backups_skip_are_kept_or_named_by_a_restore() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let mkfifo = |p: &Path| {
+        assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success())
+    };
+    mkfifo(&f.vol.join("control.fifo"));
+    mkfifo(&f.vol.join("services/inner.fifo"));
+    let r = run_ok(&volume_only(&f, json!({})));
+    assert!(r.changed);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(f.vol.join("control.fifo")).unwrap().file_type().is_fifo(),
+        "a FIFO at the root that the set does not hold stays"
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("services/inner.fifo") && w.contains("removed")),
+        "a FIFO that goes with its directory is named: {:?}",
+        r.warnings
+    );
 }
