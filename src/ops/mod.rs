@@ -48,7 +48,10 @@ fn check_apart(repository: &Path, volume_dir: &Path, source: &VolumeSource) -> R
         loop {
             match at.canonicalize() {
                 Ok(real) => {
-                    return Ok(missing.iter().rev().fold(real, |acc: PathBuf, part| acc.join(part)));
+                    return Ok(missing
+                        .iter()
+                        .rev()
+                        .fold(real, |acc: PathBuf, part| acc.join(part)));
                 }
                 Err(_) => match (at.parent(), at.file_name()) {
                     (Some(parent), Some(name)) => {
@@ -103,7 +106,11 @@ mod tests {
         ] {
             let e = check_apart(&repo, &vol, &src).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidTask);
-            assert!(e.message.contains(&*repo.to_string_lossy()), "{}", e.message);
+            assert!(
+                e.message.contains(&*repo.to_string_lossy()),
+                "{}",
+                e.message
+            );
             assert!(e.message.contains(&*vol.to_string_lossy()), "{}", e.message);
         }
         check_apart(&tmp.path().join("repo"), &vol, &src).unwrap();

@@ -667,7 +667,9 @@ fn still_as_decided(
         .find(|p| now.iter().find(|e| &&e.path == p) != decided.iter().find(|e| &&e.path == p))
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
-    let kept = safety.map_or(String::new(), |s| format!(" (safety set {} was kept)", s.id));
+    let kept = safety.map_or(String::new(), |s| {
+        format!(" (safety set {} was kept)", s.id)
+    });
     Err(Error::new(
         ErrorKind::ConsistencyError,
         format!(

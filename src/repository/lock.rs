@@ -96,12 +96,7 @@ pub fn acquire(path: &Path, what: &str, operation: Operation, wait: Duration) ->
 /// Takes the OS lock of the directory `dir` itself (opened read-only, never through a
 /// symlink), waiting up to `wait`. When busy, the holder is read from `holder_file`. The caller
 /// writes the holder record (see [`holder_record`]) once it holds the lock.
-pub fn acquire_dir(
-    dir: &Path,
-    holder_file: &Path,
-    what: &str,
-    wait: Duration,
-) -> Result<Lock> {
+pub fn acquire_dir(dir: &Path, holder_file: &Path, what: &str, wait: Duration) -> Result<Lock> {
     let file = File::options()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)

@@ -255,7 +255,12 @@ impl Work {
         if self.journal_here() {
             return;
         }
-        for path in [self.staged(), self.old(), self.holder(), self.dir.join("journal.json.tmp")] {
+        for path in [
+            self.staged(),
+            self.old(),
+            self.holder(),
+            self.dir.join("journal.json.tmp"),
+        ] {
             let _ = remove_tree(&path);
         }
         let _ = fs::remove_dir(&self.dir);
@@ -271,7 +276,10 @@ impl Work {
             let (done, more) = legacy.recover_here()?;
             warnings.extend(more);
             warnings.extend(done.describe(&self.volume).map(|d| {
-                format!("{d} (from the work directory {} of an older cwbackup, now removed)", legacy.dir.display())
+                format!(
+                    "{d} (from the work directory {} of an older cwbackup, now removed)",
+                    legacy.dir.display()
+                )
             }));
             let _ = fs::remove_file(legacy.dir.join("lock"));
             let _ = fs::remove_dir(&legacy.dir);
@@ -301,12 +309,21 @@ impl Work {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 return Err(Error::new(
                     ErrorKind::IoError,
-                    format!("the restore journal {} is unreadable ({e}): compare {} with old/ and staged/ beside it by hand", self.journal().display(), self.volume.display()),
+                    format!(
+                        "the restore journal {} is unreadable ({e}): compare {} with old/ and staged/ beside it by hand",
+                        self.journal().display(),
+                        self.volume.display()
+                    ),
                 ));
             }
             Err(e) => return Err(Error::io("cannot read", &self.journal(), e)),
         };
-        let kept: Vec<OsString> = journal.kept.iter().cloned().map(OsString::from_vec).collect();
+        let kept: Vec<OsString> = journal
+            .kept
+            .iter()
+            .cloned()
+            .map(OsString::from_vec)
+            .collect();
         let conflicts = self.conflicts();
         let mut warnings = Vec::new();
         let outcome = match journal.phase {
@@ -516,7 +533,9 @@ fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
     };
     let mut names = Vec::new();
     for item in read {
-        let name = item.map_err(|e| Error::io("cannot read", from, e))?.file_name();
+        let name = item
+            .map_err(|e| Error::io("cannot read", from, e))?
+            .file_name();
         if name != WORK_DIR && !moves.skip.contains(&name) {
             names.push(name);
         }
@@ -537,8 +556,9 @@ fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
                     .create(&aside_dir)
                     .map_err(|e| Error::io("cannot create", &aside_dir, e))?;
                 let aside = aside_dir.join(&name);
-                rename_noreplace(&target, &aside)
-                    .map_err(|e| Error::io("cannot move an entry in the way aside to", &aside, e))?;
+                rename_noreplace(&target, &aside).map_err(|e| {
+                    Error::io("cannot move an entry in the way aside to", &aside, e)
+                })?;
                 rename_noreplace(&source, &target)
                     .map_err(|e| Error::io("cannot move an entry into", &target, e))?;
                 warnings.push(format!(
@@ -656,8 +676,7 @@ mod tests {
             }
             if phase == Phase::UndoingNew {
                 for i in 1..=moved {
-                    fs::rename(volume.join(format!("b{i}")), staged.join(format!("b{i}")))
-                        .unwrap();
+                    fs::rename(volume.join(format!("b{i}")), staged.join(format!("b{i}"))).unwrap();
                 }
             }
         }
@@ -689,7 +708,11 @@ mod tests {
         assert_eq!(fs::read_to_string(work.volume.join("b3")).unwrap(), "new");
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("b3") && warnings[1].contains("conflicts"));
-        let stamp = fs::read_dir(work.conflicts()).unwrap().next().unwrap().unwrap();
+        let stamp = fs::read_dir(work.conflicts())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         assert_eq!(
             fs::read_to_string(stamp.path().join("b3/written-meanwhile")).unwrap(),
             "keep me"
@@ -752,7 +775,10 @@ mod tests {
     fn an_interrupted_move_of_the_old_entries_is_rolled_back() {
         for moved in 0..=4 {
             let (_tmp, work) = interrupted(Phase::MovingOld, moved);
-            assert_eq!(work.recover().unwrap().0, Recovered::RolledBack("set".into()));
+            assert_eq!(
+                work.recover().unwrap().0,
+                Recovered::RolledBack("set".into())
+            );
             assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
             assert!(!work.pending() && !work.old().exists() && !work.staged().exists());
         }
@@ -774,7 +800,10 @@ mod tests {
     #[test]
     fn an_interrupted_cleanup_is_finished() {
         let (_tmp, work) = interrupted(Phase::Cleanup, 4);
-        assert_eq!(work.recover().unwrap().0, Recovered::CleanedUp("set".into()));
+        assert_eq!(
+            work.recover().unwrap().0,
+            Recovered::CleanedUp("set".into())
+        );
         assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"]);
     }
 

@@ -76,8 +76,5 @@ fn a_full_volume_file_system_during_staging_leaves_the_volume_untouched() {
         before,
         "the volume is byte for byte as it was"
     );
-    assert!(
-        !vol.join(".cwbackup-work").exists(),
-        "staging is removed"
-    );
+    assert!(!vol.join(".cwbackup-work").exists(), "staging is removed");
 }

@@ -714,7 +714,10 @@ impl Paused {
                 child.try_wait().unwrap().is_none(),
                 "the restore ended before the swap"
             );
-            assert!(Instant::now() < deadline, "the restore never reached the swap");
+            assert!(
+                Instant::now() < deadline,
+                "the restore never reached the swap"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Paused { child, go }
@@ -770,11 +773,17 @@ fn a_restore_holding_the_volume_makes_a_backup_into_another_repository_busy() {
     let f = Fixture::sample();
     run_ok(&f.task("backup"));
     modify(&f.vol);
-    let paused = Paused::start(&volume_only(&f, json!({"safety_backup": false})), f.path("go"));
+    let paused = Paused::start(
+        &volume_only(&f, json!({"safety_backup": false})),
+        f.path("go"),
+    );
     let mut backup = f.task("backup");
     backup["repository"] = json!(f.path("other-repo"));
     let r = run(&backup);
-    let e = r.result.error.expect("the backup must not read a volume being restored");
+    let e = r
+        .result
+        .error
+        .expect("the backup must not read a volume being restored");
     assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
     assert_eq!(e.details["operation"], json!("restore"));
     assert_eq!(e.details["pid"], json!(paused.child.id()));
@@ -810,10 +819,16 @@ fn a_volume_written_to_before_the_swap_is_a_consistency_error_and_untouched() {
     run_ok(&f.task("backup"));
     modify(&f.vol);
     let paused = Paused::start(&volume_only(&f, json!({})), f.path("go"));
-    write(&f.vol.join("services/commissioned-meanwhile.yml"), b"new", 0o644);
+    write(
+        &f.vol.join("services/commissioned-meanwhile.yml"),
+        b"new",
+        0o644,
+    );
     let before = volume_listing(&f.vol);
     let r = paused.finish();
-    let e = r.error.expect("the restore must not swap a volume that changed");
+    let e = r
+        .error
+        .expect("the restore must not swap a volume that changed");
     assert_eq!(e.kind, ErrorKind::ConsistencyError, "{}", e.message);
     assert!(e.message.contains("not touched"), "{}", e.message);
     assert_eq!(listing(&f.vol), before, "the volume is untouched");
@@ -833,7 +848,10 @@ impl Immutable {
             .status()
             .unwrap()
             .success();
-        assert!(ok, "chattr +i needs root and a file system that supports it");
+        assert!(
+            ok,
+            "chattr +i needs root and a file system that supports it"
+        );
         Immutable(path.to_path_buf())
     }
 }
@@ -862,7 +880,11 @@ fn a_swap_that_fails_midway_is_rolled_back_by_the_same_run() {
     let r = run(&volume_only(&f, json!({"safety_backup": false})));
     let e = r.result.error.expect("an immutable entry cannot be moved");
     assert!(e.message.contains("rolled back"), "{}", e.message);
-    assert_eq!(listing(&f.vol), before, "the volume is exactly the old tree");
+    assert_eq!(
+        listing(&f.vol),
+        before,
+        "the volume is exactly the old tree"
+    );
     nothing_of_the_tool_is_left(&f);
     drop(guard);
     let r = run_ok(&volume_only(&f, json!({"safety_backup": false})));
@@ -876,7 +898,8 @@ fn a_failure_after_the_database_was_restored_puts_the_database_back() {
     let a = Api::default();
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
-    let changed_db = json!({"users": [{"username": "later", "roles": []}], "roles": [], "permissions": []});
+    let changed_db =
+        json!({"users": [{"username": "later", "roles": []}], "roles": [], "permissions": []});
     a.emu.set_db(changed_db.clone());
     let paused = Paused::start(&a.task("restore"), a.f.path("go"));
     write(&a.f.vol.join("services/meanwhile.yml"), b"x", 0o644);
@@ -884,8 +907,16 @@ fn a_failure_after_the_database_was_restored_puts_the_database_back() {
     let r = paused.finish();
     let e = r.error.unwrap();
     assert_eq!(e.kind, ErrorKind::ConsistencyError, "{}", e.message);
-    assert!(e.message.contains("was put back from safety set"), "{}", e.message);
-    assert_eq!(a.emu.db(), changed_db, "the database is as before the restore");
+    assert!(
+        e.message.contains("was put back from safety set"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        a.emu.db(),
+        changed_db,
+        "the database is as before the restore"
+    );
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
     assert_eq!(listing(&a.f.vol), before);
 
@@ -908,15 +939,21 @@ fn the_database_is_decided_by_content_not_by_the_last_restore_id() {
     let a = Api::default();
     let original = a.emu.db();
     run_ok(&a.task("backup"));
-    a.emu.set_db(json!({"users": [], "roles": [], "permissions": []}));
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
     let first = run_ok(&a.task("restore"));
     assert!(first.db.unwrap().changed);
     assert_eq!(a.emu.db(), original);
     // The database changes after the restore; the server's last restore id still names the
     // set's backup, but the content differs: restored again.
-    a.emu.set_db(json!({"users": [{"username": "x", "roles": []}], "roles": [], "permissions": []}));
+    a.emu
+        .set_db(json!({"users": [{"username": "x", "roles": []}], "roles": [], "permissions": []}));
     let second = run_ok(&a.task("restore"));
-    assert!(second.changed && second.db.unwrap().changed, "{}", second.msg);
+    assert!(
+        second.changed && second.db.unwrap().changed,
+        "{}",
+        second.msg
+    );
     assert_eq!(a.emu.db(), original);
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
     // Right after, the content is equal: nothing to do, no restore request.
@@ -929,7 +966,11 @@ fn the_database_is_decided_by_content_not_by_the_last_restore_id() {
     dry["dry_run"] = json!(true);
     let r = run_ok(&dry);
     assert!(r.db.unwrap().changed);
-    assert!(r.warnings.iter().any(|w| w.contains("not compared")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("not compared")),
+        "{:?}",
+        r.warnings
+    );
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), posts);
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
 }
@@ -953,7 +994,10 @@ fn the_restart_command_gets_no_secret() {
     assert!(!r.result.restart_required);
     let env = fs::read_to_string(&dump).unwrap();
     assert!(env.contains("PATH="), "the dump is the child's environment");
-    assert!(!env.contains(crate::api::PASSWORD), "the secret reached the child");
+    assert!(
+        !env.contains(crate::api::PASSWORD),
+        "the secret reached the child"
+    );
     assert!(!env.contains("CWB_TEST_API_SECRET"));
 }
 
@@ -981,7 +1025,11 @@ fn symlinks_in_place_of_the_tools_paths_are_refused_and_never_followed() {
     for task in [volume_only(&f, json!({})), task.clone()] {
         let e = run(&task).result.error.unwrap();
         assert!(e.message.contains("symlink"), "{}", e.message);
-        assert_eq!(fs::read_dir(&victim_dir).unwrap().count(), 0, "nothing written through it");
+        assert_eq!(
+            fs::read_dir(&victim_dir).unwrap().count(),
+            0,
+            "nothing written through it"
+        );
     }
     fs::remove_file(f.vol.join(".cwbackup-work")).unwrap();
     run_ok(&volume_only(&f, json!({})));
@@ -993,7 +1041,13 @@ fn special_files_that_backups_skip_are_kept_or_named_by_a_restore() {
     run_ok(&f.task("backup"));
     modify(&f.vol);
     let mkfifo = |p: &Path| {
-        assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success())
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        )
     };
     mkfifo(&f.vol.join("control.fifo"));
     mkfifo(&f.vol.join("services/inner.fifo"));
@@ -1001,11 +1055,16 @@ fn special_files_that_backups_skip_are_kept_or_named_by_a_restore() {
     assert!(r.changed);
     use std::os::unix::fs::FileTypeExt;
     assert!(
-        fs::symlink_metadata(f.vol.join("control.fifo")).unwrap().file_type().is_fifo(),
+        fs::symlink_metadata(f.vol.join("control.fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo(),
         "a FIFO at the root that the set does not hold stays"
     );
     assert!(
-        r.warnings.iter().any(|w| w.contains("services/inner.fifo") && w.contains("removed")),
+        r.warnings
+            .iter()
+            .any(|w| w.contains("services/inner.fifo") && w.contains("removed")),
         "a FIFO that goes with its directory is named: {:?}",
         r.warnings
     );
