@@ -745,6 +745,40 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_that_fails_too_names_the_directory_holding_the_old_entries() {
+        let (_tmp, work) = interrupted(Phase::MovingOld, 2);
+        // The old entries cannot leave old/: an immutable directory.
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(work.old())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(chattr("+i"), "chattr needs root");
+        let e = work.roll_back(
+            Error::new(ErrorKind::IoError, "cannot move an entry"),
+            Phase::MovingOld,
+            "set",
+            &[],
+        );
+        chattr("-i");
+        assert!(e.message.contains("failed too"), "{}", e.message);
+        assert!(
+            e.message.contains(&*work.old().to_string_lossy()),
+            "{}",
+            e.message
+        );
+        assert!(work.pending(), "the journal stays for the next task");
+        assert_eq!(
+            work.recover().unwrap().0,
+            Recovered::RolledBack("set".into())
+        );
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
+    }
+
+    #[test]
     fn kept_names_stay_in_place_through_a_swap() {
         let (_tmp, work) = interrupted(Phase::MovingOld, 0);
         fs::remove_file(work.journal()).unwrap();

@@ -797,20 +797,41 @@ fn a_restore_holding_the_volume_makes_a_backup_into_another_repository_busy() {
 
 #[test]
 fn restore_works_on_a_tmpfs_mount_point_and_leaves_nothing_in_it() {
+    // The volume is a tmpfs of its own, inside a parent file system that is read-only (as a
+    // Docker volume on NFS or a PVC's mount often is): nothing may be written beside it.
     let f = Fixture::empty();
-    let _m = crate::disk_full::Mount::new(&f.vol, "64m");
-    sample_tree(&f.vol);
-    let wanted = spec_digest(&f.vol);
-    run_ok(&f.task("backup"));
-    modify(&f.vol);
-    let r = run_ok(&volume_only(&f, json!({})));
+    fs::remove_dir(&f.vol).unwrap();
+    let parent = f.path("parent");
+    let _parent_mount = crate::disk_full::Mount::new(&parent, "1m");
+    let vol = parent.join("vol");
+    let _volume_mount = crate::disk_full::Mount::new(&vol, "64m");
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&parent)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    sample_tree(&vol);
+    let wanted = spec_digest(&vol);
+    let task = |op: &str| json!({"operation": op, "repository": f.repo, "volume": {"path": vol}});
+    run_ok(&task("backup"));
+    modify(&vol);
+    let r = run_ok(&task("restore"));
     assert!(r.changed && r.volume.unwrap().changed, "{}", r.msg);
-    assert_eq!(spec_digest(&f.vol), wanted);
-    nothing_of_the_tool_is_left(&f);
+    assert_eq!(spec_digest(&vol), wanted);
+    assert!(
+        !vol.join(".cwbackup-work").exists(),
+        "nothing of the tool's is left"
+    );
     // A backup of the mount point leaves nothing either, and finds it unchanged.
-    let again = run_ok(&f.task("backup"));
-    assert!(!again.changed || again.backup.is_some());
-    nothing_of_the_tool_is_left(&f);
+    let again = run_ok(&task("backup"));
+    assert!(!again.changed, "{}", again.msg);
+    assert!(!vol.join(".cwbackup-work").exists());
+    remount("rw");
 }
 
 #[test]
@@ -932,6 +953,23 @@ fn a_failure_after_the_database_was_restored_puts_the_database_back() {
         "{}",
         e.message
     );
+
+    // Putting the database back fails too: the error names the safety set to restore by hand.
+    a.emu.set_db(changed_db.clone());
+    let paused = Paused::start(&a.task("restore"), a.f.path("go3"));
+    a.emu.set_faults(Faults {
+        restore_fails: Some("disk full".into()),
+        ..Faults::default()
+    });
+    write(&a.f.vol.join("services/meanwhile-3.yml"), b"x", 0o644);
+    let e = paused.finish().error.unwrap();
+    let safety = e.details["safety_set"].as_str().unwrap().to_string();
+    assert!(
+        e.message.contains("failed too") && e.message.contains(&safety),
+        "{}",
+        e.message
+    );
+    assert!(a.f.set_ids().contains(&safety));
 }
 
 #[test]
