@@ -660,12 +660,23 @@ fn still_as_decided(
     if now == decided {
         return Ok(now);
     }
+    // Both listings are sorted by path: the first pair that differs names the change.
     let changed = now
         .iter()
-        .map(|e| &e.path)
-        .chain(decided.iter().map(|e| &e.path))
-        .find(|p| now.iter().find(|e| &&e.path == p) != decided.iter().find(|e| &&e.path == p))
-        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .zip(decided.iter())
+        .find(|(a, b)| a != b)
+        .map(|(a, b)| a.path.clone().min(b.path.clone()))
+        .or_else(|| {
+            let longer = if now.len() > decided.len() {
+                &now
+            } else {
+                decided
+            };
+            longer
+                .get(now.len().min(decided.len()))
+                .map(|e| e.path.clone())
+        })
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
         .unwrap_or_default();
     let kept = safety.map_or(String::new(), |s| {
         format!(" (safety set {} was kept)", s.id)
