@@ -76,6 +76,17 @@ struct Journal {
     /// Names at the volume's root that stay in place (special files backups skip).
     #[serde(default)]
     kept: Vec<Vec<u8>>,
+    /// The staged tree's root names (from `moving-new` on): undoing a failed swap moves only
+    /// these back out of the volume, never an entry a writer added meanwhile.
+    #[serde(default)]
+    incoming: Vec<Vec<u8>>,
+}
+
+/// The root names a swap treats specially, as recorded in the journal.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    kept: Vec<OsString>,
+    incoming: Vec<OsString>,
 }
 
 /// What recovery did.
@@ -132,6 +143,8 @@ impl Drop for VolumeLock {
 struct Moves<'a> {
     /// Names at the root of the source that do not move.
     skip: &'a [OsString],
+    /// If given, only these names move.
+    only: Option<&'a [OsString]>,
     /// Where a live entry that stands in the way goes (recovery and rollback only); None:
     /// an entry in the way is an error.
     conflicts: Option<&'a Path>,
@@ -318,12 +331,20 @@ impl Work {
             }
             Err(e) => return Err(Error::io("cannot read", &self.journal(), e)),
         };
-        let kept: Vec<OsString> = journal
-            .kept
-            .iter()
-            .cloned()
-            .map(OsString::from_vec)
-            .collect();
+        let names = Names {
+            kept: journal
+                .kept
+                .iter()
+                .cloned()
+                .map(OsString::from_vec)
+                .collect(),
+            incoming: journal
+                .incoming
+                .iter()
+                .cloned()
+                .map(OsString::from_vec)
+                .collect(),
+        };
         let conflicts = self.conflicts();
         let mut warnings = Vec::new();
         let outcome = match journal.phase {
@@ -332,7 +353,7 @@ impl Work {
                 Recovered::RolledBack(journal.set)
             }
             Phase::UndoingNew => {
-                self.undo_new(&journal.set, &kept)?;
+                self.undo_new(&journal.set, &names)?;
                 warnings = self.move_old_back(&conflicts)?;
                 Recovered::RolledBack(journal.set)
             }
@@ -342,6 +363,7 @@ impl Work {
                     &self.volume,
                     &Moves {
                         skip: &[],
+                        only: None,
                         conflicts: Some(&conflicts),
                     },
                 )?;
@@ -361,7 +383,11 @@ impl Work {
     pub fn swap(&self, set: &str, kept: &[OsString]) -> Result<()> {
         let old = self.old();
         remove_tree(&old)?;
-        self.write_journal(Phase::MovingOld, set, kept)?;
+        let mut names = Names {
+            kept: kept.to_vec(),
+            incoming: Vec::new(),
+        };
+        self.write_journal(Phase::MovingOld, set, &names)?;
         let mut reached = Phase::MovingOld;
         let outcome = (|| -> Result<()> {
             DirBuilder::new()
@@ -373,35 +399,38 @@ impl Work {
                 &old,
                 &Moves {
                     skip: kept,
+                    only: None,
                     conflicts: None,
                 },
             )?;
             sync_dirs(&[&self.volume, &old])?;
-            self.write_journal(Phase::MovingNew, set, kept)?;
+            names.incoming = root_names(&self.staged())?;
+            self.write_journal(Phase::MovingNew, set, &names)?;
             reached = Phase::MovingNew;
             move_entries(
                 &self.staged(),
                 &self.volume,
                 &Moves {
                     skip: &[],
+                    only: None,
                     conflicts: None,
                 },
             )?;
             sync_dirs(&[&self.volume, &self.staged()])
         })();
         if let Err(e) = outcome {
-            return Err(self.roll_back(e, reached, set, kept));
+            return Err(self.roll_back(e, reached, set, &names));
         }
-        self.write_journal(Phase::Cleanup, set, kept)?;
+        self.write_journal(Phase::Cleanup, set, &names)?;
         self.finish()
     }
 
     /// Undoes a swap that failed with `error` in phase `reached`; the error, saying what
     /// became of the volume.
-    fn roll_back(&self, error: Error, reached: Phase, set: &str, kept: &[OsString]) -> Error {
+    fn roll_back(&self, error: Error, reached: Phase, set: &str, names: &Names) -> Error {
         let undone = (|| -> Result<Vec<String>> {
             if reached == Phase::MovingNew {
-                self.undo_new(set, kept)?;
+                self.undo_new(set, names)?;
             }
             let warnings = self.move_old_back(&self.conflicts())?;
             fsync_dir(&self.volume).map_err(|e| Error::io("cannot sync", &self.volume, e))?;
@@ -431,10 +460,10 @@ impl Work {
         Error { message, ..error }.detail("old_entries", self.old().display().to_string())
     }
 
-    /// Phase `undoing-new`: the entries in the volume (all new, except `kept`) go back to
-    /// `staged/`; then the phase is `moving-old` again.
-    fn undo_new(&self, set: &str, kept: &[OsString]) -> Result<()> {
-        self.write_journal(Phase::UndoingNew, set, kept)?;
+    /// Phase `undoing-new`: the staged tree's entries go back from the volume to `staged/`
+    /// (anything else a writer added stays); then the phase is `moving-old` again.
+    fn undo_new(&self, set: &str, names: &Names) -> Result<()> {
+        self.write_journal(Phase::UndoingNew, set, names)?;
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -444,12 +473,13 @@ impl Work {
             &self.volume,
             &self.staged(),
             &Moves {
-                skip: kept,
+                skip: &names.kept,
+                only: Some(&names.incoming),
                 conflicts: None,
             },
         )?;
         sync_dirs(&[&self.volume, &self.staged()])?;
-        self.write_journal(Phase::MovingOld, set, kept)
+        self.write_journal(Phase::MovingOld, set, names)
     }
 
     /// Moves the old entries back into the volume; an entry in the way goes to `conflicts`.
@@ -459,6 +489,7 @@ impl Work {
             &self.volume,
             &Moves {
                 skip: &[],
+                only: None,
                 conflicts: Some(conflicts),
             },
         )
@@ -488,13 +519,18 @@ impl Work {
 
     /// Writes the journal atomically: a synced temporary file renamed over it, then the
     /// directory synced.
-    fn write_journal(&self, phase: Phase, set: &str, kept: &[OsString]) -> Result<()> {
+    fn write_journal(&self, phase: Phase, set: &str, names: &Names) -> Result<()> {
         let tmp = self.dir.join("journal.json.tmp");
         let _ = fs::remove_file(&tmp);
         let bytes = serde_json::to_vec(&Journal {
             phase,
             set: set.to_string(),
-            kept: kept.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            kept: names.kept.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            incoming: names
+                .incoming
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
         })
         .expect("a journal is JSON");
         (|| -> io::Result<()> {
@@ -536,7 +572,10 @@ fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
         let name = item
             .map_err(|e| Error::io("cannot read", from, e))?
             .file_name();
-        if name != WORK_DIR && !moves.skip.contains(&name) {
+        if name != WORK_DIR
+            && !moves.skip.contains(&name)
+            && moves.only.is_none_or(|only| only.contains(&name))
+        {
             names.push(name);
         }
     }
@@ -571,6 +610,25 @@ fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
         }
     }
     Ok(warnings)
+}
+
+/// The names in `dir` (none if it is missing), without the work directory.
+fn root_names(dir: &Path) -> Result<Vec<OsString>> {
+    let read = match fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot read", dir, e)),
+    };
+    let mut names = Vec::new();
+    for item in read {
+        let name = item
+            .map_err(|e| Error::io("cannot read", dir, e))?
+            .file_name();
+        if name != WORK_DIR {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// Whether a rename failed because the target name is taken.
@@ -659,7 +717,8 @@ mod tests {
             fs::write(staged.join(format!("b{i}")), "new").unwrap();
         }
         fs::create_dir(work.old()).unwrap();
-        work.write_journal(Phase::MovingOld, "set", &[]).unwrap();
+        work.write_journal(Phase::MovingOld, "set", &Names::default())
+            .unwrap();
         let old_moved = if phase == Phase::MovingOld { moved } else { 4 };
         for i in 1..=old_moved {
             fs::rename(
@@ -669,7 +728,11 @@ mod tests {
             .unwrap();
         }
         if phase != Phase::MovingOld {
-            work.write_journal(phase, "set", &[]).unwrap();
+            let names = Names {
+                kept: Vec::new(),
+                incoming: (1..=4).map(|i| OsString::from(format!("b{i}"))).collect(),
+            };
+            work.write_journal(phase, "set", &names).unwrap();
             let new_moved = if phase == Phase::MovingNew { moved } else { 4 };
             for i in 1..=new_moved {
                 fs::rename(staged.join(format!("b{i}")), volume.join(format!("b{i}"))).unwrap();
@@ -694,6 +757,20 @@ mod tests {
             assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
             assert!(!work.pending() && !work.old().exists() && !work.staged().exists());
         }
+    }
+
+    #[test]
+    fn undoing_a_failed_swap_keeps_what_a_writer_added_meanwhile() {
+        let (_tmp, work) = interrupted(Phase::UndoingNew, 1);
+        fs::write(work.volume.join("written-meanwhile"), "keep me").unwrap();
+        assert_eq!(
+            work.recover().unwrap().0,
+            Recovered::RolledBack("set".into())
+        );
+        assert_eq!(
+            names(&work.volume),
+            ["a1", "a2", "a3", "a4", "written-meanwhile"]
+        );
     }
 
     #[test]
@@ -735,7 +812,9 @@ mod tests {
         fs::write(volume.join("a1"), "old").unwrap();
         fs::write(legacy.old().join("a2"), "old").unwrap();
         fs::write(legacy.staged().join("b1"), "new").unwrap();
-        legacy.write_journal(Phase::MovingOld, "set", &[]).unwrap();
+        legacy
+            .write_journal(Phase::MovingOld, "set", &Names::default())
+            .unwrap();
         let work = Work::of(&volume).unwrap();
         assert!(work.pending());
         let (_, warnings) = work.recover().unwrap();
@@ -761,7 +840,7 @@ mod tests {
             Error::new(ErrorKind::IoError, "cannot move an entry"),
             Phase::MovingOld,
             "set",
-            &[],
+            &Names::default(),
         );
         chattr("-i");
         assert!(e.message.contains("failed too"), "{}", e.message);
