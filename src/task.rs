@@ -286,6 +286,9 @@ pub struct ApiConfig {
     pub timeout: Duration,
     /// Status poll interval.
     pub poll_interval: Duration,
+    /// The environment variable that held the password (`password_env`), removed from the
+    /// environment of child processes.
+    pub secret_env: Option<String>,
 }
 
 /// The operation with its own options.
@@ -570,6 +573,7 @@ fn api_config(spec: ApiSpec) -> Result<ApiConfig> {
         ca_file: spec.ca_file,
         timeout: Duration::from_secs_f64(spec.timeout_s),
         poll_interval: Duration::from_secs_f64(spec.poll_interval_s),
+        secret_env: spec.password_env.clone(),
     })
 }
 

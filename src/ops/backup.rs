@@ -50,7 +50,7 @@ enum VolumeHalf {
 }
 
 pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
-    let volume_dir = task.volume.as_ref().map(volume::resolve).transpose()?;
+    let volume_dir = super::resolve_volume(task)?;
     let mut warnings = Vec::new();
     let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
@@ -67,9 +67,17 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     if let (Some(r), false) = (&repo, task.dry_run) {
         r.clean_staging()?;
     }
+    // Backup and restore of one volume exclude each other, whatever repositories they use.
+    let work = volume_dir.as_deref().map(swap::Work::of).transpose()?;
+    let _volume_lock = work
+        .as_ref()
+        .map(|w| w.lock(Operation::Backup, task.wait_for_lock, task.dry_run))
+        .transpose()?;
     // A volume left half-swapped by a killed restore is made whole before it is read.
-    if let (Some(dir), false) = (&volume_dir, task.dry_run) {
-        finish_interrupted_restore(dir, task, &mut warnings)?;
+    if let (Some(w), false) = (&work, task.dry_run) {
+        let (done, more) = w.recover()?;
+        warnings.extend(more);
+        warnings.extend(done.describe(&w.volume));
     }
     let sets = repo
         .as_ref()
@@ -139,6 +147,7 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         comparable,
         warnings,
         before,
+        None,
     )?;
     retain(Some(&repo), task, opts, result)
 }
@@ -170,8 +179,9 @@ fn retain(
 }
 
 /// Takes both halves into a staged set and publishes it (or finds both equal to
-/// `comparable`). Call with the repository lock held and the volume whole (no interrupted
-/// restore pending). Restore uses it for its safety set.
+/// `comparable`). Call with the repository and volume locks held and the volume whole (no
+/// interrupted restore pending). Restore uses it for its safety set, handing over the
+/// database backup it already took (`fresh_db`).
 #[allow(clippy::too_many_arguments)]
 pub fn take_set(
     repo: &Repository,
@@ -182,6 +192,7 @@ pub fn take_set(
     comparable: Option<&Set>,
     mut warnings: Vec<String>,
     before: serde_json::Value,
+    fresh_db: Option<FreshDb>,
 ) -> Result<TaskResult> {
     let created = SystemTime::now();
     let staged = repo.stage(&format!("new.{}", std::process::id()))?;
@@ -196,6 +207,7 @@ pub fn take_set(
         &mut warnings,
         created,
         before,
+        fresh_db,
     );
     if outcome.is_err() || staged.exists() {
         let _ = repository::remove_tree(&staged);
@@ -203,15 +215,14 @@ pub fn take_set(
     outcome
 }
 
-/// A volume left half-swapped by a killed restore must be made whole before it is read.
-fn finish_interrupted_restore(dir: &Path, task: &Task, warnings: &mut Vec<String>) -> Result<()> {
-    let work = swap::Work::of(dir)?;
-    if !work.pending() {
-        return Ok(());
-    }
-    let _lock = work.lock(Operation::Backup, task.wait_for_lock)?;
-    warnings.extend(work.recover()?.describe(dir));
-    Ok(())
+/// A database backup a restore already took through the API (to compare the database's
+/// content with the set's), which its safety set then holds instead of taking another.
+pub struct FreshDb {
+    /// The downloaded file, under the repository's `.staging/` (moved into the set).
+    pub path: std::path::PathBuf,
+    pub downloaded: connectware::Downloaded,
+    pub started: (Instant, String),
+    pub finished_at: String,
 }
 
 /// Takes both halves into `staged` and publishes the set, or finds both unchanged.
@@ -227,6 +238,7 @@ fn build(
     warnings: &mut Vec<String>,
     created: SystemTime,
     before: serde_json::Value,
+    fresh_db: Option<FreshDb>,
 ) -> Result<TaskResult> {
     let server_version = client.and_then(Client::server_version);
     let newest_volume_digest = comparable
@@ -238,9 +250,14 @@ fn build(
     let (db, volume_half) = std::thread::scope(|scope| {
         let db = client.map(|c| {
             let db_path = &db_path;
-            scope.spawn(move || {
-                let started = (Instant::now(), clock::now());
-                c.backup(db_path).map(|d| (d, started, clock::now()))
+            scope.spawn(move || match fresh_db {
+                Some(f) => std::fs::rename(&f.path, db_path)
+                    .map_err(|e| Error::repo("cannot move the database backup into", db_path, e))
+                    .map(|()| (f.downloaded, f.started, f.finished_at)),
+                None => {
+                    let started = (Instant::now(), clock::now());
+                    c.backup(db_path).map(|d| (d, started, clock::now()))
+                }
             })
         });
         let mut volume_warnings = Vec::new();

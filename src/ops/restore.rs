@@ -4,14 +4,21 @@
 //! Plan: lock the repository and the volume, finish any swap a crash interrupted, choose the
 //! set, check its checksums, and decide per half whether it differs from the live state (the
 //! volume by content digest, or by its listing alone when that already differs; the database
-//! by the server's last restore id). Nothing differs: `changed: false`, nothing written. The
-//! volume is extracted into a staging directory beside it (and checked against the manifest's
-//! digest) while the checksums and the live digest are read: the staged tree is used only once
-//! both say so, and is removed otherwise. Apply, in this order: safety backup of the current
-//! state (`pre-restore-…`) → restore the database → swap the staged tree in (journaled, see
-//! volume/swap.rs) → run `restart`. A failure before the swap leaves the volume untouched.
+//! by content: the digest of a fresh API backup against the set's, never by the server's last
+//! restore id). Nothing differs: `changed: false`, nothing written. The volume is extracted
+//! into the work directory inside it (and checked against the manifest's digest) while the
+//! checksums and the live digest are read: the staged tree is used only once both say so, and
+//! is removed otherwise. Apply, in this order: safety backup of the current state
+//! (`pre-restore-…`, holding the fresh database backup) → check that the volume's listing is
+//! still the one decided on → restore the database → check the listing again → swap the staged
+//! tree in (journaled, see volume/swap.rs; an error is rolled back at once) → run `restart`
+//! (without the API secret in its environment). A failure before the swap leaves the volume
+//! untouched; a failure after the database was restored puts the database back from the
+//! safety set, so the halves stay together, and the error says what became of each.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -19,7 +26,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use crate::clock;
-use crate::connectware::{self, Client};
+use crate::connectware::{self, Client, dbfile};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::backup;
 use crate::repository::{Repository, Set, check};
@@ -29,6 +36,13 @@ use crate::volume;
 use crate::volume::digest::{self, DigestEntry};
 use crate::volume::extract::Contents;
 use crate::volume::swap::{self, Work};
+use crate::volume::tree;
+
+/// Test-only hook: with `CWBACKUP_TEST_PAUSE_BEFORE_SWAP=<file>`, a restore writes
+/// `<file>.reached` just before its last check of the volume's listing (after the safety set
+/// and the database restore) and waits, at most 60 s, until `<file>` exists, so that a test
+/// can change the volume at exactly that moment. Not for production use.
+const TEST_PAUSE_BEFORE_SWAP: &str = "CWBACKUP_TEST_PAUSE_BEFORE_SWAP";
 
 /// What an operator must do after any restore, whoever restarts Connectware.
 const BROWSER_SESSIONS: &str =
@@ -56,7 +70,7 @@ impl Live {
 }
 
 pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
-    let volume_dir = task.volume.as_ref().map(volume::resolve).transpose()?;
+    let volume_dir = super::resolve_volume(task)?;
     let mut warnings = Vec::new();
     let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
@@ -65,7 +79,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let work = volume_dir.as_deref().map(Work::of).transpose()?;
     let _volume_lock = work
         .as_ref()
-        .map(|w| w.lock(Operation::Restore, task.wait_for_lock))
+        .map(|w| w.lock(Operation::Restore, task.wait_for_lock, task.dry_run))
         .transpose()?;
     if !task.dry_run {
         repo.clean_staging()?;
@@ -75,8 +89,10 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             if w.pending() {
                 warnings.push("an interrupted restore will be finished first".to_string());
             }
-        } else if let Some(what) = w.recover()?.describe(&w.volume) {
-            warnings.push(what);
+        } else {
+            let (done, more) = w.recover()?;
+            warnings.extend(more);
+            warnings.extend(done.describe(&w.volume));
         }
     }
 
@@ -108,6 +124,8 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         .volume
         .as_ref()
         .map(|v| v.content_digest.clone());
+    // The listing the plan decides on: the swap happens only while the volume still has it.
+    let decided = volume_dir.as_deref().map(volume::listing).transpose()?;
     let speculate = match (&work, &volume_dir) {
         (Some(w), Some(dir)) if !task.dry_run => Some((w, dir.as_path())),
         _ => None,
@@ -149,20 +167,30 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     } else {
         None
     };
-    let db_status = match &client {
-        Some(c) => Some(c.status()?),
-        None => None,
+    // The database, by content: a fresh backup through the API (which the safety set then
+    // holds) compared with the set's. A dry run sends no POST, so it cannot compare.
+    let set_db_digest = set.manifest.db.as_ref().map(|d| d.content_digest.clone());
+    let mut fresh_db = None;
+    let mut live_db_digest = None;
+    let db_needed = match &client {
+        None => false,
+        Some(_) if opts.force => true,
+        Some(_) if task.dry_run => {
+            warnings.push("the database is reported as to be restored: its content was not compared with the set's, which needs a server-side backup that a dry run does not start".to_string());
+            true
+        }
+        Some(c) => {
+            let fresh = FreshDbFile::take(&repo, c)?;
+            live_db_digest = Some(fresh.content_digest.clone());
+            let needed = live_db_digest != set_db_digest;
+            fresh_db = Some(fresh);
+            needed
+        }
     };
-    let set_db_id = set.manifest.db.as_ref().map(|d| d.backup_id.clone());
-    let last_restore = db_status.as_ref().and_then(|s| s.restore.clone());
-    let db_matches = last_restore
-        .as_ref()
-        .is_some_and(|r| r.succeeded && r.id == set_db_id);
-    let db_needed = client.is_some() && (opts.force || !db_matches);
 
     let before = json!({
         "volume_digest": live.as_ref().and_then(Live::digest),
-        "db_restore_id": last_restore.as_ref().and_then(|r| r.id.clone()),
+        "db_content_digest": live_db_digest,
     });
     if !volume_needed && !db_needed {
         let mut result = TaskResult::ok(
@@ -234,11 +262,13 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             task,
             volume_dir.as_deref(),
             client.as_ref(),
+            fresh_db.as_mut().and_then(FreshDbFile::hand_over),
             &mut warnings,
         )?)
     } else {
         None
     };
+    drop(fresh_db);
     let diff = if task.diff {
         Some(plan_diff(
             &set,
@@ -251,6 +281,11 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     } else {
         None
     };
+    // The volume must still be the one the plan (and the safety set) saw; a failure here
+    // drops `staged`, which removes it: the volume was not touched.
+    if let (Some(dir), Some(decided), Some(_)) = (&volume_dir, &decided, &staged) {
+        still_as_decided(dir, decided, &set, safety.as_ref())?;
+    }
     if db_needed {
         let db_file = set
             .path
@@ -261,8 +296,19 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             .expect("db_needed implies api")
             .restore(&db_file)?;
     }
-    if let Some(staged) = staged {
-        staged.swap_in(&set.id)?;
+    if let (Some(staged), Some(dir), Some(decided)) = (staged, &volume_dir, &decided) {
+        let swapped = (|| {
+            test_pause();
+            let now = still_as_decided(dir, decided, &set, safety.as_ref())?;
+            let kept = special_files(dir, &now, &staged.work.staged(), &set.id, &mut warnings);
+            staged.swap_in(&set.id, &kept)
+        })();
+        if let Err(e) = swapped {
+            return Err(match (db_needed, &client) {
+                (true, Some(c)) => put_database_back(c, e, &set, safety.as_ref()),
+                _ => e,
+            });
+        }
     }
 
     let mut msg = format!("restored {halves} from backup set {}", set.id);
@@ -282,7 +328,8 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     result.diff = diff;
     result.restart_required = true;
     if let Some(argv) = &opts.restart {
-        match restart(argv) {
+        let secret_env = task.api.as_ref().and_then(|a| a.secret_env.as_deref());
+        match restart(argv, secret_env) {
             Ok(()) => result.restart_required = false,
             Err(e) => {
                 result.ok = false;
@@ -380,7 +427,7 @@ fn plan_diff(
 ) -> Result<Diff> {
     let mut after = before.clone();
     if db_needed {
-        after["db_restore_id"] = json!(set.manifest.db.as_ref().map(|d| &d.backup_id));
+        after["db_content_digest"] = json!(set.manifest.db.as_ref().map(|d| &d.content_digest));
     }
     if let (true, Some(Live::Hashed { entries, .. })) = (volume_needed, live) {
         let read;
@@ -406,6 +453,7 @@ fn safety_backup(
     task: &Task,
     volume_dir: Option<&Path>,
     client: Option<&Client>,
+    fresh_db: Option<backup::FreshDb>,
     warnings: &mut Vec<String>,
 ) -> Result<SetRef> {
     let id = repo.unique_id(&format!(
@@ -429,6 +477,7 @@ fn safety_backup(
         None,
         Vec::new(),
         Value::Null,
+        fresh_db,
     )
     .map_err(|e| Error {
         message: format!(
@@ -474,11 +523,12 @@ impl<'a> Staged<'a> {
         }
     }
 
-    /// Swaps the staged tree into the volume (journaled: if this fails half-way, the next run
+    /// Swaps the staged tree into the volume, leaving the root names in `kept` in place
+    /// (journaled: an error is rolled back before this returns; after a crash the next run
     /// finishes or rolls back the swap, so the staged tree must stay).
-    fn swap_in(mut self, set: &str) -> Result<()> {
+    fn swap_in(mut self, set: &str, kept: &[OsString]) -> Result<()> {
         self.remove_on_drop = false;
-        self.work.swap(set)
+        self.work.swap(set, kept)
     }
 }
 
@@ -491,9 +541,14 @@ impl Drop for Staged<'_> {
 }
 
 /// Runs the operator's restart command; its output goes to stderr (stdout is the result's).
-fn restart(argv: &[String]) -> Result<()> {
+/// The API secret's environment variable (`password_env`) is removed from its environment.
+fn restart(argv: &[String], secret_env: Option<&str>) -> Result<()> {
     let shown = argv.join(" ");
-    let status = Command::new(&argv[0])
+    let mut command = Command::new(&argv[0]);
+    if let Some(var) = secret_env {
+        command.env_remove(var);
+    }
+    let status = command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::io::stderr()))
@@ -540,5 +595,180 @@ fn fill(
             backup_id: Some(d.backup_id.clone()),
             status_message: None,
         });
+    }
+}
+
+/// A fresh database backup taken through the API to compare with the set's, kept under the
+/// repository's `.staging/` until the safety set takes it over; removed otherwise.
+struct FreshDbFile {
+    dir: PathBuf,
+    content_digest: String,
+    taken: Option<backup::FreshDb>,
+}
+
+impl FreshDbFile {
+    fn take(repo: &Repository, client: &Client) -> Result<FreshDbFile> {
+        let dir = repo.stage(&format!("restore-db.{}", std::process::id()))?;
+        let path = dir.join("db.tgz");
+        let fresh = (|| {
+            let started = (std::time::Instant::now(), clock::now());
+            let downloaded = client.backup(&path)?;
+            let content_digest = dbfile::content_digest(&path).map_err(|e| {
+                Error::new(
+                    ErrorKind::ApiProtocolError,
+                    format!("the database backup Connectware sent is not a readable .tgz: {e}"),
+                )
+            })?;
+            Ok(FreshDbFile {
+                dir: dir.clone(),
+                content_digest,
+                taken: Some(backup::FreshDb {
+                    path: path.clone(),
+                    downloaded,
+                    started,
+                    finished_at: clock::now(),
+                }),
+            })
+        })();
+        if fresh.is_err() {
+            let _ = crate::repository::remove_tree(&dir);
+        }
+        fresh
+    }
+
+    fn hand_over(&mut self) -> Option<backup::FreshDb> {
+        self.taken.take()
+    }
+}
+
+impl Drop for FreshDbFile {
+    fn drop(&mut self) {
+        let _ = crate::repository::remove_tree(&self.dir);
+    }
+}
+
+/// Refuses to swap when the volume's listing (names, types, sizes, modes, times, inodes)
+/// differs from the one the plan decided on: something wrote to it meanwhile. Returns the
+/// listing.
+fn still_as_decided(
+    dir: &Path,
+    decided: &[tree::Entry],
+    set: &Set,
+    safety: Option<&SetRef>,
+) -> Result<Vec<tree::Entry>> {
+    let now = volume::listing(dir)?;
+    if now == decided {
+        return Ok(now);
+    }
+    // Both listings are sorted by path: the first pair that differs names the change.
+    let changed = now
+        .iter()
+        .zip(decided.iter())
+        .find(|(a, b)| a != b)
+        .map(|(a, b)| a.path.clone().min(b.path.clone()))
+        .or_else(|| {
+            let longer = if now.len() > decided.len() {
+                &now
+            } else {
+                decided
+            };
+            longer
+                .get(now.len().min(decided.len()))
+                .map(|e| e.path.clone())
+        })
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .unwrap_or_default();
+    let kept = safety.map_or(String::new(), |s| {
+        format!(" (safety set {} was kept)", s.id)
+    });
+    Err(Error::new(
+        ErrorKind::ConsistencyError,
+        format!(
+            "the volume {} was written to while the restore of set {} was prepared (first difference: {changed}); the volume was not touched{kept}: run the restore again when no service is being (de)commissioned",
+            dir.display(),
+            set.id
+        ),
+    ))
+}
+
+/// The live volume's sockets, FIFOs and devices, which backups skip: those at the root that
+/// the set has no entry of the same name for stay in place (returned); any other is removed
+/// with the old tree, and a warning names each.
+fn special_files(
+    dir: &Path,
+    listing: &[tree::Entry],
+    staged: &Path,
+    set: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<OsString> {
+    let mut kept = Vec::new();
+    for e in listing.iter().filter(|e| e.kind == tree::Kind::Other) {
+        let shown = e.full_path(dir);
+        let at_root = !e.path.contains(&b'/');
+        let name = std::ffi::OsStr::from_bytes(&e.path);
+        if at_root && std::fs::symlink_metadata(staged.join(name)).is_err() {
+            kept.push(name.to_os_string());
+            warnings.push(format!(
+                "{} is a socket, FIFO or device, which backups skip; the restore left it in place",
+                shown.display()
+            ));
+        } else {
+            warnings.push(format!(
+                "{} is a socket, FIFO or device, which backups skip; it was removed with the old tree (set {set} replaces what holds it)",
+                shown.display()
+            ));
+        }
+    }
+    kept
+}
+
+/// After the database was restored and the volume could not be: puts the database back from
+/// the safety set, and says in the error what became of each half.
+fn put_database_back(client: &Client, error: Error, set: &Set, safety: Option<&SetRef>) -> Error {
+    let safety_db = safety.and_then(|s| {
+        s.manifest
+            .as_ref()
+            .and_then(|m| m.db.as_ref())
+            .map(|d| (s, Path::new(&s.path).join(&d.file)))
+    });
+    let message = match safety_db {
+        Some((s, file)) => match client.restore(&file) {
+            Ok(_) => format!(
+                "{}; the database, already restored from set {}, was put back from safety set {}, so both halves are as before the restore",
+                error.message, set.id, s.id
+            ),
+            Err(again) => format!(
+                "{}; the database was restored from set {} and putting it back from safety set {} failed too ({}): the halves are out of step, restore the database from {} by hand (see README) or run the restore again",
+                error.message,
+                set.id,
+                s.id,
+                again.message,
+                file.display()
+            ),
+        },
+        None => format!(
+            "{}; the database was restored from set {} and the volume was not (no safety set to put it back from): the halves are out of step, run the restore again",
+            error.message, set.id
+        ),
+    };
+    let mut error = Error { message, ..error };
+    if let Some(s) = safety {
+        error = error.detail("safety_set", s.id.clone());
+    }
+    error
+}
+
+/// See [`TEST_PAUSE_BEFORE_SWAP`].
+fn test_pause() {
+    let Some(file) = std::env::var_os(TEST_PAUSE_BEFORE_SWAP) else {
+        return;
+    };
+    let file = PathBuf::from(file);
+    let mut reached = file.clone().into_os_string();
+    reached.push(".reached");
+    let _ = std::fs::write(&reached, b"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

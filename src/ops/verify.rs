@@ -77,13 +77,12 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         }
     }
     if opts.against_live {
-        let Some(source) = &task.volume else {
+        let Some(dir) = super::resolve_volume(task)? else {
             return Err(Error::new(
                 ErrorKind::InvalidTask,
                 "/against_live: needs `volume` to compare with",
             ));
         };
-        let dir = volume::resolve(source)?;
         match (live_target.map(|i| chosen[i]), newest_entries) {
             (Some(set), Some(set_entries)) => drift(set, &dir, &set_entries, &mut findings)?,
             (Some(set), None) => findings.push(Finding {

@@ -14,6 +14,11 @@ use std::process::Command;
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::VolumeSource;
 
+/// The tool's work directory inside a volume (staged tree, old entries, journal, lock
+/// holder), so that every rename stays on the volume's own file system. Every listing,
+/// digest, archive and swap leaves this root entry out.
+pub const WORK_DIR: &str = ".cwbackup-work";
+
 /// The live volume's content: its digest lines (sorted by path) and its content digest, from
 /// one read of every file.
 pub fn live(dir: &Path) -> Result<(Vec<digest::DigestEntry>, String)> {
@@ -39,6 +44,12 @@ pub fn live_unless_counts_differ(
         return Ok(None);
     }
     hash_listed(dir, &listing).map(Some)
+}
+
+/// The cheap listing of a live volume (names, types, sizes, times, inodes; no file read),
+/// without the work directory.
+pub fn listing(dir: &Path) -> Result<Vec<tree::Entry>> {
+    scan(dir)
 }
 
 fn scan(dir: &Path) -> Result<Vec<tree::Entry>> {

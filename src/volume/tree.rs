@@ -47,7 +47,8 @@ impl Entry {
     }
 }
 
-/// Lists every entry below `root` (not following symlinks), sorted by path bytes.
+/// Lists every entry below `root` (not following symlinks), sorted by path bytes; the tool's
+/// work directory at the root ([`super::WORK_DIR`]) is left out.
 pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     let mut pending = vec![Vec::<u8>::new()];
@@ -56,6 +57,9 @@ pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
         let read = fs::read_dir(&dir).map_err(|e| annotate(e, &dir))?;
         for item in read {
             let item = item.map_err(|e| annotate(e, &dir))?;
+            if dir_rel.is_empty() && item.file_name() == super::WORK_DIR {
+                continue;
+            }
             let mut rel = dir_rel.clone();
             if !rel.is_empty() {
                 rel.push(b'/');

@@ -10,10 +10,10 @@ use serde_json::json;
 use crate::common::*;
 
 /// A tmpfs of `size` mounted at `at`, unmounted when dropped.
-struct Mount(PathBuf);
+pub struct Mount(PathBuf);
 
 impl Mount {
-    fn new(at: &Path, size: &str) -> Mount {
+    pub fn new(at: &Path, size: &str) -> Mount {
         fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -76,8 +76,5 @@ fn a_full_volume_file_system_during_staging_leaves_the_volume_untouched() {
         before,
         "the volume is byte for byte as it was"
     );
-    assert!(
-        !mount_dir.join(".cwbackup-vol/staged").exists(),
-        "staging is removed"
-    );
+    assert!(!vol.join(".cwbackup-work").exists(), "staging is removed");
 }

@@ -6,7 +6,7 @@ mod backup;
 mod common;
 mod contract;
 mod crash;
-mod disk_full;
+pub mod disk_full;
 mod faults;
 mod hostile;
 mod list;

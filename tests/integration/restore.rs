@@ -65,18 +65,17 @@ fn a_modified_volume_is_brought_back_exactly() {
         safety.manifest.unwrap().volume.unwrap().content_digest,
         modified_digest
     );
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
 }
 
-/// No leftovers in the work directory beside the volume (a staged tree, an old tree, a
-/// journal) but the lock.
-fn only_the_lock_is_left(f: &Fixture) {
-    let work = f.tmp.path().join(".cwbackup-vol");
-    let left: Vec<_> = fs::read_dir(&work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("lock")]);
+/// When a task returns, the volume holds nothing of the tool's (no work directory: no staged
+/// tree, old tree, journal or lock holder), and nothing was written beside it.
+fn nothing_of_the_tool_is_left(f: &Fixture) {
+    assert!(
+        !f.vol.join(".cwbackup-work").exists(),
+        "the work directory is removed"
+    );
+    assert!(!f.tmp.path().join(".cwbackup-vol").exists());
 }
 
 #[test]
@@ -99,7 +98,7 @@ fn a_change_that_keeps_every_size_is_found_and_an_added_file_too() {
     assert_eq!(spec_digest(&f.vol), wanted);
     let r = run_ok(&volume_only(&f, json!({})));
     assert!(!r.changed, "{}", r.msg);
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
 }
 
 #[test]
@@ -159,7 +158,7 @@ fn restoring_again_changes_nothing_and_writes_no_safety_set() {
         sets,
         "no safety set for a restore that changes nothing"
     );
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
     let forced = run_ok(&volume_only(
         &f,
         json!({"force": true, "safety_backup": false}),
@@ -233,6 +232,9 @@ fn a_refused_database_is_version_incompatible_and_the_volume_is_untouched() {
     let a = Api::default();
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
+    // The database differs too, so it is to be restored (by content, not by restore id).
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
     let before = listing(&a.f.vol);
     a.emu.set_faults(Faults {
         refuse_restore_versions: vec!["1.10.2".into()],
@@ -248,7 +250,7 @@ fn a_refused_database_is_version_incompatible_and_the_volume_is_untouched() {
         before,
         "the volume is byte for byte as it was"
     );
-    assert!(!a.f.tmp.path().join(".cwbackup-vol/staged").exists());
+    assert!(!a.f.vol.join(".cwbackup-work").exists());
 }
 
 #[test]
@@ -256,6 +258,9 @@ fn a_failed_database_restore_is_db_restore_failed_with_the_message() {
     let a = Api::default();
     run_ok(&a.task("backup"));
     modify(&a.f.vol);
+    // The database differs too, so it is to be restored (by content, not by restore id).
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
     let before = listing(&a.f.vol);
     a.emu.set_faults(Faults {
         restore_fails: Some("psql: relation locked".into()),
@@ -280,7 +285,7 @@ fn a_backup_from_a_newer_connectware_is_refused_unless_forced() {
     assert_eq!(e.kind, ErrorKind::VersionIncompatible);
     assert_eq!(e.details["backup_version"], json!("1.11.0"));
     assert_eq!(a.f.set_ids().len(), 1, "refused before the safety backup");
-    only_the_lock_is_left(&a.f);
+    nothing_of_the_tool_is_left(&a.f);
     let mut task = a.task("restore");
     task["force"] = json!(true);
     run_ok(&task);
@@ -320,7 +325,7 @@ fn a_damaged_set_is_refused_before_anything_changes() {
     assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
     assert_eq!(listing(&f.vol), before);
     assert_eq!(f.set_ids().len(), 1, "no safety set");
-    only_the_lock_is_left(&f);
+    nothing_of_the_tool_is_left(&f);
 }
 
 #[test]
@@ -396,11 +401,21 @@ fn file<'a>(name: &'a [u8], data: &'a [u8]) -> Raw<'a> {
     }
 }
 
-/// Everything in the fixture but the repository and cwbackup's work directory (whose lock
-/// file a restore may create), with modes, sizes, contents and mtimes.
+/// Everything in the fixture but the repository, with modes, sizes, contents and mtimes (but
+/// the volume directory's own mtime, which the work directory inside it moves).
 fn outside_the_repository(f: &Fixture) -> std::collections::BTreeMap<Vec<u8>, Listed> {
     let mut all = listing(f.tmp.path());
-    all.retain(|path, _| !path.starts_with(b"repo") && !path.starts_with(b".cwbackup-vol"));
+    all.retain(|path, _| !path.starts_with(b"repo"));
+    if let Some(vol) = all.get_mut(&b"vol"[..]) {
+        vol.mtime = 0;
+    }
+    all
+}
+
+/// The volume's listing without cwbackup's work directory (there while a task runs).
+fn volume_listing(vol: &Path) -> std::collections::BTreeMap<Vec<u8>, Listed> {
+    let mut all = listing(vol);
+    all.retain(|path, _| !path.starts_with(b".cwbackup-work"));
     all
 }
 
@@ -561,7 +576,7 @@ fn malicious_archives_are_unsafe_archive_and_write_nothing_outside() {
         );
         assert!(!Path::new("/tmp/cwbackup-absolute-escape").exists());
         assert!(
-            !f.tmp.path().join(".cwbackup-vol/staged").exists(),
+            !f.vol.join(".cwbackup-work").exists(),
             "{name}: staging removed"
         );
     }
@@ -625,7 +640,7 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
     let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
     reset(&f.vol, tree_a);
     let digest_a = spec_digest(&f.vol);
-    let journal = f.tmp.path().join(".cwbackup-vol/journal.json");
+    let journal = f.vol.join(".cwbackup-work/journal.json");
     let task = volume_only(
         &f,
         json!({"safety_backup": false, "force": true, "backup_id": set_b}),
@@ -665,4 +680,430 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
         assert!(!journal.exists());
     }
     eprintln!("swap kills: {rolled_back} rolled back, {rolled_forward} finished");
+}
+
+// ---- Issue 11: nothing lost, nothing hangs (the restore and swap side) ----
+
+/// Starts a restore that pauses just before its last check of the volume and the swap (the
+/// test-only hook `CWBACKUP_TEST_PAUSE_BEFORE_SWAP`), and waits until it got there.
+struct Paused {
+    child: std::process::Child,
+    go: PathBuf,
+}
+
+impl Paused {
+    fn start(task: &serde_json::Value, go: PathBuf) -> Paused {
+        let mut child = std::process::Command::new(BIN)
+            .env("CWBACKUP_TEST_PAUSE_BEFORE_SWAP", &go)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(task.to_string().as_bytes())
+            .unwrap();
+        let mut reached = go.clone().into_os_string();
+        reached.push(".reached");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !Path::new(&reached).exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the restore ended before the swap"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the restore never reached the swap"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Paused { child, go }
+    }
+
+    /// Lets it go on and returns its result.
+    fn finish(self) -> cwbackup::result::TaskResult {
+        fs::write(&self.go, b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn a_repository_inside_the_volume_is_refused_before_anything_runs() {
+    let f = Fixture::sample();
+    let set = run_ok(&f.task("backup")).backup.unwrap().id;
+    // The repository moved into the volume: a restore without a safety set used to move it
+    // away with the old tree.
+    let inside = f.vol.join("backups");
+    fs::rename(&f.repo, &inside).unwrap();
+    modify(&f.vol);
+    let before = listing(&f.vol);
+    let mut task = volume_only(&f, json!({"safety_backup": false, "backup_id": set}));
+    task["repository"] = json!(inside);
+    let r = run(&task);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(
+        e.message.contains(&*inside.to_string_lossy())
+            && e.message.contains(&*f.vol.to_string_lossy()),
+        "{}",
+        e.message
+    );
+    assert_eq!(listing(&f.vol), before, "nothing ran");
+    // A backup into the volume (through a symlink, into a repository not made yet), and a
+    // volume inside the repository, are refused the same way.
+    std::os::unix::fs::symlink(&f.vol, f.path("link")).unwrap();
+    for (repo, vol) in [
+        (f.path("link/new-repo"), f.vol.clone()),
+        (f.tmp.path().to_path_buf(), f.vol.clone()),
+    ] {
+        let r = run(&json!({"operation": "backup", "repository": repo, "volume": {"path": vol}}));
+        assert_eq!(r.result.error.unwrap().kind, ErrorKind::InvalidTask);
+    }
+    assert_eq!(listing(&f.vol), before);
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn a_restore_holding_the_volume_makes_a_backup_into_another_repository_busy() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let paused = Paused::start(
+        &volume_only(&f, json!({"safety_backup": false})),
+        f.path("go"),
+    );
+    let mut backup = f.task("backup");
+    backup["repository"] = json!(f.path("other-repo"));
+    let r = run(&backup);
+    let e = r
+        .result
+        .error
+        .expect("the backup must not read a volume being restored");
+    assert_eq!(e.kind, ErrorKind::Busy, "{}", e.message);
+    assert_eq!(e.details["operation"], json!("restore"));
+    assert_eq!(e.details["pid"], json!(paused.child.id()));
+    let restored = paused.finish();
+    assert!(restored.ok, "{:?}", restored.error);
+    // Once the restore is done the backup runs (and waiting for the lock works too).
+    backup["wait_for_lock_s"] = json!(5);
+    run_ok(&backup);
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn restore_works_on_a_tmpfs_mount_point_and_leaves_nothing_in_it() {
+    // The volume is a tmpfs of its own, inside a parent file system that is read-only (as a
+    // Docker volume on NFS or a PVC's mount often is): nothing may be written beside it.
+    let f = Fixture::empty();
+    fs::remove_dir(&f.vol).unwrap();
+    let parent = f.path("parent");
+    let _parent_mount = crate::disk_full::Mount::new(&parent, "1m");
+    let vol = parent.join("vol");
+    let _volume_mount = crate::disk_full::Mount::new(&vol, "64m");
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&parent)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    sample_tree(&vol);
+    let wanted = spec_digest(&vol);
+    let task = |op: &str| json!({"operation": op, "repository": f.repo, "volume": {"path": vol}});
+    run_ok(&task("backup"));
+    modify(&vol);
+    let r = run_ok(&task("restore"));
+    assert!(r.changed && r.volume.unwrap().changed, "{}", r.msg);
+    assert_eq!(spec_digest(&vol), wanted);
+    assert!(
+        !vol.join(".cwbackup-work").exists(),
+        "nothing of the tool's is left"
+    );
+    // A backup of the mount point leaves nothing either, and finds it unchanged.
+    let again = run_ok(&task("backup"));
+    assert!(!again.changed, "{}", again.msg);
+    assert!(!vol.join(".cwbackup-work").exists());
+    remount("rw");
+}
+
+#[test]
+fn a_volume_written_to_before_the_swap_is_a_consistency_error_and_untouched() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let paused = Paused::start(&volume_only(&f, json!({})), f.path("go"));
+    write(
+        &f.vol.join("services/commissioned-meanwhile.yml"),
+        b"new",
+        0o644,
+    );
+    let before = volume_listing(&f.vol);
+    let r = paused.finish();
+    let e = r
+        .error
+        .expect("the restore must not swap a volume that changed");
+    assert_eq!(e.kind, ErrorKind::ConsistencyError, "{}", e.message);
+    assert!(e.message.contains("not touched"), "{}", e.message);
+    assert_eq!(listing(&f.vol), before, "the volume is untouched");
+    nothing_of_the_tool_is_left(&f);
+    // The next restore works.
+    run_ok(&volume_only(&f, json!({"safety_backup": false})));
+}
+
+/// `chattr +i` on `path` (and `-i` when dropped, so that the fixture can be removed).
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "chattr +i needs root and a file system that supports it"
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_swap_that_fails_midway_is_rolled_back_by_the_same_run() {
+    let f = Fixture::empty();
+    for name in ["a1", "a2", "m-immutable", "z1", "z2"] {
+        write(&f.vol.join(name), name.as_bytes(), 0o644);
+    }
+    run_ok(&f.task("backup"));
+    write(&f.vol.join("a1"), b"changed", 0o644);
+    write(&f.vol.join("b-added"), b"added", 0o644);
+    // Entries move in name order: a1, a2 and b-added move before the immutable one fails.
+    let guard = Immutable::set(&f.vol.join("m-immutable"));
+    let before = listing(&f.vol);
+    let r = run(&volume_only(&f, json!({"safety_backup": false})));
+    let e = r.result.error.expect("an immutable entry cannot be moved");
+    assert!(e.message.contains("rolled back"), "{}", e.message);
+    assert_eq!(
+        listing(&f.vol),
+        before,
+        "the volume is exactly the old tree"
+    );
+    nothing_of_the_tool_is_left(&f);
+    drop(guard);
+    let r = run_ok(&volume_only(&f, json!({"safety_backup": false})));
+    assert!(r.changed);
+    assert!(!f.vol.join("b-added").exists());
+    nothing_of_the_tool_is_left(&f);
+}
+
+#[test]
+fn a_failure_after_the_database_was_restored_puts_the_database_back() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let changed_db =
+        json!({"users": [{"username": "later", "roles": []}], "roles": [], "permissions": []});
+    a.emu.set_db(changed_db.clone());
+    let paused = Paused::start(&a.task("restore"), a.f.path("go"));
+    write(&a.f.vol.join("services/meanwhile.yml"), b"x", 0o644);
+    let before = volume_listing(&a.f.vol);
+    let r = paused.finish();
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::ConsistencyError, "{}", e.message);
+    assert!(
+        e.message.contains("was put back from safety set"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        a.emu.db(),
+        changed_db,
+        "the database is as before the restore"
+    );
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+    assert_eq!(listing(&a.f.vol), before);
+
+    // Without a safety set there is nothing to put back: the error says which half is new.
+    let mut task = a.task("restore");
+    task["safety_backup"] = json!(false);
+    let paused = Paused::start(&task, a.f.path("go2"));
+    write(&a.f.vol.join("services/meanwhile-2.yml"), b"x", 0o644);
+    let e = paused.finish().error.unwrap();
+    assert!(
+        e.message.contains("the database was restored from set")
+            && e.message.contains("the volume was not"),
+        "{}",
+        e.message
+    );
+
+    // Putting the database back fails too: the error names the safety set to restore by hand.
+    a.emu.set_db(changed_db.clone());
+    let paused = Paused::start(&a.task("restore"), a.f.path("go3"));
+    a.emu.set_faults(Faults {
+        restore_fails: Some("disk full".into()),
+        ..Faults::default()
+    });
+    write(&a.f.vol.join("services/meanwhile-3.yml"), b"x", 0o644);
+    let e = paused.finish().error.unwrap();
+    let safety = e.details["safety_set"].as_str().unwrap().to_string();
+    assert!(
+        e.message.contains("failed too") && e.message.contains(&safety),
+        "{}",
+        e.message
+    );
+    assert!(a.f.set_ids().contains(&safety));
+}
+
+#[test]
+fn the_database_is_decided_by_content_not_by_the_last_restore_id() {
+    let a = Api::default();
+    let original = a.emu.db();
+    run_ok(&a.task("backup"));
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
+    let first = run_ok(&a.task("restore"));
+    assert!(first.db.unwrap().changed);
+    assert_eq!(a.emu.db(), original);
+    // The database changes after the restore; the server's last restore id still names the
+    // set's backup, but the content differs: restored again.
+    a.emu
+        .set_db(json!({"users": [{"username": "x", "roles": []}], "roles": [], "permissions": []}));
+    let second = run_ok(&a.task("restore"));
+    assert!(
+        second.changed && second.db.unwrap().changed,
+        "{}",
+        second.msg
+    );
+    assert_eq!(a.emu.db(), original);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+    // Right after, the content is equal: nothing to do, no restore request.
+    let third = run_ok(&a.task("restore"));
+    assert!(!third.changed, "{}", third.msg);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+    // A dry run sends no POST at all, and says the database was not compared.
+    let posts = a.emu.count("POST", "/api/maintenance/db/backup");
+    let mut dry = a.task("restore");
+    dry["dry_run"] = json!(true);
+    let r = run_ok(&dry);
+    assert!(r.db.unwrap().changed);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("not compared")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), posts);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 2);
+}
+
+#[test]
+fn the_restart_command_gets_no_secret() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    modify(&a.f.vol);
+    let dump = a.f.path("restart-env");
+    let mut task = a.task("restore");
+    task["api"]["password"] = serde_json::Value::Null;
+    task["api"].as_object_mut().unwrap().remove("password");
+    task["api"]["password_env"] = json!("CWB_TEST_API_SECRET");
+    task["restart"] = json!(["sh", "-c", format!("env > {}", dump.display())]);
+    let r = run_raw(
+        task.to_string().as_bytes(),
+        &[("CWB_TEST_API_SECRET", crate::api::PASSWORD)],
+    );
+    assert!(r.result.ok, "{}", r.stdout);
+    assert!(!r.result.restart_required);
+    let env = fs::read_to_string(&dump).unwrap();
+    assert!(env.contains("PATH="), "the dump is the child's environment");
+    assert!(
+        !env.contains(crate::api::PASSWORD),
+        "the secret reached the child"
+    );
+    assert!(!env.contains("CWB_TEST_API_SECRET"));
+}
+
+#[test]
+fn symlinks_in_place_of_the_tools_paths_are_refused_and_never_followed() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    // The repository's lock.
+    let victim = f.path("victim.txt");
+    fs::write(&victim, b"precious").unwrap();
+    fs::remove_file(f.repo.join(".lock")).unwrap();
+    std::os::unix::fs::symlink(&victim, f.repo.join(".lock")).unwrap();
+    let mut task = f.task("backup");
+    task["force"] = json!(true);
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::RepositoryError);
+    assert!(e.message.contains("symlink"), "{}", e.message);
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    fs::remove_file(f.repo.join(".lock")).unwrap();
+    // The work directory inside the volume.
+    let victim_dir = f.path("victim-dir");
+    fs::create_dir(&victim_dir).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, f.vol.join(".cwbackup-work")).unwrap();
+    modify(&f.vol);
+    for task in [volume_only(&f, json!({})), task.clone()] {
+        let e = run(&task).result.error.unwrap();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(
+            fs::read_dir(&victim_dir).unwrap().count(),
+            0,
+            "nothing written through it"
+        );
+    }
+    fs::remove_file(f.vol.join(".cwbackup-work")).unwrap();
+    run_ok(&volume_only(&f, json!({})));
+}
+
+#[test]
+fn special_files_that_backups_skip_are_kept_or_named_by_a_restore() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    modify(&f.vol);
+    let mkfifo = |p: &Path| {
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    mkfifo(&f.vol.join("control.fifo"));
+    mkfifo(&f.vol.join("services/inner.fifo"));
+    let r = run_ok(&volume_only(&f, json!({})));
+    assert!(r.changed);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(f.vol.join("control.fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "a FIFO at the root that the set does not hold stays"
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("services/inner.fifo") && w.contains("removed")),
+        "a FIFO that goes with its directory is named: {:?}",
+        r.warnings
+    );
 }
