@@ -1,4 +1,4 @@
-//! A Connectware maintenance-API emulator: a real HTTPS server on 127.0.0.1 that behaves like
+//! A Connectware maintenance-API emulator: a real HTTPS server on 127.0.0.1 (or `Config::bind`) that behaves like
 //! the vendor documents (SPEC §4), with knobs for the faults a backup tool must survive.
 //!
 //! API (basic auth or bearer token):
@@ -117,8 +117,12 @@ pub struct Config {
     /// How long a backup or restore runs on the "server".
     pub op_duration: Duration,
     pub tls: TlsMode,
-    /// Port on 127.0.0.1; 0 picks a free one.
+    /// Port to listen on; 0 picks a free one.
     pub port: u16,
+    /// Address to listen on (default 127.0.0.1). The certificate names `localhost` and
+    /// `127.0.0.1` only: listening on e.g. 127.0.0.2 serves a certificate that does not name
+    /// the address the client connects to.
+    pub bind: std::net::IpAddr,
 }
 
 impl Default for Config {
@@ -131,6 +135,7 @@ impl Default for Config {
             op_duration: Duration::from_millis(150),
             tls: TlsMode::SelfSigned,
             port: 0,
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -162,7 +167,7 @@ impl Emulator {
     /// Starts the emulator on a thread of its own and waits until it listens.
     pub fn start(config: Config) -> std::io::Result<Emulator> {
         let (cert_pem, key_pem, trust_pem) = make_certificates(config.tls);
-        let listener = std::net::TcpListener::bind(("127.0.0.1", config.port))?;
+        let listener = std::net::TcpListener::bind((config.bind, config.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state: Shared = Arc::new(Mutex::new(Inner {
@@ -213,7 +218,7 @@ impl Emulator {
             return Err(std::io::Error::other("the emulator did not start"));
         }
         Ok(Emulator {
-            url: format!("https://127.0.0.1:{}", addr.port()),
+            url: format!("https://{}:{}", config.bind, addr.port()),
             trust_pem,
             server_pem: cert_pem,
             state,
