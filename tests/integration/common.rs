@@ -321,6 +321,17 @@ pub fn gnu_tar_extract(archive: &Path, dest: &Path, extra: &[&str]) {
     );
 }
 
+/// Asserts that the repository's `.staging/` holds nothing (a failed or finished task leaves
+/// no leftovers). A repository never created counts as empty.
+pub fn assert_staging_empty(repo: &Path) {
+    let leftovers: Vec<PathBuf> = match fs::read_dir(repo.join(".staging")) {
+        Ok(d) => d.map(|e| e.unwrap().path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", repo.join(".staging").display()),
+    };
+    assert!(leftovers.is_empty(), "leftovers in .staging: {leftovers:?}");
+}
+
 /// The one set directory in a repository (panics unless exactly one).
 pub fn only_set(repo: &Path) -> PathBuf {
     let sets: Vec<PathBuf> = fs::read_dir(repo)
