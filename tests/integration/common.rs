@@ -321,6 +321,21 @@ pub fn gnu_tar_extract(archive: &Path, dest: &Path, extra: &[&str]) {
     );
 }
 
+/// The work directory a restore into `vol` keeps while it stages and swaps (`journal.json`,
+/// `staged/`, `old/`, `lock`): today `<parent>/.cwbackup-<volume name>/`. The one place the
+/// crash tests name it: when the work directory moves (to `<volume>/.cwbackup-work/`), change
+/// only this function.
+pub fn restore_work_dir(vol: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".cwbackup-");
+    name.push(vol.file_name().expect("a volume has a name"));
+    vol.parent().expect("a volume has a parent").join(name)
+}
+
+/// The journal of a restore's swap into `vol` (present exactly while a swap is under way).
+pub fn restore_journal(vol: &Path) -> PathBuf {
+    restore_work_dir(vol).join("journal.json")
+}
+
 /// Asserts that the repository's `.staging/` holds nothing (a failed or finished task leaves
 /// no leftovers). A repository never created counts as empty.
 pub fn assert_staging_empty(repo: &Path) {
