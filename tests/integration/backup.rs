@@ -308,6 +308,7 @@ fn a_volume_that_keeps_changing_is_a_consistency_error() {
     assert!(e.retryable);
     assert!(r.stderr.contains("changed while it was archived"));
     assert_eq!(f.set_ids().len(), 0, "no set published");
+    assert_staging_empty(&f.repo);
 }
 
 #[test]
