@@ -447,6 +447,78 @@ fn the_password_never_appears_in_argv_output_logs_or_results() {
     assert!(!manifests.contains(PASSWORD));
 }
 
+/// Runs a restore (with `api`, `secret` as its secret, `envs` for the binary) whose `restart`
+/// command is a script that writes its argv and its environment to files; returns them.
+fn restart_child_sees(a: &Api, secret: Value, envs: &[(&str, &str)]) -> (String, String) {
+    let set = run_ok(&a.task("backup")).backup.unwrap().id;
+    write(&a.f.vol.join("services/changed-since.yml"), b"x", 0o644);
+    let (argv_out, env_out) = (a.f.path("restart.argv"), a.f.path("restart.env"));
+    let script = a.f.path("restart.sh");
+    write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > '{}'\nenv > '{}'\n",
+            argv_out.display(),
+            env_out.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    let mut task = a.task("restore");
+    task["backup_id"] = json!(set);
+    task["force"] = json!(true);
+    task["restart"] = json!([script, "--project", "connectware"]);
+    let api = task["api"].as_object_mut().unwrap();
+    api.remove("password");
+    for (k, v) in secret.as_object().unwrap() {
+        api.insert(k.clone(), v.clone());
+    }
+    let r = run_raw(task.to_string().as_bytes(), envs);
+    assert!(r.result.ok, "{}", r.stdout);
+    assert!(!r.result.restart_required, "the restart command ran: {}", r.stdout);
+    let argv = fs::read_to_string(&argv_out).expect("the restart script wrote its argv");
+    let env = fs::read_to_string(&env_out).expect("the restart script wrote its environment");
+    assert!(argv.contains("--project\nconnectware"), "{argv}");
+    (argv, env)
+}
+
+fn assert_no_secret(place: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "a secret reached the restart child's {place}:\n{text}");
+    }
+}
+
+#[test]
+fn the_restart_child_gets_no_secret_in_argv_or_environment() {
+    let a = Api::default();
+    let file = a.f.path("pw");
+    fs::write(&file, PASSWORD).unwrap();
+    for secret in [
+        json!({"password": PASSWORD}),
+        json!({"password_file": file}),
+        json!({"token": TOKEN}),
+    ] {
+        let (argv, env) = restart_child_sees(&a, secret, &[]);
+        assert_no_secret("argv", &argv);
+        assert_no_secret("environment", &env);
+    }
+}
+
+/// SPEC §6: a `password_env` variable is removed from the restart command's environment.
+#[test]
+#[ignore = "enabled after issue 11 removes password_env from the restart env"]
+fn the_restart_child_does_not_inherit_the_password_env_variable() {
+    let a = Api::default();
+    let (argv, env) = restart_child_sees(
+        &a,
+        json!({"password_env": "CW_RESTART_PW"}),
+        &[("CW_RESTART_PW", PASSWORD)],
+    );
+    assert_no_secret("argv", &argv);
+    assert!(!env.contains("CW_RESTART_PW"), "the variable reached the restart child:\n{env}");
+    assert_no_secret("environment", &env);
+}
+
 #[test]
 fn a_dry_run_starts_no_server_side_backup() {
     let a = Api::default();
