@@ -475,7 +475,11 @@ fn restart_child_sees(a: &Api, secret: Value, envs: &[(&str, &str)]) -> (String,
     }
     let r = run_raw(task.to_string().as_bytes(), envs);
     assert!(r.result.ok, "{}", r.stdout);
-    assert!(!r.result.restart_required, "the restart command ran: {}", r.stdout);
+    assert!(
+        !r.result.restart_required,
+        "the restart command ran: {}",
+        r.stdout
+    );
     let argv = fs::read_to_string(&argv_out).expect("the restart script wrote its argv");
     let env = fs::read_to_string(&env_out).expect("the restart script wrote its environment");
     assert!(argv.contains("--project\nconnectware"), "{argv}");
@@ -484,7 +488,10 @@ fn restart_child_sees(a: &Api, secret: Value, envs: &[(&str, &str)]) -> (String,
 
 fn assert_no_secret(place: &str, text: &str) {
     for secret in SECRETS {
-        assert!(!text.contains(secret), "a secret reached the restart child's {place}:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "a secret reached the restart child's {place}:\n{text}"
+        );
     }
 }
 
@@ -515,7 +522,10 @@ fn the_restart_child_does_not_inherit_the_password_env_variable() {
         &[("CW_RESTART_PW", PASSWORD)],
     );
     assert_no_secret("argv", &argv);
-    assert!(!env.contains("CW_RESTART_PW"), "the variable reached the restart child:\n{env}");
+    assert!(
+        !env.contains("CW_RESTART_PW"),
+        "the variable reached the restart child:\n{env}"
+    );
     assert_no_secret("environment", &env);
 }
 

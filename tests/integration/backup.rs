@@ -200,8 +200,17 @@ fn backup_with_damage(f: &Fixture, verify: bool, how: &str) -> Run {
 }
 
 fn assert_refused_and_nothing_published(f: &Fixture, r: &Run) {
-    let e = r.result.error.as_ref().unwrap_or_else(|| panic!("the damaged set was published: {}", r.stdout));
-    assert_eq!(e.kind, cwbackup::error::ErrorKind::IntegrityError, "{}", e.message);
+    let e = r
+        .result
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("the damaged set was published: {}", r.stdout));
+    assert_eq!(
+        e.kind,
+        cwbackup::error::ErrorKind::IntegrityError,
+        "{}",
+        e.message
+    );
     assert!(e.message.contains("was not published"), "{}", e.message);
     assert!(f.set_ids().is_empty(), "no set listed");
     assert_staging_empty(&f.repo);
@@ -232,7 +241,11 @@ fn verify_true_reads_the_new_set_back_before_publishing() {
     );
     let f = Fixture::sample();
     let r = backup_with_damage(&f, false, "content");
-    assert!(r.result.ok, "without verify the content is not read back: {}", r.stdout);
+    assert!(
+        r.result.ok,
+        "without verify the content is not read back: {}",
+        r.stdout
+    );
 }
 
 #[test]

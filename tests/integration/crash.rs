@@ -138,13 +138,25 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 fn crash_tree(vol: &Path, tag: &str) {
     let seed = if tag == "a" { 10 } else { 20 };
     for d in 0..4u64 {
-        write(&vol.join(format!("d{d}/blob.bin")), &noise(seed + d, 600_000), 0o644);
+        write(
+            &vol.join(format!("d{d}/blob.bin")),
+            &noise(seed + d, 600_000),
+            0o644,
+        );
     }
     for i in 0..1000 {
-        write(&vol.join(format!("t{i:04}.yml")), format!("{tag} {i}").as_bytes(), 0o644);
+        write(
+            &vol.join(format!("t{i:04}.yml")),
+            format!("{tag} {i}").as_bytes(),
+            0o644,
+        );
     }
     for i in 0..100 {
-        write(&vol.join(format!("services/s{i:03}.yml")), format!("{tag} {i}").as_bytes(), 0o644);
+        write(
+            &vol.join(format!("services/s{i:03}.yml")),
+            format!("{tag} {i}").as_bytes(),
+            0o644,
+        );
     }
     write(&vol.join(format!("only-{tag}/x")), tag.as_bytes(), 0o644);
 }
@@ -160,9 +172,13 @@ fn top_level_digests(vol: &Path) -> BTreeMap<Vec<u8>, String> {
     let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (path, e) in listing(vol) {
         let top = path.split(|b| *b == b'/').next().unwrap().to_vec();
-        out.entry(top).or_default().extend(format!("{path:?} {e:?}\n").as_bytes());
+        out.entry(top)
+            .or_default()
+            .extend(format!("{path:?} {e:?}\n").as_bytes());
     }
-    out.into_iter().map(|(k, v)| (k, hex(&sha2::Sha256::digest(&v)))).collect()
+    out.into_iter()
+        .map(|(k, v)| (k, hex(&sha2::Sha256::digest(&v))))
+        .collect()
 }
 
 /// What a task was doing at a moment, seen from outside: the restore journal's phase, the
@@ -188,13 +204,22 @@ fn observe(
     }
     let in_flight = emu.in_flight();
     let restore_posted = emu.count("POST", "/api/maintenance/db/restore") > restore_posts_before;
-    if in_flight.iter().any(|r| r == "POST /api/maintenance/db/restore") {
+    if in_flight
+        .iter()
+        .any(|r| r == "POST /api/maintenance/db/restore")
+    {
         return "db: upload (restore POST)".into();
     }
-    if in_flight.iter().any(|r| r == "GET /api/maintenance/db/backup") {
+    if in_flight
+        .iter()
+        .any(|r| r == "GET /api/maintenance/db/backup")
+    {
         return "db: download".into();
     }
-    if in_flight.iter().any(|r| r == "POST /api/maintenance/db/backup") {
+    if in_flight
+        .iter()
+        .any(|r| r == "POST /api/maintenance/db/backup")
+    {
         return "db: backup POST".into();
     }
     match emu.running() {
@@ -295,16 +320,28 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
     reset_to(&f.vol, "a");
     let digest_a = spec_digest(&f.vol);
     for (name, d) in top_level_digests(&f.vol) {
-        assert_ne!(tops_b.get(&name), Some(&d), "top-level entry {name:?} is the same in A and B");
+        assert_ne!(
+            tops_b.get(&name),
+            Some(&d),
+            "top-level entry {name:?} is the same in A and B"
+        );
     }
     // Every API call waits 60 ms and every server-side operation runs 200 ms: the download,
     // the upload and the wait between the database restore and the swap last long enough
     // to be hit.
-    emu.set_faults(Faults { delay_ms: 60, ..Faults::default() });
+    emu.set_faults(Faults {
+        delay_ms: 60,
+        ..Faults::default()
+    });
 
     // The four modes: backup, restore, each without and with the database half.
     let mut tasks = Vec::new();
-    for (op, db) in [("backup", false), ("restore", false), ("backup", true), ("restore", true)] {
+    for (op, db) in [
+        ("backup", false),
+        ("restore", false),
+        ("backup", true),
+        ("restore", true),
+    ] {
         let mut task = f.task(op);
         task["force"] = json!(true);
         if op == "restore" {
@@ -324,16 +361,29 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
     // The phases a kill may wait for, per mode.
     let targets: [&[&str]; 4] = [
         &["set: writing", "set: publish check"],
-        &["restore: staging the volume", "set: writing", "swap: moving-old", "swap: moving-new"],
+        &[
+            "restore: staging the volume",
+            "set: writing",
+            "swap: moving-old",
+            "swap: moving-new",
+        ],
         &["db: server-side backup", "db: download", "set: writing"],
-        &["db: download", "db: upload", "db: server-side restore", "restore: db restored", "swap: moving-old", "swap: moving-new"],
+        &[
+            "db: download",
+            "db: upload",
+            "db: server-side restore",
+            "restore: db restored",
+            "swap: moving-old",
+            "swap: moving-new",
+        ],
     ];
     // The next task after each kill: a backup of the volume into the same repository.
     let mut recovery = f.task("backup");
     recovery["force"] = json!(true);
 
     let mut per_phase: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut sets_checked, mut rolled_back, mut finished, mut ended_first, mut staged_left) = (0, 0, 0, 0, 0);
+    let (mut sets_checked, mut rolled_back, mut finished, mut ended_first, mut staged_left) =
+        (0, 0, 0, 0, 0);
     for i in 0..kills {
         let mode = (i % 4) as usize;
         let (name, task, span) = &mut tasks[mode];
@@ -357,7 +407,8 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
             )),
             Some(target) => {
                 let deadline = Instant::now() + *span * 3;
-                while !observe(&f, &emu, is_restore, restore_posts, &sets_before).starts_with(target)
+                while !observe(&f, &emu, is_restore, restore_posts, &sets_before)
+                    .starts_with(target)
                     && child.try_wait().unwrap().is_none()
                     && Instant::now() < deadline
                 {
@@ -382,9 +433,16 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
 
         // The lock is taken over and no listed set is damaged (leftovers are still there).
         let listed = f.set_ids();
-        assert!(listed.contains(&set_b), "{at}: the restored set is still there");
+        assert!(
+            listed.contains(&set_b),
+            "{at}: the restored set is still there"
+        );
         let verified = run(&json!({"operation": "verify", "repository": f.repo}));
-        assert!(verified.result.ok, "{at}: a listed set is damaged: {}", verified.stdout);
+        assert!(
+            verified.result.ok,
+            "{at}: a listed set is damaged: {}",
+            verified.stdout
+        );
         sets_checked += listed.len();
         // The next run that touches the volume and the repository succeeds, makes the volume
         // whole and cleans up.
@@ -397,7 +455,11 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
             );
         }
         let work = restore_work_dir(&f.vol);
-        assert!(!restore_journal(&f.vol).exists(), "{at}: a swap is still pending in {}", work.display());
+        assert!(
+            !restore_journal(&f.vol).exists(),
+            "{at}: a swap is still pending in {}",
+            work.display()
+        );
         // KNOWN GAP (SPEC §6: the next task on the volume removes a crashed restore's work
         // directory): a backup removes the work directory's staged/ and old/ only when a
         // journal is there, so a restore killed before its swap leaves its staged tree until

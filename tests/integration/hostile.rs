@@ -121,7 +121,8 @@ fn real_set() -> (std::path::PathBuf, Value) {
             let item = item.unwrap();
             fs::copy(item.path(), copy.join(item.file_name())).unwrap();
         }
-        let m: Value = serde_json::from_slice(&fs::read(copy.join("manifest.json")).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_slice(&fs::read(copy.join("manifest.json")).unwrap()).unwrap();
         assert!(m["volume"].is_object() && m["db"].is_object(), "{m}");
         (keep, copy, m)
     });
@@ -142,7 +143,11 @@ fn refusals_of(repo: &std::path::Path, dir: &std::path::Path, id: &str) -> Vec<S
     if !sets.iter().any(|s| s.id == id) && out.is_empty() {
         out.push(String::new()); // refused without a message: caught by the caller
     }
-    out.extend(check::checksums(dir, &manifest).into_iter().map(|p| p.message));
+    out.extend(
+        check::checksums(dir, &manifest)
+            .into_iter()
+            .map(|p| p.message),
+    );
     if manifest.volume.is_some() {
         match check::volume(dir, &manifest, None) {
             Ok((_, problems)) => out.extend(problems.into_iter().map(|p| p.message)),
@@ -174,16 +179,34 @@ enum Mutation {
 
 /// Required (non-optional) keys of a manifest with both halves.
 const REQUIRED: &[&[&str]] = &[
-    &["format"], &["id"], &["created_at"], &["tool_version"],
-    &["volume", "file"], &["volume", "compression"], &["volume", "sha256"], &["volume", "bytes"],
-    &["volume", "started_at"], &["volume", "finished_at"], &["volume", "files"],
-    &["volume", "expanded_bytes"], &["volume", "content_digest"], &["volume", "source"],
-    &["db", "file"], &["db", "sha256"], &["db", "bytes"], &["db", "started_at"],
-    &["db", "finished_at"], &["db", "backup_id"], &["db", "content_digest"],
+    &["format"],
+    &["id"],
+    &["created_at"],
+    &["tool_version"],
+    &["volume", "file"],
+    &["volume", "compression"],
+    &["volume", "sha256"],
+    &["volume", "bytes"],
+    &["volume", "started_at"],
+    &["volume", "finished_at"],
+    &["volume", "files"],
+    &["volume", "expanded_bytes"],
+    &["volume", "content_digest"],
+    &["volume", "source"],
+    &["db", "file"],
+    &["db", "sha256"],
+    &["db", "bytes"],
+    &["db", "started_at"],
+    &["db", "finished_at"],
+    &["db", "backup_id"],
+    &["db", "content_digest"],
 ];
 /// Keys whose value the checks compare with the set (a wrong value is found).
 const CHECKED: &[&[&str]] = &[
-    &["volume", "bytes"], &["volume", "files"], &["volume", "expanded_bytes"], &["db", "bytes"],
+    &["volume", "bytes"],
+    &["volume", "files"],
+    &["volume", "expanded_bytes"],
+    &["db", "bytes"],
 ];
 
 impl Mutation {
@@ -213,18 +236,27 @@ fn manifest_mutation() -> impl Strategy<Value = Mutation> {
     // A value of another type than each required key holds (strings, or numbers for the sizes).
     let wrong_type = (required.clone(), 0..5usize).prop_map(|(path, pick)| {
         let is_number = matches!(path.last(), Some(&"bytes" | &"files" | &"expanded_bytes"));
-        let others = [json!(null), json!(true), json!([1, 2]), json!({"x": 1}), if is_number { json!("12") } else { json!(12) }];
+        let others = [
+            json!(null),
+            json!(true),
+            json!([1, 2]),
+            json!({"x": 1}),
+            if is_number { json!("12") } else { json!(12) },
+        ];
         Mutation::WrongType(path, others[pick].clone())
     });
     let missing = required.prop_map(Mutation::Missing);
-    let number = (checked, prop_oneof![
-        Just(json!(u64::MAX)),
-        Just(json!(-1)),
-        Just(json!(1.5)),
-        Just(json!(1e30)),
-        Just(json!(0)),
-        (1u64..1_000_000_000).prop_map(|n| json!(n * 7 + 1_000_003)),
-    ])
+    let number = (
+        checked,
+        prop_oneof![
+            Just(json!(u64::MAX)),
+            Just(json!(-1)),
+            Just(json!(1.5)),
+            Just(json!(1e30)),
+            Just(json!(0)),
+            (1u64..1_000_000_000).prop_map(|n| json!(n * 7 + 1_000_003)),
+        ],
+    )
         .prop_map(|(path, v)| Mutation::Number(path, v));
     let id = prop_oneof![
         Just(String::new()),
@@ -235,27 +267,48 @@ fn manifest_mutation() -> impl Strategy<Value = Mutation> {
         "\\PC{0,20}".prop_map(|s| format!("{s}\u{0}x")),
     ]
     .prop_map(Mutation::Id);
-    let file = (prop::sample::select(vec!["volume", "db"]), prop_oneof![
-        Just("../volume.tar.gz".to_string()),
-        Just("/etc/passwd".to_string()),
-        Just("sub/volume.tar.gz".to_string()),
-        Just(".hidden".to_string()),
-        Just(String::new()),
-        Just("manifest.json".to_string()),
-        Just("missing.tar.gz".to_string()),
-        Just("x".repeat(5000)),
-    ])
+    let file = (
+        prop::sample::select(vec!["volume", "db"]),
+        prop_oneof![
+            Just("../volume.tar.gz".to_string()),
+            Just("/etc/passwd".to_string()),
+            Just("sub/volume.tar.gz".to_string()),
+            Just(".hidden".to_string()),
+            Just(String::new()),
+            Just("manifest.json".to_string()),
+            Just("missing.tar.gz".to_string()),
+            Just("x".repeat(5000)),
+        ],
+    )
         .prop_map(|(half, name)| {
             // The other half's file is a wrong file, not an unsafe name.
-            let name = if name == "db.tgz" || name == "volume.tar.gz" { "missing".into() } else { name };
+            let name = if name == "db.tgz" || name == "volume.tar.gz" {
+                "missing".into()
+            } else {
+                name
+            };
             Mutation::File(half, name)
         });
-    let format = prop_oneof![Just("cwbackup/2".to_string()), Just(String::new()), "\\PC{0,30}"]
-        .prop_filter("another format", |f| f != "cwbackup/1")
-        .prop_map(Mutation::Format);
+    let format = prop_oneof![
+        Just("cwbackup/2".to_string()),
+        Just(String::new()),
+        "\\PC{0,30}"
+    ]
+    .prop_filter("another format", |f| f != "cwbackup/1")
+    .prop_map(Mutation::Format);
     let digest = (
-        prop::sample::select(vec![&["volume", "content_digest"][..], &["volume", "sha256"], &["db", "sha256"], &["db", "content_digest"]]),
-        prop_oneof![Just(String::new()), Just("sha256:".to_string()), "[0-9a-f]{64}".prop_map(|h| format!("sha256:{h}")), "[0-9a-f]{64}"],
+        prop::sample::select(vec![
+            &["volume", "content_digest"][..],
+            &["volume", "sha256"],
+            &["db", "sha256"],
+            &["db", "content_digest"],
+        ]),
+        prop_oneof![
+            Just(String::new()),
+            Just("sha256:".to_string()),
+            "[0-9a-f]{64}".prop_map(|h| format!("sha256:{h}")),
+            "[0-9a-f]{64}"
+        ],
     )
         .prop_map(|(path, d)| Mutation::Digest(path, d));
     prop_oneof![wrong_type, missing, number, id, file, format, digest]

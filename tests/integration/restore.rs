@@ -665,7 +665,12 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
             .warnings
             .iter()
             .find(|w| w.contains("was interrupted"))
-            .unwrap_or_else(|| panic!("kill after {delay_us}µs: the next run reported no recovery: {:?}", r.warnings));
+            .unwrap_or_else(|| {
+                panic!(
+                    "kill after {delay_us}µs: the next run reported no recovery: {:?}",
+                    r.warnings
+                )
+            });
         let now = spec_digest(&f.vol);
         assert!(
             now == digest_a || now == digest_b,

@@ -153,7 +153,11 @@ fn deep_verify_finds_what_the_shallow_verify_misses() {
     fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
 
     let shallow = verify(&f);
-    assert!(shallow.result.ok, "the shallow verify sees nothing wrong: {}", shallow.stdout);
+    assert!(
+        shallow.result.ok,
+        "the shallow verify sees nothing wrong: {}",
+        shallow.stdout
+    );
     let deep = run(&json!({"operation": "verify", "repository": f.repo, "deep": true}));
     assert_eq!(
         deep.result.error.as_ref().map(|e| e.kind),
