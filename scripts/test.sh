@@ -18,5 +18,10 @@ fi
 
 cargo test --workspace --locked
 
+# The fuzz targets (fuzz/, a workspace of its own, run with cargo-fuzz on nightly) must keep
+# compiling against the library's API: a stable `cargo check` of their crate (libfuzzer-sys
+# builds on stable; only running them needs nightly).
+cargo check --manifest-path fuzz/Cargo.toml --locked --bins
+
 # The Ansible collection: ansible-doc, sanity, units, and integration against the emulator.
 scripts/ansible-test.sh

@@ -376,6 +376,7 @@ fn build(
     let text = serde_json::to_vec_pretty(&manifest).expect("a manifest is JSON");
     repository::write_synced(&manifest_path, &text)
         .map_err(|e| Error::repo("cannot write", &manifest_path, e))?;
+    let manifest = test_hook_damage_staged(staged, manifest);
     check_before_publish(staged, &manifest, opts.verify)?;
     let path = repo.publish(staged, &id)?;
 
@@ -525,6 +526,32 @@ pub fn archive_volume(
             dir.display()
         ),
     ))
+}
+
+/// TEST-ONLY hook, for tests/integration/backup.rs: with `CWBACKUP_TEST_DAMAGE_STAGED` set, damages
+/// the staged set after it is written and before the publish check, to prove that the check
+/// runs. `bytes`: flips one byte in the middle of the volume archive (the checksums differ);
+/// `content`: the archive keeps its checksums but no longer holds what the manifest says
+/// (simulated by changing the content digest the check expects). Not for operators.
+fn test_hook_damage_staged(staged: &Path, mut manifest: Manifest) -> Manifest {
+    let Ok(how) = std::env::var("CWBACKUP_TEST_DAMAGE_STAGED") else {
+        return manifest;
+    };
+    if let Some(v) = manifest.volume.as_mut() {
+        match how.as_str() {
+            "bytes" => {
+                let path = staged.join(&v.file);
+                if let Ok(mut bytes) = std::fs::read(&path) {
+                    let at = bytes.len() / 2;
+                    bytes[at] ^= 0x40;
+                    let _ = std::fs::write(&path, bytes);
+                }
+            }
+            "content" => v.content_digest = format!("sha256:{}", "0".repeat(64)),
+            _ => {}
+        }
+    }
+    manifest
 }
 
 /// Re-reads the staged set and compares it with its manifest; with `full`, also decompresses

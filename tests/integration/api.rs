@@ -361,19 +361,28 @@ fn an_expired_pinned_certificate_is_refused() {
 
 #[test]
 fn a_pinned_certificate_is_still_checked_against_the_host_name() {
-    let a = Api::default();
-    let mut task = a.task("backup");
-    // The certificate names localhost and 127.0.0.1, not 127.0.0.2 (still this machine).
-    task["api"]["url"] = json!(a.emu.url.replace("127.0.0.1", "127.0.0.2"));
+    // The emulator listens on 127.0.0.2 (still this machine's loopback), serving the pinned
+    // certificate, which names localhost and 127.0.0.1 only.
+    let f = Fixture::sample();
+    let emu = Emulator::start(Config {
+        password: PASSWORD.into(),
+        bind: std::net::IpAddr::from([127, 0, 0, 2]),
+        ..Config::default()
+    })
+    .expect("the emulator listens on 127.0.0.2");
+    assert!(emu.url.starts_with("https://127.0.0.2:"), "{}", emu.url);
+    let ca_file = f.path("ca.pem");
+    fs::write(&ca_file, &emu.trust_pem).unwrap();
+    let mut task = f.task("backup");
+    task["api"] = json!({"url": emu.url, "password": PASSWORD, "ca_file": ca_file, "timeout_s": 10, "poll_interval_s": 0.05});
     let r = run(&task);
-    if r.result
-        .error
-        .as_ref()
-        .is_some_and(|e| e.kind == ErrorKind::ApiUnreachable)
-    {
-        return; // 127.0.0.2 is not routable in this sandbox: nothing to check
-    }
     assert_eq!(kind(&r), ErrorKind::ApiTlsError, "{}", r.stdout);
+    assert!(f.set_ids().is_empty(), "no set is written");
+    // The same server is reachable and works without certificate checks: the refusal above
+    // is the certificate check's, not an unreachable address.
+    task["api"]["validate_certs"] = json!(false);
+    task["api"].as_object_mut().unwrap().remove("ca_file");
+    run_ok(&task);
 }
 
 #[test]
@@ -436,6 +445,87 @@ fn the_password_never_appears_in_argv_output_logs_or_results() {
             .map(|id| fs::read_to_string(a.f.repo.join(id).join("manifest.json")).unwrap())
             .collect();
     assert!(!manifests.contains(PASSWORD));
+}
+
+/// Runs a restore (with `api`, `secret` as its secret, `envs` for the binary) whose `restart`
+/// command is a script that writes its argv and its environment to files; returns them.
+fn restart_child_sees(a: &Api, secret: Value, envs: &[(&str, &str)]) -> (String, String) {
+    let set = run_ok(&a.task("backup")).backup.unwrap().id;
+    write(&a.f.vol.join("services/changed-since.yml"), b"x", 0o644);
+    let (argv_out, env_out) = (a.f.path("restart.argv"), a.f.path("restart.env"));
+    let script = a.f.path("restart.sh");
+    write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > '{}'\nenv > '{}'\n",
+            argv_out.display(),
+            env_out.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    let mut task = a.task("restore");
+    task["backup_id"] = json!(set);
+    task["force"] = json!(true);
+    task["restart"] = json!([script, "--project", "connectware"]);
+    let api = task["api"].as_object_mut().unwrap();
+    api.remove("password");
+    for (k, v) in secret.as_object().unwrap() {
+        api.insert(k.clone(), v.clone());
+    }
+    let r = run_raw(task.to_string().as_bytes(), envs);
+    assert!(r.result.ok, "{}", r.stdout);
+    assert!(
+        !r.result.restart_required,
+        "the restart command ran: {}",
+        r.stdout
+    );
+    let argv = fs::read_to_string(&argv_out).expect("the restart script wrote its argv");
+    let env = fs::read_to_string(&env_out).expect("the restart script wrote its environment");
+    assert!(argv.contains("--project\nconnectware"), "{argv}");
+    (argv, env)
+}
+
+fn assert_no_secret(place: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(
+            !text.contains(secret),
+            "a secret reached the restart child's {place}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_restart_child_gets_no_secret_in_argv_or_environment() {
+    let a = Api::default();
+    let file = a.f.path("pw");
+    fs::write(&file, PASSWORD).unwrap();
+    for secret in [
+        json!({"password": PASSWORD}),
+        json!({"password_file": file}),
+        json!({"token": TOKEN}),
+    ] {
+        let (argv, env) = restart_child_sees(&a, secret, &[]);
+        assert_no_secret("argv", &argv);
+        assert_no_secret("environment", &env);
+    }
+}
+
+/// SPEC §6: a `password_env` variable is removed from the restart command's environment.
+#[test]
+fn the_restart_child_does_not_inherit_the_password_env_variable() {
+    let a = Api::default();
+    let (argv, env) = restart_child_sees(
+        &a,
+        json!({"password_env": "CW_RESTART_PW"}),
+        &[("CW_RESTART_PW", PASSWORD)],
+    );
+    assert_no_secret("argv", &argv);
+    assert!(
+        !env.contains("CW_RESTART_PW"),
+        "the variable reached the restart child:\n{env}"
+    );
+    assert_no_secret("environment", &env);
 }
 
 #[test]

@@ -188,12 +188,64 @@ fn keep_last_applies_retention_after_the_backup() {
     assert_eq!(ids[0], new_id, "the new set is kept");
 }
 
+/// A backup whose staged set is damaged (by the binary's test-only hook
+/// `CWBACKUP_TEST_DAMAGE_STAGED`) after it was written and before the publish check.
+fn backup_with_damage(f: &Fixture, verify: bool, how: &str) -> Run {
+    let mut task = f.task("backup");
+    task["verify"] = json!(verify);
+    run_raw(
+        task.to_string().as_bytes(),
+        &[("CWBACKUP_TEST_DAMAGE_STAGED", how)],
+    )
+}
+
+fn assert_refused_and_nothing_published(f: &Fixture, r: &Run) {
+    let e = r
+        .result
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("the damaged set was published: {}", r.stdout));
+    assert_eq!(
+        e.kind,
+        cwbackup::error::ErrorKind::IntegrityError,
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("was not published"), "{}", e.message);
+    assert!(f.set_ids().is_empty(), "no set listed");
+    assert_staging_empty(&f.repo);
+}
+
 #[test]
 fn verify_true_reads_the_new_set_back_before_publishing() {
     let f = Fixture::sample();
     let mut task = f.task("backup");
     task["verify"] = json!(true);
     assert!(run_ok(&task).changed);
+
+    // Checksums are re-read before every publish, with or without `verify`.
+    for verify in [false, true] {
+        let f = Fixture::sample();
+        let r = backup_with_damage(&f, verify, "bytes");
+        assert_refused_and_nothing_published(&f, &r);
+    }
+    // An archive whose checksums hold but whose content differs from the manifest: only the
+    // full read of `verify: true` finds it.
+    let f = Fixture::sample();
+    let r = backup_with_damage(&f, true, "content");
+    assert_refused_and_nothing_published(&f, &r);
+    assert!(
+        r.result.error.unwrap().message.contains("content digest"),
+        "{}",
+        r.stdout
+    );
+    let f = Fixture::sample();
+    let r = backup_with_damage(&f, false, "content");
+    assert!(
+        r.result.ok,
+        "without verify the content is not read back: {}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -269,6 +321,7 @@ fn a_volume_that_keeps_changing_is_a_consistency_error() {
     assert!(e.retryable);
     assert!(r.stderr.contains("changed while it was archived"));
     assert_eq!(f.set_ids().len(), 0, "no set published");
+    assert_staging_empty(&f.repo);
 }
 
 #[test]

@@ -285,8 +285,13 @@ pub fn listing(root: &Path) -> BTreeMap<Vec<u8>, Listed> {
 
 /// SPEC §5's content digest, written again from the spec text, over a listing.
 pub fn spec_digest(root: &Path) -> String {
+    spec_digest_of(&listing(root))
+}
+
+/// SPEC §5's content digest of the entries of a listing (e.g. one with entries left out).
+pub fn spec_digest_of(entries: &BTreeMap<Vec<u8>, Listed>) -> String {
     let mut l = Vec::new();
-    for (path, e) in listing(root) {
+    for (path, e) in entries.clone() {
         let hash = if e.kind == 'd' {
             "-".to_string()
         } else {
@@ -319,6 +324,29 @@ pub fn gnu_tar_extract(archive: &Path, dest: &Path, extra: &[&str]) {
         "GNU tar failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The work directory a restore into `vol` keeps while it stages and swaps (`journal.json`,
+/// `staged/`, `old/`, `holder.json`): `<volume>/.cwbackup-work/`, on the volume's own file
+/// system. The one place the tests name it.
+pub fn restore_work_dir(vol: &Path) -> PathBuf {
+    vol.join(".cwbackup-work")
+}
+
+/// The journal of a restore's swap into `vol` (present exactly while a swap is under way).
+pub fn restore_journal(vol: &Path) -> PathBuf {
+    restore_work_dir(vol).join("journal.json")
+}
+
+/// Asserts that the repository's `.staging/` holds nothing (a failed or finished task leaves
+/// no leftovers). A repository never created counts as empty.
+pub fn assert_staging_empty(repo: &Path) {
+    let leftovers: Vec<PathBuf> = match fs::read_dir(repo.join(".staging")) {
+        Ok(d) => d.map(|e| e.unwrap().path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", repo.join(".staging").display()),
+    };
+    assert!(leftovers.is_empty(), "leftovers in .staging: {leftovers:?}");
 }
 
 /// The one set directory in a repository (panics unless exactly one).

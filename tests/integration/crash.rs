@@ -1,11 +1,15 @@
 //! Crashes and concurrency: a killed backup leaves no set; two tasks never share a repository.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use cw_emulator::{Config, Emulator, Faults};
 use cwbackup::error::ErrorKind;
 use serde_json::json;
+use sha2::Digest;
 
 use crate::common::*;
 
@@ -121,11 +125,156 @@ fn timed(task: &serde_json::Value) -> Duration {
     start.elapsed()
 }
 
-/// The crash suite: SIGKILL at a random moment of a backup or a restore, again and again
-/// (CWBACKUP_CRASH_KILLS, default 20; `scripts/crash-suite.sh 200` for the long mode). After
-/// every kill: the repository's lock is taken over and every listed set verifies; the next run
-/// succeeds; a killed backup left the volume alone; after a killed restore the volume is the
-/// old tree or the set's, never a mix.
+/// `len` bytes of incompressible data from `seed`.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    (0..len).map(|_| rng.below(256) as u8).collect()
+}
+
+/// The crash suite's trees: `a` (what the volume holds) and `b` (the set restores go back
+/// to). The swap moves top-level entries, so EVERY top-level entry differs between the two
+/// (same names, other content; plus one name each tree alone has): a volume with some entries
+/// of one tree and some of the other has neither tree's digest.
+fn crash_tree(vol: &Path, tag: &str) {
+    let seed = if tag == "a" { 10 } else { 20 };
+    for d in 0..4u64 {
+        write(
+            &vol.join(format!("d{d}/blob.bin")),
+            &noise(seed + d, 600_000),
+            0o644,
+        );
+    }
+    for i in 0..1000 {
+        write(
+            &vol.join(format!("t{i:04}.yml")),
+            format!("{tag} {i}").as_bytes(),
+            0o644,
+        );
+    }
+    for i in 0..100 {
+        write(
+            &vol.join(format!("services/s{i:03}.yml")),
+            format!("{tag} {i}").as_bytes(),
+            0o644,
+        );
+    }
+    write(&vol.join(format!("only-{tag}/x")), tag.as_bytes(), 0o644);
+}
+
+fn reset_to(vol: &Path, tag: &str) {
+    fs::remove_dir_all(vol).unwrap();
+    fs::create_dir(vol).unwrap();
+    crash_tree(vol, tag);
+}
+
+/// The digest of each top-level entry's subtree.
+fn top_level_digests(vol: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (path, e) in listing(vol) {
+        let top = path.split(|b| *b == b'/').next().unwrap().to_vec();
+        out.entry(top)
+            .or_default()
+            .extend(format!("{path:?} {e:?}\n").as_bytes());
+    }
+    out.into_iter()
+        .map(|(k, v)| (k, hex(&sha2::Sha256::digest(&v))))
+        .collect()
+}
+
+/// What a task was doing at a moment, seen from outside: the restore journal's phase, the
+/// emulator's request in flight or server-side operation, the restore's staged tree, the
+/// repository's `.staging/` (a set being written, or checked before publishing: its manifest
+/// is there), a set published by this task.
+fn observe(
+    f: &Fixture,
+    emu: &Emulator,
+    is_restore: bool,
+    restore_posts_before: usize,
+    sets_before: &[String],
+) -> String {
+    if let Ok(text) = fs::read_to_string(restore_journal(&f.vol)) {
+        let phase = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|j| j["phase"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into());
+        return format!("swap: {phase}");
+    }
+    if fs::metadata(restore_work_dir(&f.vol).join("journal.json.tmp")).is_ok() {
+        return "swap: writing the journal".into();
+    }
+    let in_flight = emu.in_flight();
+    let restore_posted = emu.count("POST", "/api/maintenance/db/restore") > restore_posts_before;
+    if in_flight
+        .iter()
+        .any(|r| r == "POST /api/maintenance/db/restore")
+    {
+        return "db: upload (restore POST)".into();
+    }
+    if in_flight
+        .iter()
+        .any(|r| r == "GET /api/maintenance/db/backup")
+    {
+        return "db: download".into();
+    }
+    if in_flight
+        .iter()
+        .any(|r| r == "POST /api/maintenance/db/backup")
+    {
+        return "db: backup POST".into();
+    }
+    match emu.running() {
+        Some(op) => return format!("db: server-side {op}"),
+        None if restore_posted => return "restore: db restored, before the swap".into(),
+        None => {}
+    }
+    let staging: Vec<_> = fs::read_dir(f.repo.join(".staging"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    if staging.iter().any(|p| p.join("manifest.json").exists()) {
+        return "set: publish check".into();
+    }
+    if !staging.is_empty() {
+        return "set: writing".into();
+    }
+    if f.set_dirs().iter().any(|id| !sets_before.contains(id)) {
+        return "set: published, task ending".into();
+    }
+    // (A backup's volume may hold a staged tree a killed restore left: not the backup's.)
+    if is_restore && restore_work_dir(&f.vol).join("staged").exists() {
+        return "restore: staging the volume".into();
+    }
+    if in_flight.is_empty() {
+        "other (start, locks, reading)".into()
+    } else {
+        format!("db: {}", in_flight.join(", "))
+    }
+}
+
+impl Fixture {
+    /// Every set directory in the repository, complete or not (read from the file system).
+    fn set_dirs(&self) -> Vec<String> {
+        fs::read_dir(&self.repo)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    }
+}
+
+/// The crash suite: SIGKILL at a moment of a backup or a restore, each with and without the
+/// database half (against the emulator, slowed down so that its phases can be hit), again and
+/// again (CWBACKUP_CRASH_KILLS, default 20; `scripts/crash-suite.sh 200` for the long mode).
+/// Half the kills land at a random time of the run, half once a chosen phase is seen. Each
+/// kill records whether the process was still alive and the phase it was seen in just before.
+/// After every kill: the repository's lock is taken over and every listed set verifies; the
+/// next run succeeds, after which `.staging/` is empty, every set directory has its manifest
+/// and no swap is pending; a killed backup left the volume alone; after a killed restore the
+/// volume is the old tree or the set's, never a mix.
 #[test]
 fn random_sigkills_during_backup_and_restore_lose_nothing() {
     let kills: u64 = std::env::var("CWBACKUP_CRASH_KILLS")
@@ -143,126 +292,212 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
                 | 1
         });
     eprintln!("crash suite: {kills} kills, CWBACKUP_CRASH_SEED={seed}");
+    let started = Instant::now();
     let mut rng = Rng(seed);
-    let shm = std::path::Path::new("/dev/shm");
+    let shm = Path::new("/dev/shm");
     let f = if shm.is_dir() {
         Fixture::empty_in(shm)
     } else {
         Fixture::empty()
     };
+    let emu = Emulator::start(Config {
+        password: crate::api::PASSWORD.into(),
+        op_duration: Duration::from_millis(200),
+        ..Config::default()
+    })
+    .unwrap();
+    let ca_file = f.path("ca.pem");
+    fs::write(&ca_file, &emu.trust_pem).unwrap();
+    let api = json!({"url": emu.url, "password": crate::api::PASSWORD, "ca_file": ca_file, "timeout_s": 30, "poll_interval_s": 0.05});
 
-    // Tree B is the set restores go back to; tree A is what the volume holds otherwise.
-    let make_a = |vol: &std::path::Path| {
-        big_tree(vol, 4, 1_500_000);
-        for i in 0..400 {
-            write(
-                &vol.join(format!("services/a{i:03}.yml")),
-                format!("a {i}").as_bytes(),
-                0o644,
-            );
-        }
-    };
-    let reset_a = |vol: &std::path::Path| {
-        fs::remove_dir_all(vol).unwrap();
-        fs::create_dir(vol).unwrap();
-        make_a(vol);
-    };
-    make_a(&f.vol);
-    for i in 0..400 {
-        write(
-            &f.vol.join(format!("services/b{i:03}.yml")),
-            format!("b {i}").as_bytes(),
-            0o644,
+    // Set B holds tree B and a database; the volume holds tree A otherwise.
+    crash_tree(&f.vol, "b");
+    let mut with_api = f.task("backup");
+    with_api["api"] = api.clone();
+    let set_b = run_ok(&with_api).backup.unwrap().id;
+    let digest_b = spec_digest(&f.vol);
+    let tops_b = top_level_digests(&f.vol);
+    reset_to(&f.vol, "a");
+    let digest_a = spec_digest(&f.vol);
+    for (name, d) in top_level_digests(&f.vol) {
+        assert_ne!(
+            tops_b.get(&name),
+            Some(&d),
+            "top-level entry {name:?} is the same in A and B"
         );
     }
-    let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
-    let digest_b = spec_digest(&f.vol);
-    reset_a(&f.vol);
+    // Every API call waits 60 ms and every server-side operation runs 200 ms: the download,
+    // the upload and the wait between the database restore and the swap last long enough
+    // to be hit.
+    emu.set_faults(Faults {
+        delay_ms: 60,
+        ..Faults::default()
+    });
 
-    let mut backup = f.task("backup");
-    backup["force"] = json!(true);
-    let mut restore = f.task("restore");
-    restore["backup_id"] = json!(set_b);
-    restore["force"] = json!(true);
-    // How long each takes unkilled, to spread the kills over the whole run.
-    let backup_time = timed(&backup);
-    restore["safety_backup"] = json!(true);
-    let restore_time = timed(&restore);
-    reset_a(&f.vol);
+    // The four modes: backup, restore, each without and with the database half.
+    let mut tasks = Vec::new();
+    for (op, db) in [
+        ("backup", false),
+        ("restore", false),
+        ("backup", true),
+        ("restore", true),
+    ] {
+        let mut task = f.task(op);
+        task["force"] = json!(true);
+        if op == "restore" {
+            task["backup_id"] = json!(set_b);
+            task["safety_backup"] = json!(true);
+        }
+        if db {
+            task["api"] = api.clone();
+        }
+        // How long each takes unkilled, to spread the kills over the whole run.
+        let span = timed(&task);
+        reset_to(&f.vol, "a");
+        let name = format!("{op}{}", if db { " + db" } else { "" });
+        eprintln!("crash suite: {name} takes {span:?} unkilled");
+        tasks.push((name, task, span));
+    }
+    // The phases a kill may wait for, per mode.
+    let targets: [&[&str]; 4] = [
+        &["set: writing", "set: publish check"],
+        &[
+            "restore: staging the volume",
+            "set: writing",
+            "swap: moving-old",
+            "swap: moving-new",
+        ],
+        &["db: server-side backup", "db: download", "set: writing"],
+        &[
+            "db: download",
+            "db: upload",
+            "db: server-side restore",
+            "restore: db restored",
+            "swap: moving-old",
+            "swap: moving-new",
+        ],
+    ];
+    // The next task after each kill: a backup of the volume into the same repository.
     let mut recovery = f.task("backup");
-    recovery["repository"] = json!(f.path("recovery-repo"));
     recovery["force"] = json!(true);
 
-    let (mut sets_checked, mut rolled_back, mut finished) = (0, 0, 0);
+    let mut per_phase: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut sets_checked, mut rolled_back, mut finished, mut ended_first) =
+        (0, 0, 0, 0);
     for i in 0..kills {
-        let is_restore = i % 2 == 1;
-        let (task, span) = if is_restore {
-            restore["safety_backup"] = json!(rng.below(2) == 0);
-            (&restore, restore_time)
+        let mode = (i % 4) as usize;
+        let (name, task, span) = &mut tasks[mode];
+        let is_restore = task["operation"] == "restore";
+        if is_restore {
+            task["safety_backup"] = json!(rng.below(2) == 0);
+        }
+        let target = if rng.below(2) == 0 {
+            None
         } else {
-            (&backup, backup_time)
+            let t = targets[mode];
+            Some(t[rng.below(t.len() as u64) as usize])
         };
         let before = spec_digest(&f.vol);
+        let sets_before = f.set_dirs();
+        let restore_posts = emu.count("POST", "/api/maintenance/db/restore");
         let mut child = spawn(task);
-        std::thread::sleep(Duration::from_micros(
-            rng.below(span.as_micros() as u64 * 11 / 10),
-        ));
+        match target {
+            None => std::thread::sleep(Duration::from_micros(
+                rng.below(span.as_micros() as u64 * 11 / 10),
+            )),
+            Some(target) => {
+                let deadline = Instant::now() + *span * 3;
+                while !observe(&f, &emu, is_restore, restore_posts, &sets_before)
+                    .starts_with(target)
+                    && child.try_wait().unwrap().is_none()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                std::thread::sleep(Duration::from_micros(rng.below(1_000)));
+            }
+        }
+        let phase = observe(&f, &emu, is_restore, restore_posts, &sets_before);
         child.kill().unwrap();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        let alive = status.signal() == Some(9);
+        let phase = if alive {
+            phase
+        } else {
+            ended_first += 1;
+            format!("ended before the kill ({})", status)
+        };
+        *per_phase.entry(format!("{name}: {phase}")).or_default() += 1;
+        let at = format!("kill {i} ({name}, {phase}, target {target:?}, seed {seed})");
 
-        // The lock is taken over and no listed set is damaged.
+        // The lock is taken over and no listed set is damaged (leftovers are still there).
         let listed = f.set_ids();
         assert!(
             listed.contains(&set_b),
-            "kill {i}: the restored set is still there"
+            "{at}: the restored set is still there"
         );
         let verified = run(&json!({"operation": "verify", "repository": f.repo}));
         assert!(
             verified.result.ok,
-            "kill {i} (seed {seed}): a listed set is damaged: {}",
+            "{at}: a listed set is damaged: {}",
             verified.stdout
         );
         sets_checked += listed.len();
-        // The next run that touches the volume succeeds and makes it whole.
+        // The next run that touches the volume and the repository succeeds, makes the volume
+        // whole and cleans up.
         run_ok(&recovery);
+        assert_staging_empty(&f.repo);
+        for id in f.set_dirs() {
+            assert!(
+                f.repo.join(&id).join("manifest.json").exists(),
+                "{at}: set directory {id} without a manifest after the next task"
+            );
+        }
+        let work = restore_work_dir(&f.vol);
+        assert!(
+            !restore_journal(&f.vol).exists(),
+            "{at}: a swap is still pending in {}",
+            work.display()
+        );
+        // SPEC §6: when a task returns, the volume holds nothing of the tool's; the next task
+        // on the volume removes what a crash left.
+        assert!(
+            !work.exists(),
+            "{at}: the next task left the work directory {} in the volume",
+            work.display()
+        );
         let now = spec_digest(&f.vol);
         if is_restore {
             assert!(
                 now == before || now == digest_b,
-                "kill {i} (seed {seed}): the volume is a mix of old and new"
+                "{at}: the volume is a mix of old and new"
             );
             if now == digest_b {
                 finished += 1;
-                reset_a(&f.vol);
+                reset_to(&f.vol, "a");
             } else {
                 rolled_back += 1;
             }
         } else {
-            assert_eq!(
-                now, before,
-                "kill {i} (seed {seed}): a backup changed the volume"
-            );
+            assert_eq!(now, before, "{at}: a backup changed the volume");
         }
-        // Keep the repositories small: set B and the newest other set stay.
-        for repo in [f.repo.clone(), f.path("recovery-repo")] {
-            let mut others: Vec<_> = fs::read_dir(&repo)
-                .unwrap()
-                .map(|e| e.unwrap())
-                .filter(|e| {
-                    let name = e.file_name().into_string().unwrap();
-                    !name.starts_with('.') && name != set_b
-                })
-                .map(|e| e.path())
-                .collect();
-            others.sort();
-            others.pop();
-            for path in others {
-                fs::remove_dir_all(path).unwrap();
-            }
+        assert_eq!(spec_digest(&f.vol), digest_a);
+        // Keep the repository small: set B and the newest other set stay (checked above).
+        let mut others: Vec<_> = f.set_dirs().into_iter().filter(|n| *n != set_b).collect();
+        others.sort();
+        others.pop();
+        for id in others {
+            fs::remove_dir_all(f.repo.join(id)).unwrap();
         }
     }
+    eprintln!("crash suite: kills per phase (mode: phase seen just before the kill):");
+    for (phase, n) in &per_phase {
+        eprintln!("  {n:4}  {phase}");
+    }
     eprintln!(
-        "crash suite: {kills} kills, {sets_checked} sets checked, restores {rolled_back} rolled back / {finished} finished, failures 0 (seed {seed})"
+        "crash suite: {kills} kills ({ended_first} found the task already ended), {sets_checked} sets checked, restores {rolled_back} rolled back / {finished} finished, failures 0, {:.0} s (seed {seed})",
+        started.elapsed().as_secs_f64()
     );
 }
 

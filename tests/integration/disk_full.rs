@@ -45,11 +45,7 @@ fn a_full_repository_is_no_space_and_leaves_no_set() {
     assert_eq!(e.kind, ErrorKind::NoSpace, "{}", e.message);
     assert!(e.retryable);
     assert!(f.set_ids().is_empty());
-    assert_eq!(
-        fs::read_dir(f.repo.join(".staging")).unwrap().count(),
-        0,
-        "the partial set is removed"
-    );
+    assert_staging_empty(&f.repo);
 }
 
 #[test]

@@ -166,6 +166,8 @@ fn every_fault_against_backup() {
                 );
             }
         }
+        // Checked before any other task runs on the repository (verify does not clean it).
+        assert_staging_empty(&a.f.repo);
         every_listed_set_verifies(&a, case.name);
     }
 }
@@ -212,6 +214,7 @@ fn every_fault_against_restore() {
                 );
             }
         }
+        assert_staging_empty(&a.f.repo);
         a.emu.set_faults(Faults::default());
         every_listed_set_verifies(&a, case.name);
     }

@@ -75,7 +75,10 @@ fn nothing_of_the_tool_is_left(f: &Fixture) {
         !f.vol.join(".cwbackup-work").exists(),
         "the work directory is removed"
     );
-    assert!(!f.tmp.path().join(".cwbackup-vol").exists());
+    assert!(
+        !f.tmp.path().join(".cwbackup-vol").exists(),
+        "nothing is written beside the volume"
+    );
 }
 
 #[test]
@@ -640,7 +643,7 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
     let set_b = run_ok(&f.task("backup")).backup.unwrap().id;
     reset(&f.vol, tree_a);
     let digest_a = spec_digest(&f.vol);
-    let journal = f.vol.join(".cwbackup-work/journal.json");
+    let journal = restore_journal(&f.vol);
     let task = volume_only(
         &f,
         json!({"safety_backup": false, "force": true, "backup_id": set_b}),
@@ -657,24 +660,45 @@ fn sigkill_during_the_swap_is_finished_or_rolled_back_by_the_next_run() {
         std::thread::sleep(Duration::from_micros(delay_us));
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        eprintln!(
-            "kill after {delay_us}µs: {status:?}, journal {:?}",
-            fs::read_to_string(&journal).ok()
+        let journal_text = fs::read_to_string(&journal).ok();
+        eprintln!("kill after {delay_us}µs: {status:?}, journal {journal_text:?}");
+        // The kill landed in the swap: the process died of it, with the journal on disk.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "kill after {delay_us}µs: the restore had already ended ({status:?}); the kill must land mid-swap"
+        );
+        assert!(
+            journal_text.is_some(),
+            "kill after {delay_us}µs: no journal after the kill, so it did not land mid-swap"
         );
         // The next run that touches the volume makes it whole first (a backup, into another
-        // repository so that the restore above keeps finding set B).
+        // repository so that the restore above keeps finding set B), and says what it did.
         let mut backup = f.task("backup");
         backup["repository"] = json!(f.path("recovery-repo"));
         backup["force"] = json!(true);
-        run_ok(&backup);
+        let r = run_ok(&backup);
+        let recovery = r
+            .warnings
+            .iter()
+            .find(|w| w.contains("was interrupted"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "kill after {delay_us}µs: the next run reported no recovery: {:?}",
+                    r.warnings
+                )
+            });
         let now = spec_digest(&f.vol);
         assert!(
             now == digest_a || now == digest_b,
             "after a kill {delay_us}µs into the swap the volume is a mix"
         );
-        if now == digest_a {
+        if recovery.contains("put back as it was") {
+            assert_eq!(now, digest_a, "rolled back, so the old tree: {recovery}");
             rolled_back += 1
         } else {
+            assert_eq!(now, digest_b, "finished, so the new tree: {recovery}");
             rolled_forward += 1
         }
         assert!(!journal.exists());

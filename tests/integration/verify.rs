@@ -107,6 +107,74 @@ fn deep_verify_extracts_and_compares_the_tree() {
     );
 }
 
+/// An archive written by hand (as `tar czf x.tgz dir/file.txt` makes it) that holds
+/// `dir/file.txt` but no entry for `dir`: the stream the shallow verify reads matches the
+/// manifest (its checksum, entry count, bytes and content digest all say one file), but
+/// extracting it makes the directory too, so the tree on disk is not what the manifest
+/// describes. Only the deep verify, which digests the extracted tree, finds that.
+#[test]
+fn deep_verify_finds_what_the_shallow_verify_misses() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let set = only_set(&f.repo);
+    let archive = set.join("volume.tar.gz");
+
+    let content = b"written by hand\n";
+    let tree = f.path("hand");
+    write(&tree.join("dir/file.txt"), content, 0o644);
+    let mut entries = listing(&tree);
+    entries.remove(b"dir".as_slice()).expect("dir is listed");
+    let stream_digest = spec_digest_of(&entries);
+
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_ustar();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(1_700_000_000);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder
+        .append_data(&mut header, "dir/file.txt", &content[..])
+        .unwrap();
+    let bytes = builder.into_inner().unwrap().finish().unwrap();
+    fs::write(&archive, &bytes).unwrap();
+
+    let path = set.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    m["volume"]["sha256"] = json!(hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+    m["volume"]["bytes"] = json!(bytes.len());
+    m["volume"]["files"] = json!(1);
+    m["volume"]["expanded_bytes"] = json!(content.len());
+    m["volume"]["content_digest"] = json!(stream_digest);
+    fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let shallow = verify(&f);
+    assert!(
+        shallow.result.ok,
+        "the shallow verify sees nothing wrong: {}",
+        shallow.stdout
+    );
+    let deep = run(&json!({"operation": "verify", "repository": f.repo, "deep": true}));
+    assert_eq!(
+        deep.result.error.as_ref().map(|e| e.kind),
+        Some(ErrorKind::IntegrityError),
+        "{}",
+        deep.stdout
+    );
+    let findings = deep.result.findings.unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|x| x.level == Level::Error && x.message.contains("extracted tree")),
+        "{findings:?}"
+    );
+    assert_staging_empty(&f.repo);
+}
+
 #[test]
 fn against_live_reports_drift_as_warnings() {
     let f = Fixture::sample();

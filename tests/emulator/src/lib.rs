@@ -1,4 +1,4 @@
-//! A Connectware maintenance-API emulator: a real HTTPS server on 127.0.0.1 that behaves like
+//! A Connectware maintenance-API emulator: a real HTTPS server on 127.0.0.1 (or `Config::bind`) that behaves like
 //! the vendor documents (SPEC §4), with knobs for the faults a backup tool must survive.
 //!
 //! API (basic auth or bearer token):
@@ -92,6 +92,12 @@ struct Inner {
     made: Vec<(Vec<u8>, String)>,
     faults: Faults,
     requests: Vec<Seen>,
+    /// `/api` requests being answered now (id, "METHOD path"), for tests that observe what a
+    /// client is doing at a given moment.
+    in_flight: Vec<(u64, String)>,
+    next_request: u64,
+    /// The server-side operation that runs (or ran last): `backup` or `restore`.
+    last_op: &'static str,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -117,8 +123,12 @@ pub struct Config {
     /// How long a backup or restore runs on the "server".
     pub op_duration: Duration,
     pub tls: TlsMode,
-    /// Port on 127.0.0.1; 0 picks a free one.
+    /// Port to listen on; 0 picks a free one.
     pub port: u16,
+    /// Address to listen on (default 127.0.0.1). The certificate names `localhost` and
+    /// `127.0.0.1` only: listening on e.g. 127.0.0.2 serves a certificate that does not name
+    /// the address the client connects to.
+    pub bind: std::net::IpAddr,
 }
 
 impl Default for Config {
@@ -131,6 +141,7 @@ impl Default for Config {
             op_duration: Duration::from_millis(150),
             tls: TlsMode::SelfSigned,
             port: 0,
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -162,7 +173,7 @@ impl Emulator {
     /// Starts the emulator on a thread of its own and waits until it listens.
     pub fn start(config: Config) -> std::io::Result<Emulator> {
         let (cert_pem, key_pem, trust_pem) = make_certificates(config.tls);
-        let listener = std::net::TcpListener::bind(("127.0.0.1", config.port))?;
+        let listener = std::net::TcpListener::bind((config.bind, config.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state: Shared = Arc::new(Mutex::new(Inner {
@@ -179,6 +190,9 @@ impl Emulator {
             made: Vec::new(),
             faults: Faults::default(),
             requests: Vec::new(),
+            in_flight: Vec::new(),
+            next_request: 0,
+            last_op: "",
         }));
         let handle = axum_server::Handle::new();
         let (server_state, server_handle) = (state.clone(), handle.clone());
@@ -213,7 +227,7 @@ impl Emulator {
             return Err(std::io::Error::other("the emulator did not start"));
         }
         Ok(Emulator {
-            url: format!("https://127.0.0.1:{}", addr.port()),
+            url: format!("https://{}:{}", config.bind, addr.port()),
             trust_pem,
             server_pem: cert_pem,
             state,
@@ -258,6 +272,19 @@ impl Emulator {
             .iter()
             .filter(|r| r.method == method && r.path == path)
             .count()
+    }
+
+    /// The `/api` requests being answered at this moment, as `"METHOD path"` (a request
+    /// delayed by `delay_ms` counts from its arrival).
+    pub fn in_flight(&self) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.in_flight.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The server-side operation running now: `Some("backup")`, `Some("restore")`, or None.
+    pub fn running(&self) -> Option<&'static str> {
+        let s = self.state.lock().unwrap();
+        s.running.then_some(s.last_op)
     }
 
     /// The last backup file the server made, as it serves it.
@@ -349,8 +376,12 @@ async fn api_gate(State(state): State<Shared>, request: Request, next: Next) -> 
     } else {
         "none"
     };
-    let (delay, fail, busy, allowed) = {
+    let (delay, fail, busy, allowed, request_id) = {
         let mut s = state.lock().unwrap();
+        let request_id = s.next_request;
+        s.next_request += 1;
+        let name = format!("{} {}", request.method(), request.uri().path());
+        s.in_flight.push((request_id, name));
         s.requests.push(Seen {
             method: request.method().to_string(),
             path: request.uri().path().to_string(),
@@ -371,8 +402,32 @@ async fn api_gate(State(state): State<Shared>, request: Request, next: Next) -> 
                 .encode(format!("{}:{}", s.username, s.password))
         );
         let allowed = auth == basic || auth == format!("Bearer {}", s.token);
-        (s.faults.delay_ms, fail, busy, allowed)
+        (s.faults.delay_ms, fail, busy, allowed, request_id)
     };
+    // Removed from `in_flight` when answered, or when the client goes away (the future is
+    // dropped then).
+    let _in_flight = InFlight(state.clone(), request_id);
+    answer(delay, fail, busy, allowed, request, next).await
+}
+
+struct InFlight(Shared, u64);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.in_flight.retain(|(id, _)| *id != self.1);
+        }
+    }
+}
+
+async fn answer(
+    delay: u64,
+    fail: bool,
+    busy: bool,
+    allowed: bool,
+    request: Request,
+    next: Next,
+) -> Response {
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -455,6 +510,7 @@ async fn start_backup(State(state): State<Shared>) -> Response {
         let Some(started) = begin(&mut s) else {
             return already_running();
         };
+        s.last_op = "backup";
         let id = format!("{}_{}", s.version, started);
         s.backup = Some(OpStatus {
             succeeded: false,
@@ -613,6 +669,7 @@ async fn start_restore(State(state): State<Shared>, mut multipart: Multipart) ->
         let Some(started) = begin(&mut s) else {
             return already_running();
         };
+        s.last_op = "restore";
         (s.op_duration, s.faults.never_finish, started)
     };
     let parsed = read_db_file(&file);

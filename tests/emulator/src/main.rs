@@ -1,10 +1,10 @@
 //! `cw-emulator`: run the Connectware maintenance-API emulator for tests and playbooks.
 //!
 //! ```text
-//! cw-emulator [--port N] [--version V] [--password P] [--token T] [--op-duration-ms MS]
+//! cw-emulator [--bind ADDR] [--port N] [--version V] [--password P] [--token T] [--op-duration-ms MS]
 //!             [--tls self-signed|ca] [--cert-out FILE]
 //! ```
-//! Prints `listening on https://127.0.0.1:PORT` on stdout, writes the PEM to trust (the
+//! Prints `listening on https://ADDR:PORT` (ADDR default 127.0.0.1) on stdout, writes the PEM to trust (the
 //! self-signed certificate, or the CA) to `--cert-out`, and serves until killed.
 
 use std::time::Duration;
@@ -25,6 +25,11 @@ fn main() {
                 config.port = value()
                     .parse()
                     .unwrap_or_else(|_| die("--port takes a number"))
+            }
+            "--bind" => {
+                config.bind = value()
+                    .parse()
+                    .unwrap_or_else(|_| die("--bind takes an IP address"))
             }
             "--version" => config.version = value(),
             "--username" => config.username = value(),
