@@ -210,6 +210,7 @@ fn build(
         let db = client.map(|c| {
             let db_path = &db_path;
             scope.spawn(move || {
+                crate::test_panic("worker");
                 let started = (Instant::now(), clock::now());
                 c.backup(db_path).map(|d| (d, started, clock::now()))
             })
@@ -231,7 +232,7 @@ fn build(
         };
         warnings.extend(volume_warnings);
         let db = db
-            .map(|h| h.join().expect("the database thread does not panic"))
+            .map(|h| crate::error::joined("the database thread", h.join()).and_then(|r| r))
             .transpose();
         (db, volume_half)
     });

@@ -81,3 +81,31 @@ fn version_is_printed() {
             .starts_with("cwbackup ")
     );
 }
+
+/// SPEC §6 "Always one result": a panic in the main thread, or in a worker thread (here the
+/// checksum thread of verify), still prints one valid result line with `internal_error` and
+/// exits 1. `CWBACKUP_TEST_PANIC` is the test-only trigger in src/lib.rs.
+#[test]
+fn a_panic_in_the_main_thread_or_a_worker_is_one_internal_error_result() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    for (place, task) in [
+        ("main", json!({"operation": "list", "repository": f.repo})),
+        ("worker", json!({"operation": "verify", "repository": f.repo})),
+    ] {
+        let r = run_raw(
+            task.to_string().as_bytes(),
+            &[("CWBACKUP_TEST_PANIC", place)],
+        );
+        assert_eq!(r.code, 1, "{place}: {}", r.stdout);
+        let e = r.result.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::InternalError, "{place}: {}", e.message);
+        assert!(!e.retryable);
+        assert!(e.message.contains("a panic on purpose"), "{}", e.message);
+        assert!(
+            r.stderr.contains("internal error") && r.stderr.contains("a panic on purpose"),
+            "{place}: the panic is logged on stderr: {}",
+            r.stderr
+        );
+    }
+}
