@@ -46,7 +46,7 @@ pub fn acquire(path: &Path, what: &str, operation: Operation, wait: Duration) ->
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::repo("cannot open lock file", path, e))?;
-    let deadline = Instant::now() + wait;
+    let deadline = crate::clock::deadline_in(wait);
     loop {
         match file.try_lock() {
             Ok(()) => break,
