@@ -575,13 +575,23 @@ fn tls_server(answer: Answer) -> (String, String) {
     (format!("https://127.0.0.1:{port}"), trust)
 }
 
-/// A backup task against `url` (trusting `trust`) with the given limits.
-fn backup_against(a: &Api, url: &str, trust: &str, timeout_s: f64, connect_timeout_s: f64) -> Value {
+/// A backup task against `url` (trusting `trust`) with the given limits (`connect_timeout_s`
+/// left at its default when None).
+fn backup_against(
+    a: &Api,
+    url: &str,
+    trust: &str,
+    timeout_s: f64,
+    connect_timeout_s: Option<f64>,
+) -> Value {
     let ca = a.f.path("hostile-ca.pem");
     fs::write(&ca, trust).unwrap();
     let mut task = a.task("backup");
     task["api"] = json!({"url": url, "password": PASSWORD, "ca_file": ca,
-        "timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s, "poll_interval_s": 0.05});
+        "timeout_s": timeout_s, "poll_interval_s": 0.05});
+    if let Some(c) = connect_timeout_s {
+        task["api"]["connect_timeout_s"] = json!(c);
+    }
     task
 }
 
@@ -595,7 +605,7 @@ fn a_closed_port_is_api_unreachable_within_connect_timeout_s() {
         .local_addr()
         .unwrap()
         .port();
-    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, 1.0);
+    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, Some(1.0));
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     let e = r.result.error.unwrap();
@@ -608,7 +618,7 @@ fn a_closed_port_is_api_unreachable_within_connect_timeout_s() {
 fn a_server_that_accepts_but_never_speaks_tls_is_cut_off_within_connect_timeout_s() {
     let a = Api::default();
     let port = raw_server(silent);
-    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, 1.0);
+    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, Some(1.0));
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
@@ -618,7 +628,7 @@ fn a_server_that_accepts_but_never_speaks_tls_is_cut_off_within_connect_timeout_
 fn a_slowloris_server_that_trickles_a_byte_a_second_is_cut_off() {
     let a = Api::default();
     let port = raw_server(trickle);
-    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, 2.0);
+    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, Some(2.0));
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
@@ -628,7 +638,7 @@ fn a_slowloris_server_that_trickles_a_byte_a_second_is_cut_off() {
 fn a_tls_server_that_never_answers_is_cut_off_at_timeout_s() {
     let a = Api::default();
     let (url, trust) = tls_server(Answer::Silent);
-    let task = backup_against(&a, &url, &trust, 2.0, 60.0);
+    let task = backup_against(&a, &url, &trust, 2.0, None);
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::Timeout, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
@@ -639,7 +649,7 @@ fn a_tls_server_that_never_answers_is_cut_off_at_timeout_s() {
 fn a_body_trickled_a_byte_a_second_is_cut_off_at_timeout_s() {
     let a = Api::default();
     let (url, trust) = tls_server(Answer::Trickle);
-    let task = backup_against(&a, &url, &trust, 2.0, 60.0);
+    let task = backup_against(&a, &url, &trust, 2.0, None);
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::Timeout, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
@@ -649,7 +659,7 @@ fn a_body_trickled_a_byte_a_second_is_cut_off_at_timeout_s() {
 fn an_endless_body_is_refused_at_one_mebibyte() {
     let a = Api::default();
     let (url, trust) = tls_server(Answer::Endless);
-    let task = backup_against(&a, &url, &trust, 30.0, 60.0);
+    let task = backup_against(&a, &url, &trust, 30.0, None);
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiProtocolError, "{}", r.stdout);
     let e = r.result.error.unwrap();

@@ -112,7 +112,7 @@ fn a_panic_in_the_main_thread_or_a_worker_is_one_internal_error_result() {
 
 /// Runs a task and insists that `secret` appears nowhere in its stdout or stderr.
 fn run_hiding(task: &serde_json::Value, secret: &str) -> Run {
-    let r = run(task);
+    let (r, _) = run_within(task, std::time::Duration::from_secs(30));
     assert!(
         !r.stdout.contains(secret) && !r.stderr.contains(secret),
         "the secret {secret:?} was echoed:\nstdout: {}\nstderr: {}",
@@ -128,7 +128,8 @@ fn run_hiding(task: &serde_json::Value, secret: &str) -> Run {
 fn secrets_in_urls_or_of_the_wrong_type_are_refused_and_never_echoed() {
     let secret = "Xy9-unechoed-Secret";
     let api = |extra: serde_json::Value| {
-        let mut api = json!({"url": "https://127.0.0.1:9", "password": "a-password"});
+        let mut api =
+            json!({"url": "https://127.0.0.1:9", "password": "a-password", "timeout_s": 1});
         for (k, v) in extra.as_object().unwrap() {
             api[k] = v.clone();
         }
