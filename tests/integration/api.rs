@@ -723,3 +723,20 @@ fn tls_failures_read_as_sentences_that_say_what_to_do() {
     assert!(e.message.contains("not signed by a CA"), "{}", e.message);
     assert!(!e.message.contains("UnknownIssuer"), "{}", e.message);
 }
+
+/// SPEC §6 "no thread's failure is lost": a panic in the backup's database thread (the
+/// test-only trigger `CWBACKUP_TEST_PANIC=worker`) is one `internal_error` result, exit 1, and
+/// publishes nothing.
+#[test]
+fn a_panic_in_the_database_thread_is_one_internal_error_result() {
+    let a = Api::default();
+    let r = run_raw(
+        a.task("backup").to_string().as_bytes(),
+        &[("CWBACKUP_TEST_PANIC", "worker")],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InternalError, "{}", e.message);
+    assert!(e.message.contains("the database thread"), "{}", e.message);
+    a.assert_no_set();
+}
