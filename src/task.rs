@@ -453,9 +453,9 @@ fn redacted_problem(kind: &jsonschema::error::ValidationErrorKind) -> String {
         K::Type {
             kind: TypeKind::Single(t),
         } => format!("must be of type {t} (the value given is not shown: it may be a secret)"),
-        K::Pattern { pattern } => format!(
-            "does not match {pattern} (the value given is not shown: it may be a secret)"
-        ),
+        K::Pattern { pattern } => {
+            format!("does not match {pattern} (the value given is not shown: it may be a secret)")
+        }
         K::AdditionalProperties { unexpected } => {
             format!("unknown key(s) {}", unexpected.join(", "))
         }
@@ -623,7 +623,11 @@ fn api_config(spec: ApiSpec) -> Result<ApiConfig> {
         ca_file: spec.ca_file,
         timeout: seconds("/api/timeout_s", spec.timeout_s, MAX_WAIT_S)?,
         connect_timeout: seconds("/api/connect_timeout_s", spec.connect_timeout_s, MAX_WAIT_S)?,
-        poll_interval: seconds("/api/poll_interval_s", spec.poll_interval_s, MAX_POLL_INTERVAL_S)?,
+        poll_interval: seconds(
+            "/api/poll_interval_s",
+            spec.poll_interval_s,
+            MAX_POLL_INTERVAL_S,
+        )?,
     })
 }
 

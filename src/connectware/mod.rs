@@ -424,7 +424,9 @@ impl Client {
             })
             .ok()?;
         let body = self.small_body(response, "GET /api/system/info").ok()?;
-        serde_json::from_slice::<Info>(&body).ok().map(|i| i.version)
+        serde_json::from_slice::<Info>(&body)
+            .ok()
+            .map(|i| i.version)
     }
 
     /// Waits until no server-side operation runs; returns that status.
@@ -688,7 +690,11 @@ fn tls_sentence(text: &str) -> String {
         format!(
             "the server shows a CA certificate as its own (a self-signed certificate, as `openssl req -x509` makes it) that cwbackup does not trust; {GIVE_CA}"
         )
-    } else if has(&["UnknownIssuer", "BadSignature", "UnhandledCriticalExtension"]) {
+    } else if has(&[
+        "UnknownIssuer",
+        "BadSignature",
+        "UnhandledCriticalExtension",
+    ]) {
         format!(
             "the server's certificate is not signed by a CA cwbackup trusts (the api.ca_file given, if any, is not the right one); {GIVE_CA}"
         )
@@ -701,7 +707,9 @@ fn tls_sentence(text: &str) -> String {
     } else if has(&["Revoked"]) {
         "the server's certificate has been revoked; install a new one on Connectware".to_string()
     } else if has(&["fatal alert", "AlertReceived"]) {
-        format!("the server refused the TLS handshake ({text}); check that api.url is Connectware's HTTPS address")
+        format!(
+            "the server refused the TLS handshake ({text}); check that api.url is Connectware's HTTPS address"
+        )
     } else {
         format!("{text}; {GIVE_CA}, or check that api.url is Connectware's HTTPS address")
     }

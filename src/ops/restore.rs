@@ -128,8 +128,8 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         if !(volume_needed && problems.as_ref().is_ok_and(Vec::is_empty)) {
             stop.store(true, Ordering::Relaxed);
         }
-        let staged = staging
-            .map(|h| crate::error::joined("the staging thread", h.join()).and_then(|r| r));
+        let staged =
+            staging.map(|h| crate::error::joined("the staging thread", h.join()).and_then(|r| r));
         (problems, live, volume_needed, staged)
     });
     let problems = problems?;

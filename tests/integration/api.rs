@@ -473,7 +473,10 @@ fn silent(stream: std::net::TcpStream) {
 /// Slowloris: the start of a TLS record announcing 16 KiB, then one byte a second forever.
 fn trickle(mut stream: std::net::TcpStream) {
     use std::io::Write;
-    for byte in [0x16u8, 0x03, 0x03, 0x40, 0x00].into_iter().chain(std::iter::repeat(0)) {
+    for byte in [0x16u8, 0x03, 0x03, 0x40, 0x00]
+        .into_iter()
+        .chain(std::iter::repeat(0))
+    {
         if stream.write_all(&[byte]).is_err() {
             return;
         }
@@ -565,7 +568,10 @@ fn tls_server(answer: Answer) -> (String, String) {
                         } else if head.starts_with("GET /api/system/info") {
                             reply(&mut tls, r#"{"version":"1.10.2"}"#);
                         } else {
-                            reply(&mut tls, r#"{"running":false,"backup":null,"restore":null}"#);
+                            reply(
+                                &mut tls,
+                                r#"{"running":false,"backup":null,"restore":null}"#,
+                            );
                         }
                     }
                 }
@@ -605,7 +611,13 @@ fn a_closed_port_is_api_unreachable_within_connect_timeout_s() {
         .local_addr()
         .unwrap()
         .port();
-    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, Some(1.0));
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(1.0),
+    );
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     let e = r.result.error.unwrap();
@@ -618,7 +630,13 @@ fn a_closed_port_is_api_unreachable_within_connect_timeout_s() {
 fn a_server_that_accepts_but_never_speaks_tls_is_cut_off_within_connect_timeout_s() {
     let a = Api::default();
     let port = raw_server(silent);
-    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, Some(1.0));
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(1.0),
+    );
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
@@ -628,7 +646,13 @@ fn a_server_that_accepts_but_never_speaks_tls_is_cut_off_within_connect_timeout_
 fn a_slowloris_server_that_trickles_a_byte_a_second_is_cut_off() {
     let a = Api::default();
     let port = raw_server(trickle);
-    let task = backup_against(&a, &format!("https://127.0.0.1:{port}"), &a.emu.trust_pem, 600.0, Some(2.0));
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(2.0),
+    );
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
@@ -715,7 +739,11 @@ fn tls_failures_read_as_sentences_that_say_what_to_do() {
     // A ca_file that is not the server's CA.
     let b = Api::start(TlsMode::Ca);
     let other = b.f.path("other.pem");
-    fs::write(&other, cw_emulator::make_certificates(TlsMode::SelfSigned).2).unwrap();
+    fs::write(
+        &other,
+        cw_emulator::make_certificates(TlsMode::SelfSigned).2,
+    )
+    .unwrap();
     let mut task = b.task("backup");
     task["api"]["ca_file"] = json!(other);
     let e = run(&task).result.error.unwrap();

@@ -91,7 +91,10 @@ fn a_panic_in_the_main_thread_or_a_worker_is_one_internal_error_result() {
     run_ok(&f.task("backup"));
     for (place, task) in [
         ("main", json!({"operation": "list", "repository": f.repo})),
-        ("worker", json!({"operation": "verify", "repository": f.repo})),
+        (
+            "worker",
+            json!({"operation": "verify", "repository": f.repo}),
+        ),
     ] {
         let r = run_raw(
             task.to_string().as_bytes(),
@@ -194,20 +197,27 @@ fn password_file_and_ca_file_are_capped_and_never_block() {
         assert_eq!(r.code, 2, "{}", r.stdout);
         let e = r.result.error.unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidTask);
-        assert!(e.message.contains("password_file") && e.message.contains(says), "{}", e.message);
+        assert!(
+            e.message.contains("password_file") && e.message.contains(says),
+            "{}",
+            e.message
+        );
     }
     for (file, says) in [
         ("/dev/zero".into(), "regular file"),
         (fifo.clone(), "regular file"),
         (big_pem.clone(), "1 MiB"),
     ] {
-        let task = api_task(
-            json!({"url": "https://127.0.0.1:9", "password": "pw-1234", "ca_file": file}),
-        );
+        let task =
+            api_task(json!({"url": "https://127.0.0.1:9", "password": "pw-1234", "ca_file": file}));
         let (r, _) = run_within(&task, limit);
         assert_eq!(r.code, 1, "{}", r.stdout);
         let e = r.result.error.unwrap();
         assert_eq!(e.kind, ErrorKind::ApiTlsError);
-        assert!(e.message.contains("ca_file") && e.message.contains(says), "{}", e.message);
+        assert!(
+            e.message.contains("ca_file") && e.message.contains(says),
+            "{}",
+            e.message
+        );
     }
 }

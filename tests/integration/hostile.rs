@@ -285,7 +285,11 @@ fn huge_numbers_in_every_numeric_key_are_an_invalid_task() {
         for task in tasks {
             let r = run(&task);
             assert_eq!(r.code, 2, "{task}: {}", r.stdout);
-            assert_eq!(r.result.error.unwrap().kind, ErrorKind::InvalidTask, "{task}");
+            assert_eq!(
+                r.result.error.unwrap().kind,
+                ErrorKind::InvalidTask,
+                "{task}"
+            );
         }
     }
 }
