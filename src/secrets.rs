@@ -54,7 +54,7 @@ pub fn read_small_file(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(cap + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
-        let most = if cap >= 1 << 20 && cap % (1 << 20) == 0 {
+        let most = if cap >= 1 << 20 && cap.is_multiple_of(1 << 20) {
             format!("{} MiB", cap >> 20)
         } else {
             format!("{} KiB", cap >> 10)

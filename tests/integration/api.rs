@@ -470,6 +470,12 @@ fn silent(stream: std::net::TcpStream) {
     drop(stream);
 }
 
+/// Accepts, reads the TLS ClientHello, and hangs up: a TLS handshake cut.
+fn hang_up(mut stream: std::net::TcpStream) {
+    use std::io::Read;
+    let _ = stream.read(&mut [0u8; 512]);
+}
+
 /// Slowloris: the start of a TLS record announcing 16 KiB, then one byte a second forever.
 fn trickle(mut stream: std::net::TcpStream) {
     use std::io::Write;
@@ -640,6 +646,23 @@ fn a_server_that_accepts_but_never_speaks_tls_is_cut_off_within_connect_timeout_
     let (r, took) = run_within(&task, LIMIT);
     assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
     assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
+fn a_tls_handshake_cut_is_retried_for_connect_timeout_s_then_api_unreachable() {
+    let a = Api::default();
+    let port = raw_server(hang_up);
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(1.0),
+    );
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
+    assert!(r.stderr.contains("retrying"), "{}", r.stderr);
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 }
 
 #[test]
