@@ -1,7 +1,16 @@
 //! Wall-clock times in the two forms cwbackup writes: RFC 3339 (`2026-11-27T02:15:00.123Z`)
 //! for manifests and results, and the compact form (`20261127T021500.123Z`) for set ids.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The instant `wait` from now, or about a century from now if that cannot be represented
+/// (no wait from a task may make the tool panic).
+pub fn deadline_in(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
 
 /// RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {

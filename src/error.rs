@@ -53,6 +53,15 @@ pub enum ErrorKind {
     NoSpace,
     /// Any other I/O failure.
     IoError,
+    /// The Docker engine could not be reached or refused a request (SPEC §7; not raised yet:
+    /// this version resolves no Docker volume through the engine's API).
+    DockerError,
+    /// Encrypting or decrypting a set failed (SPEC §7; not raised yet: this version writes no
+    /// encrypted sets).
+    EncryptionError,
+    /// A bug in cwbackup: a panic or an unexpected state, caught so that the run still ends in
+    /// one result. Not retryable; please report it with the stderr log.
+    InternalError,
 }
 
 impl ErrorKind {
@@ -152,6 +161,34 @@ pub fn is_no_space(err: &io::Error) -> bool {
         err.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     )
+}
+
+/// The text of a panic's payload (`panic!` with a literal or with a formatted message).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// An `internal_error` for a thread that panicked (the panic hook has already logged where).
+pub fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> Error {
+    Error::new(
+        ErrorKind::InternalError,
+        crate::secrets::redact(&format!(
+            "internal error: {what} panicked ({}); this is a bug in cwbackup: please report it with the log on stderr",
+            panic_text(payload)
+        )),
+    )
+}
+
+/// The value of a worker thread joined in a scope, or an `internal_error` if it panicked
+/// (instead of a second panic in the joining thread).
+pub fn joined<T>(what: &str, outcome: std::thread::Result<T>) -> Result<T> {
+    outcome.map_err(|payload| panicked(what, payload.as_ref()))
 }
 
 impl fmt::Display for Error {

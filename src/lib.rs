@@ -20,26 +20,72 @@ pub mod ops;
 pub mod progress;
 pub mod repository;
 pub mod result;
+pub mod secrets;
 pub mod task;
 pub mod volume;
 
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use error::ErrorKind;
 use result::TaskResult;
 
-/// Runs one task given as raw bytes; never fails: every error becomes a failed result.
+/// Runs one task given as raw bytes; never fails: every error becomes a failed result, and a
+/// panic anywhere (a worker thread's too, which the joining code turns into an error or
+/// passes on) becomes one `internal_error` result (SPEC §6 "Always one result").
 pub fn run(input: &[u8]) -> TaskResult {
     let started = Instant::now();
-    let mut result = match task::parse(input) {
+    let mut operation = None;
+    let mut dry_run = false;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match task::parse(input) {
         Err(e) => TaskResult::failed(None, false, e),
         Ok(task) => {
-            let operation = task.op.operation();
-            ops::run(&task).unwrap_or_else(|e| TaskResult::failed(Some(operation), task.dry_run, e))
+            operation = Some(task.op.operation());
+            dry_run = task.dry_run;
+            test_panic("main");
+            ops::run(&task).unwrap_or_else(|e| TaskResult::failed(operation, task.dry_run, e))
         }
-    };
-    result.duration_ms = started.elapsed().as_millis() as u64;
+    }));
+    let mut result = outcome.unwrap_or_else(|payload| {
+        TaskResult::failed(
+            operation,
+            dry_run,
+            error::panicked("the task", payload.as_ref()),
+        )
+    });
+    result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     result
+}
+
+/// Test only: `CWBACKUP_TEST_PANIC=main` panics in the main thread once the task is read,
+/// `CWBACKUP_TEST_PANIC=worker` in a worker thread (the database thread of a backup, the
+/// checksum thread of a verify), so that the integration tests can prove that a panic still
+/// ends in one `internal_error` result. Never set it outside the tests.
+pub(crate) fn test_panic(place: &str) {
+    if std::env::var_os("CWBACKUP_TEST_PANIC").is_some_and(|v| v == place) {
+        panic!("CWBACKUP_TEST_PANIC={place}: a panic on purpose");
+    }
+}
+
+/// Logs a panic on stderr as one line, with every secret of the run redacted, instead of the
+/// default report (whose message could hold anything the panicking code formatted).
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = error::panic_text(info.payload());
+        let place = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("a worker")
+            .to_string();
+        eprintln!(
+            "{}",
+            secrets::redact(&format!(
+                "cwbackup: internal error: thread '{thread}' panicked{place}: {message}"
+            ))
+        );
+    }));
 }
 
 /// The exit code for a result: 0 ok, 2 the task could not be read, 1 any other failure.

@@ -10,6 +10,7 @@ const USAGE: &str =
        cwbackup --version";
 
 fn main() {
+    cwbackup::install_panic_hook();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let input = match args
         .iter()

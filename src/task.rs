@@ -48,9 +48,9 @@ pub struct RawTask {
     pub diff: bool,
 
     /// How long to wait for another cwbackup task to release the repository lock; 0 fails at
-    /// once with `busy`.
+    /// once with `busy`. At most 604800 (7 days).
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800))]
     pub wait_for_lock_s: u64,
 
     /// backup: name of the new set (default `<UTC time>-<Connectware version or "volume">`);
@@ -69,14 +69,15 @@ pub struct RawTask {
     /// backup: after a successful backup, keep only this many newest regular sets; prune:
     /// required, the number of newest regular sets to keep. `pre-restore-…` safety sets are
     /// not counted here (see `keep_safety`). The set the task wrote or found unchanged, the
-    /// newest set and the only complete set are never deleted.
+    /// newest set and the only complete set are never deleted. 1 to 10000.
     #[serde(default)]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_KEEP_LAST))]
     pub keep_last: Option<u32>,
 
     /// backup, prune: how many of the newest `pre-restore-…` safety sets retention keeps
-    /// (default 3); applied only together with `keep_last`.
+    /// (default 3, at most 10000); applied only together with `keep_last`.
     #[serde(default)]
+    #[schemars(range(max = MAX_KEEP_LAST))]
     pub keep_safety: Option<u32>,
 
     /// backup: also decompress and read the whole new set before publishing it.
@@ -164,13 +165,27 @@ pub struct VolumeSpec {
     pub docker_volume: Option<String>,
 }
 
+/// The upper bounds of the task's numbers (SPEC §6: no value may make the tool panic). Each is
+/// far above any sane setting and far below what a `Duration` or an `Instant` can hold.
+///
+/// Longest `timeout_s`, `connect_timeout_s` and `wait_for_lock_s`: 7 days.
+pub const MAX_WAIT_S: u32 = 604_800;
+/// Longest `poll_interval_s`: 1 hour.
+pub const MAX_POLL_INTERVAL_S: u32 = 3_600;
+/// Largest `keep_last`.
+pub const MAX_KEEP_LAST: u32 = 10_000;
+/// Largest `password_file` (and any other secret file) read, in bytes.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// Access to the Connectware REST API. Give exactly one secret: `password`, `password_file`,
 /// `password_env` or `token`.
 #[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSpec {
-    /// Base URL of Connectware, e.g. `https://connectware.example`.
-    #[schemars(regex(pattern = r"^https?://"))]
+    /// Base URL of Connectware, e.g. `https://connectware.example`: `https://` only (basic
+    /// auth over plain HTTP would send the password in clear) and without a user or password
+    /// in it (give those in `username` and one of the secret keys).
+    #[schemars(regex(pattern = r"^https://"))]
     pub url: String,
     /// User for basic authentication.
     #[serde(default = "default_username")]
@@ -178,7 +193,8 @@ pub struct ApiSpec {
     /// Password for basic authentication.
     #[serde(default)]
     pub password: Option<String>,
-    /// File whose content (without trailing newline) is the password.
+    /// File whose content (without a trailing LF or CRLF) is the password: a regular file of
+    /// at most 64 KiB.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// Name of an environment variable that holds the password.
@@ -191,16 +207,24 @@ pub struct ApiSpec {
     #[serde(default = "yes")]
     pub validate_certs: bool,
     /// PEM bundle of certificates to trust, e.g. Connectware's `cybus_ca.crt` or a
-    /// self-signed server certificate.
+    /// self-signed server certificate: a regular file of at most 1 MiB.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// The longest wait, in seconds, for one server-side backup or restore to finish.
+    /// The longest wait, in seconds, for one server-side backup or restore to finish; every
+    /// request (the database upload and download included) ends by then. At most 604800
+    /// (7 days).
     #[serde(default = "default_timeout_s")]
-    #[schemars(range(min = 0.001))]
+    #[schemars(range(min = 0.001, max = MAX_WAIT_S))]
     pub timeout_s: f64,
-    /// Seconds between two status requests while a server-side operation runs.
+    /// How long, in seconds, a server that cannot be reached (connection refused, no route,
+    /// DNS, TLS handshake cut or never answered) is retried before `api_unreachable`;
+    /// independent of `timeout_s`. At most 604800 (7 days).
+    #[serde(default = "default_connect_timeout_s")]
+    #[schemars(range(min = 0.001, max = MAX_WAIT_S))]
+    pub connect_timeout_s: f64,
+    /// Seconds between two status requests while a server-side operation runs. At most 3600.
     #[serde(default = "default_poll_interval_s")]
-    #[schemars(range(min = 0.001))]
+    #[schemars(range(min = 0.001, max = MAX_POLL_INTERVAL_S))]
     pub poll_interval_s: f64,
 }
 
@@ -219,6 +243,9 @@ fn default_username() -> String {
 }
 fn default_timeout_s() -> f64 {
     1800.0
+}
+fn default_connect_timeout_s() -> f64 {
+    60.0
 }
 fn default_poll_interval_s() -> f64 {
     2.0
@@ -284,6 +311,8 @@ pub struct ApiConfig {
     pub ca_file: Option<PathBuf>,
     /// Longest wait for one server-side operation.
     pub timeout: Duration,
+    /// How long an unreachable server is retried.
+    pub connect_timeout: Duration,
     /// Status poll interval.
     pub poll_interval: Duration,
     /// The environment variable that held the password (`password_env`), removed from the
@@ -417,12 +446,56 @@ pub fn parse(input: &[u8]) -> Result<Task> {
             .detail("pointer", format!("/{key}")));
         }
     }
-    let raw: RawTask =
-        serde_json::from_value(value).map_err(|e| invalid(format!("invalid task: {e}")))?;
+    // The schema has checked every type and bound; should serde still refuse something, its
+    // message is not shown, since it may quote a value (a secret).
+    let raw: RawTask = serde_json::from_value(value).map_err(|_| {
+        invalid("invalid task: a value does not have the type or range the schema gives")
+    })?;
     validate(raw)
 }
 
-/// Checks the task JSON against the generated schema and names every bad key by pointer.
+/// Keys whose value is, or may hold, a secret: never echoed in an error message. `url` is one
+/// because it may carry `user:password@`.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "token", "secret", "url", "key"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// Whether a schema error would show a secret: its instance sits under a secret key, or holds
+/// one (an object or list that contains a secret key, e.g. the whole `api`).
+fn may_show_secret(pointer: &str, instance: &Value) -> bool {
+    fn holds_secret(v: &Value) -> bool {
+        match v {
+            Value::Object(o) => o.iter().any(|(k, v)| is_secret_key(k) || holds_secret(v)),
+            Value::Array(a) => a.iter().any(holds_secret),
+            _ => false,
+        }
+    }
+    pointer.split('/').any(is_secret_key) || holds_secret(instance)
+}
+
+/// What is wrong with a value, without the value.
+fn redacted_problem(kind: &jsonschema::error::ValidationErrorKind) -> String {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+    match kind {
+        K::Type {
+            kind: TypeKind::Single(t),
+        } => format!("must be of type {t} (the value given is not shown: it may be a secret)"),
+        K::Pattern { pattern } => {
+            format!("does not match {pattern} (the value given is not shown: it may be a secret)")
+        }
+        K::AdditionalProperties { unexpected } => {
+            format!("unknown key(s) {}", unexpected.join(", "))
+        }
+        K::Required { property } => format!("{property} is required"),
+        _ => "is not valid here (the value given is not shown: it may be a secret)".to_string(),
+    }
+}
+
+/// Checks the task JSON against the generated schema and names every bad key by pointer. A
+/// value that is or may hold a secret is never echoed (SPEC §4).
 fn check_against_schema(value: &Value) -> Result<()> {
     let validator =
         jsonschema::validator_for(&schema()).expect("the generated task schema compiles");
@@ -430,7 +503,12 @@ fn check_against_schema(value: &Value) -> Result<()> {
         .iter_errors(value)
         .map(|e| {
             let pointer = e.instance_path().as_str().to_string();
-            format!("{}: {e}", if pointer.is_empty() { "/" } else { &pointer })
+            let at = if pointer.is_empty() { "/" } else { &pointer };
+            if may_show_secret(&pointer, e.instance()) {
+                format!("{at}: {}", redacted_problem(e.kind()))
+            } else {
+                format!("{at}: {e}")
+            }
         })
         .collect();
     if problems.is_empty() {
@@ -515,7 +593,7 @@ fn validate(raw: RawTask) -> Result<Task> {
         api,
         dry_run: raw.dry_run,
         diff: raw.diff,
-        wait_for_lock: Duration::from_secs(raw.wait_for_lock_s),
+        wait_for_lock: Duration::from_secs(raw.wait_for_lock_s.min(u64::from(MAX_WAIT_S))),
         op,
     })
 }
@@ -539,12 +617,19 @@ fn api_config(spec: ApiSpec) -> Result<ApiConfig> {
             "/api: give exactly one of `password`, `password_file`, `password_env` or `token`",
         ));
     }
+    let url = checked_url(&spec.url)?;
     let password = if let Some(p) = spec.password {
         Some(p)
     } else if let Some(file) = &spec.password_file {
-        let text = std::fs::read_to_string(file).map_err(|e| {
+        let bytes = crate::secrets::read_small_file(file, MAX_SECRET_FILE).map_err(|e| {
             invalid(format!(
                 "/api/password_file: cannot read {}: {e}",
+                file.display()
+            ))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            invalid(format!(
+                "/api/password_file: {} is not UTF-8 text",
                 file.display()
             ))
         })?;
@@ -558,6 +643,9 @@ fn api_config(spec: ApiSpec) -> Result<ApiConfig> {
     } else {
         None
     };
+    for secret in password.iter().chain(spec.token.iter()) {
+        crate::secrets::register(secret);
+    }
     let credentials = match (password, spec.token) {
         (Some(p), _) => Credentials::Basic {
             username: spec.username,
@@ -567,14 +655,53 @@ fn api_config(spec: ApiSpec) -> Result<ApiConfig> {
         (None, None) => unreachable!("exactly one secret was checked above"),
     };
     Ok(ApiConfig {
-        url: spec.url.trim_end_matches('/').to_string(),
+        url,
         credentials,
         validate_certs: spec.validate_certs,
         ca_file: spec.ca_file,
-        timeout: Duration::from_secs_f64(spec.timeout_s),
-        poll_interval: Duration::from_secs_f64(spec.poll_interval_s),
+        timeout: seconds("/api/timeout_s", spec.timeout_s, MAX_WAIT_S)?,
+        connect_timeout: seconds("/api/connect_timeout_s", spec.connect_timeout_s, MAX_WAIT_S)?,
+        poll_interval: seconds(
+            "/api/poll_interval_s",
+            spec.poll_interval_s,
+            MAX_POLL_INTERVAL_S,
+        )?,
         secret_env: spec.password_env.clone(),
     })
+}
+
+/// A number of seconds from the task as a `Duration`, checked again here (the schema bounds it
+/// already) so that no value can make the conversion panic.
+fn seconds(pointer: &str, value: f64, max: u32) -> Result<Duration> {
+    if !(value > 0.0 && value <= f64::from(max)) {
+        return Err(invalid(format!(
+            "{pointer}: must be more than 0 and at most {max} seconds"
+        )));
+    }
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| invalid(format!("{pointer}: not a number of seconds")))
+}
+
+/// The API's base URL without a trailing slash: `https://` with a host, and no user or password
+/// in it (SPEC §3). The URL itself is never quoted in the message: it may hold a password.
+fn checked_url(text: &str) -> Result<String> {
+    const HOW: &str = "give the base URL as https://HOST[:PORT], e.g. https://connectware.example, and the user and secret in api.username and api.password (or password_file, password_env, token)";
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| invalid(format!("/api/url: not a URL ({e}): {HOW}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(format!(
+            "/api/url: must not hold a user or password (the URL is not shown, since it holds one): {HOW}"
+        )));
+    }
+    if url.scheme() != "https" {
+        return Err(invalid(format!(
+            "/api/url: must start with https:// (basic auth over plain HTTP sends the password in clear): {HOW}"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("/api/url: has no host: {HOW}")));
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -24,10 +25,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::task::{ApiConfig, Credentials};
 use crate::volume::archive::HashingWriter;
 
-/// Longest wait for the TCP and TLS connection.
+/// Longest wait for one try of the TCP and TLS connection (never more than
+/// `api.connect_timeout_s`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for one small request (status, info, starting an operation).
+/// Longest wait for one small request (status, info, starting an operation), body included;
+/// never past the operation's deadline (`api.timeout_s`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest answer read from the server, except the streamed database file (SPEC §6): an
+/// endless body is an error, never unbounded memory.
+const MAX_BODY: u64 = 1024 * 1024;
 /// First pause before a retry; doubled each time up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -144,6 +150,12 @@ pub struct Client {
     credentials: Credentials,
     timeout: Duration,
     poll: Duration,
+    /// How long an unreachable server is retried (`api.connect_timeout_s`).
+    connect_timeout: Duration,
+    /// Since when every try has failed to reach the server (None once it answered): the
+    /// budget of `connect_timeout` is counted over the client's whole life, so a second call
+    /// after an unreachable first one does not wait that long again.
+    unreachable_since: Mutex<Option<Instant>>,
 }
 
 /// The client for a task's `api`, if it has one; `validate_certs: false` adds a warning.
@@ -162,7 +174,7 @@ impl Client {
         let tls = tls::client_config(config.validate_certs, config.ca_file.as_deref())?;
         let http = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured(tls)
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(config.connect_timeout))
             .timeout(None)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cwbackup/", env!("CARGO_PKG_VERSION")))
@@ -179,6 +191,8 @@ impl Client {
             credentials: config.credentials.clone(),
             timeout: config.timeout,
             poll: config.poll_interval,
+            connect_timeout: config.connect_timeout,
+            unreachable_since: Mutex::new(None),
         })
     }
 
@@ -209,16 +223,31 @@ impl Client {
     ) -> Result<Response> {
         let mut backoff = Backoff::until(deadline);
         loop {
-            let failure = match make()?.send() {
+            // Every request ends by the deadline, whatever its own limit (the database upload
+            // has none of its own): the total covers connecting, sending and the body.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timed_out(&format!("an answer to {what}")));
+            }
+            let mut request = make()?.build().map_err(|e| {
+                Error::new(
+                    ErrorKind::ApiProtocolError,
+                    format!("cannot build the request {what} for {}: {e}", self.base),
+                )
+            })?;
+            let limit = request.timeout().map_or(left, |own| left.min(*own));
+            *request.timeout_mut() = Some(limit);
+            let sent = self.http.execute(request);
+            if sent.is_ok() {
+                self.reached();
+            }
+            let failure = match sent {
                 Ok(response) if response.status().is_success() => return Ok(response),
-                Ok(response) => {
+                Ok(mut response) => {
                     let status = response.status();
-                    let body: String = response
-                        .text()
-                        .unwrap_or_default()
-                        .chars()
-                        .take(300)
-                        .collect();
+                    let mut bytes = Vec::new();
+                    let _ = (&mut response).take(64 * 1024).read_to_end(&mut bytes);
+                    let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
                     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                         return Err(Error::new(
                             ErrorKind::ApiAuthFailed,
@@ -227,6 +256,17 @@ impl Client {
                         .detail("http_status", status.as_u16()));
                     }
                     let busy = post && matches!(status.as_u16(), 409 | 423 | 429 | 503);
+                    if status == StatusCode::NOT_FOUND && what.contains("/api/maintenance") {
+                        return Err(Error::new(
+                            ErrorKind::ApiProtocolError,
+                            format!(
+                                "Connectware at {} answered HTTP 404 Not Found to {what}: api.url must be Connectware's base URL, without /api (e.g. https://connectware.example, not https://connectware.example/api){}",
+                                self.base,
+                                if self.base.ends_with("/api") { "; remove the /api at its end" } else { "" }
+                            ),
+                        )
+                        .detail("http_status", status.as_u16()));
+                    }
                     if !busy && !status.is_server_error() {
                         return Err(Error::new(
                             ErrorKind::ApiProtocolError,
@@ -248,20 +288,40 @@ impl Client {
                     if let Some(tls) = tls_problem(&e) {
                         return Err(Error::new(
                             ErrorKind::ApiTlsError,
-                            format!(
-                                "TLS with {} failed: {tls}; give api.ca_file (the CA, e.g. cybus_ca.crt, or the server's self-signed certificate) or fix the host name in api.url",
-                                self.base
-                            ),
+                            format!("the TLS connection to {} failed: {tls}", self.base),
                         ));
                     }
-                    Error::new(
-                        ErrorKind::ApiUnreachable,
-                        format!(
-                            "cannot reach Connectware at {} for {what}: {}",
-                            self.base,
-                            chain(&e)
-                        ),
-                    )
+                    if e.is_timeout() && !e.is_connect() {
+                        // Connected, but no answer in time: the server is there and slow (or
+                        // stuck); waited for within the deadline like a 5xx.
+                        self.reached();
+                        Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "Connectware at {} did not answer {what} within {:.1}s: raise api.timeout_s, or check Connectware's state",
+                                self.base,
+                                limit.as_secs_f64()
+                            ),
+                        )
+                    } else {
+                        let since = self.unreachable_since();
+                        let failure = Error::new(
+                            ErrorKind::ApiUnreachable,
+                            format!(
+                                "cannot reach Connectware at {} for {what}: {}; check api.url and the network, or raise api.connect_timeout_s ({}s) to wait longer",
+                                self.base,
+                                chain(&e),
+                                self.connect_timeout.as_secs_f64()
+                            ),
+                        );
+                        // An unreachable server is retried for connect_timeout_s, not for the
+                        // whole timeout_s.
+                        let pause = backoff.pause;
+                        if since.elapsed() + pause > self.connect_timeout {
+                            return Err(failure);
+                        }
+                        failure
+                    }
                 }
             };
             let Some(pause) = backoff.next() else {
@@ -276,16 +336,66 @@ impl Client {
         }
     }
 
+    /// Notes that the server answered: an unreachable spell is over.
+    fn reached(&self) {
+        *self
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Since when the server has been unreachable (now, if it was reachable until now).
+    fn unreachable_since(&self) -> Instant {
+        *self
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now)
+    }
+
+    /// Reads a small answer (status, info) whole, at most [`MAX_BODY`] bytes.
+    fn small_body(&self, mut response: Response, what: &str) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        (&mut response)
+            .take(MAX_BODY + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+                    || chain(&e).contains("timed out");
+                Error::new(
+                    if timed_out { ErrorKind::Timeout } else { ErrorKind::ApiUnreachable },
+                    format!(
+                        "the answer of Connectware at {} to {what} {}: {}",
+                        self.base,
+                        if timed_out { "did not arrive in time (raise api.timeout_s, or check Connectware's state)" } else { "broke off" },
+                        chain(&e)
+                    ),
+                )
+            })?;
+        if bytes.len() as u64 > MAX_BODY {
+            return Err(Error::new(
+                ErrorKind::ApiProtocolError,
+                format!(
+                    "the answer of {} to {what} is larger than {} MiB, which Connectware never sends: is api.url Connectware?",
+                    self.base,
+                    MAX_BODY >> 20
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
     /// The maintenance status, retried until `timeout_s`.
     pub fn status(&self) -> Result<DbStatus> {
-        self.status_until(Instant::now() + self.timeout)
+        self.status_until(crate::clock::deadline_in(self.timeout))
     }
 
     fn status_until(&self, deadline: Instant) -> Result<DbStatus> {
         let response = self.call("GET /api/maintenance/db", deadline, false, &|| {
             Ok(self.get("/api/maintenance/db").timeout(REQUEST_TIMEOUT))
         })?;
-        let raw: RawStatus = response.json().map_err(|e| {
+        let body = self.small_body(response, "GET /api/maintenance/db")?;
+        let raw: RawStatus = serde_json::from_slice(&body).map_err(|e| {
             Error::new(
                 ErrorKind::ApiProtocolError,
                 format!(
@@ -307,13 +417,16 @@ impl Client {
         struct Info {
             version: String,
         }
-        let deadline = Instant::now() + REQUEST_TIMEOUT.min(self.timeout);
+        let deadline = crate::clock::deadline_in(REQUEST_TIMEOUT.min(self.timeout));
         let response = self
             .call("GET /api/system/info", deadline, false, &|| {
                 Ok(self.get("/api/system/info").timeout(REQUEST_TIMEOUT))
             })
             .ok()?;
-        response.json::<Info>().ok().map(|i| i.version)
+        let body = self.small_body(response, "GET /api/system/info").ok()?;
+        serde_json::from_slice::<Info>(&body)
+            .ok()
+            .map(|i| i.version)
     }
 
     /// Waits until no server-side operation runs; returns that status.
@@ -375,7 +488,7 @@ impl Client {
 
     /// Starts a database backup on the server, waits for it, and streams the file into `dest`.
     pub fn backup(&self, dest: &Path) -> Result<Downloaded> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::clock::deadline_in(self.timeout);
         let before = self.wait_idle(deadline)?;
         self.call("POST /api/maintenance/db/backup", deadline, true, &|| {
             Ok(self
@@ -397,7 +510,7 @@ impl Client {
                 "Connectware reported a finished backup without an id",
             ));
         };
-        let (sha256, bytes) = self.download(dest, Instant::now() + self.timeout)?;
+        let (sha256, bytes) = self.download(dest, crate::clock::deadline_in(self.timeout))?;
         Ok(Downloaded {
             backup_id,
             status_message: done.status_message,
@@ -411,13 +524,28 @@ impl Client {
     fn download(&self, dest: &Path, deadline: Instant) -> Result<(String, u64)> {
         let mut backoff = Backoff::until(deadline);
         let mut buf = vec![0u8; 256 * 1024];
+        let kept_breaking = |why: &str| {
+            Error::new(
+                ErrorKind::ApiUnreachable,
+                format!(
+                    "the database backup download from {} kept breaking until the timeout: {why}",
+                    self.base
+                ),
+            )
+        };
+        let mut last_break: Option<String> = None;
         loop {
-            let mut response =
-                self.call("GET /api/maintenance/db/backup", deadline, false, &|| {
-                    Ok(self
-                        .get("/api/maintenance/db/backup")
-                        .timeout(deadline.saturating_duration_since(Instant::now())))
-                })?;
+            let asked = self.call("GET /api/maintenance/db/backup", deadline, false, &|| {
+                Ok(self.get("/api/maintenance/db/backup"))
+            });
+            let mut response = match (asked, &last_break) {
+                (Ok(response), _) => response,
+                // The deadline came while starting again after a break: the break is the news.
+                (Err(e), Some(why)) if e.kind == ErrorKind::Timeout => {
+                    return Err(kept_breaking(why));
+                }
+                (Err(e), _) => return Err(e),
+            };
             let expected = response.content_length();
             let file = File::options()
                 .write(true)
@@ -464,17 +592,12 @@ impl Client {
                 }
                 Some(why) => {
                     let Some(pause) = backoff.next() else {
-                        return Err(Error::new(
-                            ErrorKind::ApiUnreachable,
-                            format!(
-                                "the database backup download from {} kept breaking until the timeout: {why}",
-                                self.base
-                            ),
-                        ));
+                        return Err(kept_breaking(&why));
                     };
                     eprintln!(
                         "cwbackup: the database backup download broke ({why}); starting it again"
                     );
+                    last_break = Some(why);
                     std::thread::sleep(pause);
                 }
             }
@@ -484,7 +607,7 @@ impl Client {
     /// Uploads `file` to `POST /api/maintenance/db/restore` (streamed) and waits for the
     /// restore to finish.
     pub fn restore(&self, file: &Path) -> Result<OpStatus> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::clock::deadline_in(self.timeout);
         let before = self.wait_idle(deadline)?;
         self.call("POST /api/maintenance/db/restore", deadline, true, &|| {
             let form = reqwest::blocking::multipart::Form::new()
@@ -542,7 +665,7 @@ fn tls_problem(e: &reqwest::Error) -> Option<String> {
             .map(|i| i as &(dyn std::error::Error + 'static));
         for candidate in [Some(s), inner].into_iter().flatten() {
             if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(tls.to_string());
+                return Some(tls_sentence(&tls.to_string()));
             }
         }
         source = s.source();
@@ -554,7 +677,42 @@ fn tls_problem(e: &reqwest::Error) -> Option<String> {
         "peer is incompatible",
     ]
     .iter()
-    .find_map(|needle| text.find(needle).map(|at| text[at..].to_string()))
+    .find_map(|needle| text.find(needle).map(|at| tls_sentence(&text[at..])))
+}
+
+/// What a TLS failure means for the operator, as a sentence that says what to do (rustls'
+/// own text reads `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`). Read from
+/// the error's text, which is all that some wrappers leave of it.
+fn tls_sentence(text: &str) -> String {
+    const GIVE_CA: &str = "give api.ca_file: the CA that signed the server's certificate (Connectware's cybus_ca.crt) or, for a self-signed certificate, that certificate itself";
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    if has(&["CaUsedAsEndEntity"]) {
+        format!(
+            "the server shows a CA certificate as its own (a self-signed certificate, as `openssl req -x509` makes it) that cwbackup does not trust; {GIVE_CA}"
+        )
+    } else if has(&[
+        "UnknownIssuer",
+        "BadSignature",
+        "UnhandledCriticalExtension",
+    ]) {
+        format!(
+            "the server's certificate is not signed by a CA cwbackup trusts (the api.ca_file given, if any, is not the right one); {GIVE_CA}"
+        )
+    } else if has(&["NotValidForName", "not valid for name"]) {
+        "the server's certificate is not valid for the host name in api.url; use a name the certificate holds (e.g. the one Connectware was installed with)".to_string()
+    } else if has(&["NotValidYet", "not valid before"]) {
+        "the server's certificate is not valid yet; check this machine's clock".to_string()
+    } else if has(&["Expired", "expired", "not valid after"]) {
+        "the server's certificate has expired; renew it on Connectware, or check this machine's clock".to_string()
+    } else if has(&["Revoked"]) {
+        "the server's certificate has been revoked; install a new one on Connectware".to_string()
+    } else if has(&["fatal alert", "AlertReceived"]) {
+        format!(
+            "the server refused the TLS handshake ({text}); check that api.url is Connectware's HTTPS address"
+        )
+    } else {
+        format!("{text}; {GIVE_CA}, or check that api.url is Connectware's HTTPS address")
+    }
 }
 
 /// An error with its causes, for messages.

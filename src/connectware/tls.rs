@@ -62,9 +62,12 @@ fn tls_setup_error(ca_file: Option<&Path>, e: impl std::fmt::Display) -> Error {
     )
 }
 
+/// Largest `ca_file` read, in bytes (a bundle of a few hundred certificates).
+pub const MAX_CA_FILE: u64 = 1024 * 1024;
+
 /// Every certificate in a PEM file.
 fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = crate::secrets::read_small_file(path, MAX_CA_FILE).map_err(|e| {
         Error::new(
             ErrorKind::ApiTlsError,
             format!("cannot read ca_file {}: {e}", path.display()),

@@ -250,13 +250,16 @@ fn build(
     let (db, volume_half) = std::thread::scope(|scope| {
         let db = client.map(|c| {
             let db_path = &db_path;
-            scope.spawn(move || match fresh_db {
+            scope.spawn(move || {
+                crate::test_panic("worker");
+                match fresh_db {
                 Some(f) => std::fs::rename(&f.path, db_path)
                     .map_err(|e| Error::repo("cannot move the database backup into", db_path, e))
                     .map(|()| (f.downloaded, f.started, f.finished_at)),
                 None => {
                     let started = (Instant::now(), clock::now());
                     c.backup(db_path).map(|d| (d, started, clock::now()))
+                }
                 }
             })
         });
@@ -277,7 +280,7 @@ fn build(
         };
         warnings.extend(volume_warnings);
         let db = db
-            .map(|h| h.join().expect("the database thread does not panic"))
+            .map(|h| crate::error::joined("the database thread", h.join()).and_then(|r| r))
             .transpose();
         (db, volume_half)
     });

@@ -139,16 +139,18 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             .as_deref()
             .map(|dir| live_state(dir, &set, task.diff))
             .transpose();
-        let problems = sums.join().expect("the checksum thread does not panic");
+        let problems = crate::error::joined("the checksum thread", sums.join());
         // The plan for the volume: restore it if it differs (or `force`).
         let volume_needed =
             matches!(&live, Ok(Some(l)) if opts.force || l.digest() != set_volume_digest.as_ref());
-        if !(volume_needed && problems.is_empty()) {
+        if !(volume_needed && problems.as_ref().is_ok_and(Vec::is_empty)) {
             stop.store(true, Ordering::Relaxed);
         }
-        let staged = staging.map(|h| h.join().expect("the staging thread does not panic"));
+        let staged =
+            staging.map(|h| crate::error::joined("the staging thread", h.join()).and_then(|r| r));
         (problems, live, volume_needed, staged)
     });
+    let problems = problems?;
     if let Some(p) = problems.first() {
         return Err(Error::new(
             ErrorKind::IntegrityError,

@@ -155,6 +155,7 @@ fn check_set(
     // The checksums and the full read of the archive are independent: one core each.
     let (sums, read) = std::thread::scope(|scope| {
         let sums = scope.spawn(|| {
+            crate::test_panic("worker");
             let mut problems = check::checksums(&set.path, &set.manifest);
             problems.extend(check::db(&set.path, &set.manifest));
             problems
@@ -165,11 +166,11 @@ fn check_set(
             .as_ref()
             .map(|_| check::volume(&set.path, &set.manifest, scratch.as_deref()));
         (
-            sums.join().expect("the checksum thread does not panic"),
+            crate::error::joined("the checksum thread", sums.join()),
             read,
         )
     });
-    for p in sums {
+    for p in sums? {
         add(p.component, p.message);
     }
     let entries = match read {

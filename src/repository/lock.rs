@@ -120,7 +120,7 @@ pub fn acquire_dir(dir: &Path, holder_file: &Path, what: &str, wait: Duration) -
 
 /// Tries the OS lock of `file` until `wait` has passed; false when another holds it.
 fn wait_for(file: &File, path: &Path, wait: Duration) -> Result<bool> {
-    let deadline = Instant::now() + wait;
+    let deadline = crate::clock::deadline_in(wait);
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(true),

@@ -314,7 +314,13 @@ fn remove_dir_on_two_threads(path: &Path) -> io::Result<()> {
     std::thread::scope(|scope| {
         let other = scope.spawn(|| remove(second));
         let mine = remove(first);
-        other.join().expect("removing does not panic").and(mine)
+        match other.join() {
+            Ok(theirs) => theirs.and(mine),
+            Err(payload) => Err(std::io::Error::other(format!(
+                "a removing thread panicked: {}",
+                crate::error::panic_text(payload.as_ref())
+            ))),
+        }
     })?;
     for dir in opened.iter().rev() {
         fs::remove_dir(dir)?;

@@ -539,3 +539,345 @@ fn a_dry_run_starts_no_server_side_backup() {
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 0);
     assert!(!a.f.repo.exists());
 }
+
+// ---- Hostile and broken servers (SPEC §4, §6: nothing hangs, nothing grows without bound) ----
+
+/// A port on 127.0.0.1 where a thread accepts connections and does `with` each of them.
+fn raw_server(with: fn(std::net::TcpStream)) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || with(stream));
+        }
+    });
+    port
+}
+
+/// Accepts, then says nothing, ever (and never closes).
+fn silent(stream: std::net::TcpStream) {
+    std::thread::sleep(std::time::Duration::from_secs(3600));
+    drop(stream);
+}
+
+/// Accepts, reads the TLS ClientHello, and hangs up: a TLS handshake cut.
+fn hang_up(mut stream: std::net::TcpStream) {
+    use std::io::Read;
+    let _ = stream.read(&mut [0u8; 512]);
+}
+
+/// Slowloris: the start of a TLS record announcing 16 KiB, then one byte a second forever.
+fn trickle(mut stream: std::net::TcpStream) {
+    use std::io::Write;
+    for byte in [0x16u8, 0x03, 0x03, 0x40, 0x00]
+        .into_iter()
+        .chain(std::iter::repeat(0))
+    {
+        if stream.write_all(&[byte]).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// What a TLS server of the test does after reading a request's head.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Never answers.
+    Silent,
+    /// Answers 200 with a body that never ends.
+    Endless,
+    /// Answers 200 announcing a megabyte, then sends one byte a second.
+    Trickle,
+    /// Answers GETs as an idle Connectware would; never answers a POST (e.g. the upload).
+    StuckOnPost,
+}
+
+/// An HTTPS server on 127.0.0.1 with the emulator's kind of self-signed certificate; returns
+/// its URL and the PEM to trust.
+fn tls_server(answer: Answer) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let (cert, key, trust) = cw_emulator::make_certificates(TlsMode::SelfSigned);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let reply = |tls: &mut rustls::StreamOwned<_, _>, body: &str| {
+                    let _ = write!(
+                        tls,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.flush();
+                };
+                match answer {
+                    Answer::Silent => std::thread::sleep(std::time::Duration::from_secs(3600)),
+                    Answer::Endless => {
+                        let _ = tls.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+                        );
+                        let chunk = vec![b' '; 64 * 1024];
+                        while tls.write_all(&chunk).is_ok() {}
+                    }
+                    Answer::Trickle => {
+                        let _ = tls.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
+                        );
+                        let _ = tls.flush();
+                        while tls.write_all(b" ").and_then(|()| tls.flush()).is_ok() {
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        }
+                    }
+                    Answer::StuckOnPost => {
+                        if head.starts_with("POST") {
+                            std::thread::sleep(std::time::Duration::from_secs(3600));
+                        } else if head.starts_with("GET /api/system/info") {
+                            reply(&mut tls, r#"{"version":"1.10.2"}"#);
+                        } else {
+                            reply(
+                                &mut tls,
+                                r#"{"running":false,"backup":null,"restore":null}"#,
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}"), trust)
+}
+
+/// A backup task against `url` (trusting `trust`) with the given limits (`connect_timeout_s`
+/// left at its default when None).
+fn backup_against(
+    a: &Api,
+    url: &str,
+    trust: &str,
+    timeout_s: f64,
+    connect_timeout_s: Option<f64>,
+) -> Value {
+    let ca = a.f.path("hostile-ca.pem");
+    fs::write(&ca, trust).unwrap();
+    let mut task = a.task("backup");
+    task["api"] = json!({"url": url, "password": PASSWORD, "ca_file": ca,
+        "timeout_s": timeout_s, "poll_interval_s": 0.05});
+    if let Some(c) = connect_timeout_s {
+        task["api"]["connect_timeout_s"] = json!(c);
+    }
+    task
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(40);
+
+#[test]
+fn a_closed_port_is_api_unreachable_within_connect_timeout_s() {
+    let a = Api::default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(1.0),
+    );
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert!(e.message.contains("connect_timeout_s"), "{}", e.message);
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    a.assert_no_set();
+}
+
+#[test]
+fn a_server_that_accepts_but_never_speaks_tls_is_cut_off_within_connect_timeout_s() {
+    let a = Api::default();
+    let port = raw_server(silent);
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(1.0),
+    );
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
+fn a_tls_handshake_cut_is_retried_for_connect_timeout_s_then_api_unreachable() {
+    let a = Api::default();
+    let port = raw_server(hang_up);
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(1.0),
+    );
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
+    assert!(r.stderr.contains("retrying"), "{}", r.stderr);
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn a_slowloris_server_that_trickles_a_byte_a_second_is_cut_off() {
+    let a = Api::default();
+    let port = raw_server(trickle);
+    let task = backup_against(
+        &a,
+        &format!("https://127.0.0.1:{port}"),
+        &a.emu.trust_pem,
+        600.0,
+        Some(2.0),
+    );
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::ApiUnreachable, "{}", r.stdout);
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_tls_server_that_never_answers_is_cut_off_at_timeout_s() {
+    let a = Api::default();
+    let (url, trust) = tls_server(Answer::Silent);
+    let task = backup_against(&a, &url, &trust, 2.0, None);
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::Timeout, "{}", r.stdout);
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    a.assert_no_set();
+}
+
+#[test]
+fn a_body_trickled_a_byte_a_second_is_cut_off_at_timeout_s() {
+    let a = Api::default();
+    let (url, trust) = tls_server(Answer::Trickle);
+    let task = backup_against(&a, &url, &trust, 2.0, None);
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::Timeout, "{}", r.stdout);
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn an_endless_body_is_refused_at_one_mebibyte() {
+    let a = Api::default();
+    let (url, trust) = tls_server(Answer::Endless);
+    let task = backup_against(&a, &url, &trust, 30.0, None);
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::ApiProtocolError, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert!(e.message.contains("larger than 1 MiB"), "{}", e.message);
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn a_database_upload_the_server_never_answers_ends_at_timeout_s() {
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    let (url, trust) = tls_server(Answer::StuckOnPost);
+    let ca = a.f.path("stuck-ca.pem");
+    fs::write(&ca, trust).unwrap();
+    let task = json!({"operation": "restore", "repository": a.f.repo, "safety_backup": false,
+        "api": {"url": url, "password": PASSWORD, "ca_file": ca, "timeout_s": 3, "poll_interval_s": 0.05}});
+    let (r, took) = run_within(&task, LIMIT);
+    assert_eq!(kind(&r), ErrorKind::Timeout, "{}", r.stdout);
+    assert!(took < std::time::Duration::from_secs(12), "took {took:?}");
+}
+
+// ---- Messages that say what to do (SPEC §4) ----
+
+#[test]
+fn a_url_ending_in_api_gets_a_404_hint() {
+    let a = Api::default();
+    let mut task = a.task("backup");
+    task["api"]["url"] = json!(format!("{}/api", a.emu.url));
+    let r = run(&task);
+    assert_eq!(kind(&r), ErrorKind::ApiProtocolError, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert!(e.message.contains("without /api"), "{}", e.message);
+}
+
+#[test]
+fn tls_failures_read_as_sentences_that_say_what_to_do() {
+    // No ca_file for a self-signed (CA:TRUE) server certificate.
+    let a = Api::default();
+    let mut task = a.task("backup");
+    task["api"].as_object_mut().unwrap().remove("ca_file");
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::ApiTlsError);
+    assert!(
+        e.message.contains("self-signed") && e.message.contains("api.ca_file"),
+        "{}",
+        e.message
+    );
+    assert!(
+        !e.message.contains("Other(") && !e.message.contains("CaUsedAsEndEntity"),
+        "{}",
+        e.message
+    );
+    // A ca_file that is not the server's CA.
+    let b = Api::start(TlsMode::Ca);
+    let other = b.f.path("other.pem");
+    fs::write(
+        &other,
+        cw_emulator::make_certificates(TlsMode::SelfSigned).2,
+    )
+    .unwrap();
+    let mut task = b.task("backup");
+    task["api"]["ca_file"] = json!(other);
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::ApiTlsError);
+    assert!(e.message.contains("not signed by a CA"), "{}", e.message);
+    assert!(!e.message.contains("UnknownIssuer"), "{}", e.message);
+}
+
+/// SPEC §6 "no thread's failure is lost": a panic in the backup's database thread (the
+/// test-only trigger `CWBACKUP_TEST_PANIC=worker`) is one `internal_error` result, exit 1, and
+/// publishes nothing.
+#[test]
+fn a_panic_in_the_database_thread_is_one_internal_error_result() {
+    let a = Api::default();
+    let r = run_raw(
+        a.task("backup").to_string().as_bytes(),
+        &[("CWBACKUP_TEST_PANIC", "worker")],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let e = r.result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InternalError, "{}", e.message);
+    assert!(e.message.contains("the database thread"), "{}", e.message);
+    a.assert_no_set();
+}

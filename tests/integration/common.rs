@@ -118,6 +118,20 @@ pub fn run_raw(input: &[u8], envs: &[(&str, &str)]) -> Run {
     }
 }
 
+/// Runs a task on a thread and fails the test if it has not ended within `limit` (so that a
+/// hang is a failure, not a stuck suite); returns the run and how long it took.
+pub fn run_within(task: &Value, limit: std::time::Duration) -> (Run, std::time::Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let input = task.to_string();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let r = run_raw(input.as_bytes(), &[]);
+        let _ = tx.send((r, started.elapsed()));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("the task did not end within {limit:?}: it hangs"))
+}
+
 pub fn run(task: &Value) -> Run {
     run_raw(task.to_string().as_bytes(), &[])
 }

@@ -81,3 +81,143 @@ fn version_is_printed() {
             .starts_with("cwbackup ")
     );
 }
+
+/// SPEC §6 "Always one result": a panic in the main thread, or in a worker thread (here the
+/// checksum thread of verify), still prints one valid result line with `internal_error` and
+/// exits 1. `CWBACKUP_TEST_PANIC` is the test-only trigger in src/lib.rs.
+#[test]
+fn a_panic_in_the_main_thread_or_a_worker_is_one_internal_error_result() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    for (place, task) in [
+        ("main", json!({"operation": "list", "repository": f.repo})),
+        (
+            "worker",
+            json!({"operation": "verify", "repository": f.repo}),
+        ),
+    ] {
+        let r = run_raw(
+            task.to_string().as_bytes(),
+            &[("CWBACKUP_TEST_PANIC", place)],
+        );
+        assert_eq!(r.code, 1, "{place}: {}", r.stdout);
+        let e = r.result.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::InternalError, "{place}: {}", e.message);
+        assert!(!e.retryable);
+        assert!(e.message.contains("a panic on purpose"), "{}", e.message);
+        assert!(
+            r.stderr.contains("internal error") && r.stderr.contains("a panic on purpose"),
+            "{place}: the panic is logged on stderr: {}",
+            r.stderr
+        );
+    }
+}
+
+/// Runs a task and insists that `secret` appears nowhere in its stdout or stderr.
+fn run_hiding(task: &serde_json::Value, secret: &str) -> Run {
+    let (r, _) = run_within(task, std::time::Duration::from_secs(30));
+    assert!(
+        !r.stdout.contains(secret) && !r.stderr.contains(secret),
+        "the secret {secret:?} was echoed:\nstdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    r
+}
+
+/// SPEC §3/§4: `api.url` is `https://` without a user or password, and a secret given with the
+/// wrong JSON type is refused without echoing it.
+#[test]
+fn secrets_in_urls_or_of_the_wrong_type_are_refused_and_never_echoed() {
+    let secret = "Xy9-unechoed-Secret";
+    let api = |extra: serde_json::Value| {
+        let mut api =
+            json!({"url": "https://127.0.0.1:9", "password": "a-password", "timeout_s": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            api[k] = v.clone();
+        }
+        json!({"operation": "backup", "repository": "/tmp/cw-r", "api": api})
+    };
+    let cases = [
+        api(json!({"url": format!("https://admin:{secret}@127.0.0.1:9")})),
+        api(json!({"url": format!("http://admin:{secret}@127.0.0.1:9")})),
+        api(json!({"url": format!("https://{secret}@127.0.0.1:9")})),
+        api(json!({"password": {"nested": secret}})),
+        api(json!({"password": [secret]})),
+        api(json!({"password": null, "token": {"t": secret}})),
+        api(json!({"password": null, "password_env": [secret]})),
+        api(json!({"password": null, "password_file": {"f": secret}})),
+    ];
+    for task in cases {
+        let r = run_hiding(&task, secret);
+        assert_eq!(r.code, 2, "{}", r.stdout);
+        assert_eq!(r.result.error.unwrap().kind, ErrorKind::InvalidTask);
+    }
+    // A number as the password: its digits are not echoed either.
+    let r = run_hiding(&api(json!({"password": 12345678})), "12345678");
+    assert_eq!(r.code, 2);
+    let e = r.result.error.unwrap();
+    assert!(e.message.contains("/api/password"), "{}", e.message);
+    // Plain http is refused even without a password in it, and says why.
+    let r = run(&api(json!({"url": "http://127.0.0.1:9"})));
+    assert_eq!(r.code, 2);
+    assert!(r.result.error.unwrap().message.contains("https://"));
+}
+
+/// SPEC §6: `password_file` and `ca_file` are read with a cap and without blocking: `/dev/zero`,
+/// a FIFO without a writer and an oversized file fail at once with a message.
+#[test]
+fn password_file_and_ca_file_are_capped_and_never_block() {
+    let f = Fixture::sample();
+    let fifo = f.path("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let big = f.path("big");
+    fs::write(&big, vec![b'p'; 65 * 1024]).unwrap();
+    let big_pem = f.path("big.pem");
+    fs::write(&big_pem, vec![b'-'; 1024 * 1024 + 1]).unwrap();
+    let api_task = |api: serde_json::Value| {
+        let mut t = f.task("backup");
+        t["api"] = api;
+        t
+    };
+    let limit = std::time::Duration::from_secs(20);
+    for (file, says) in [
+        ("/dev/zero".into(), "regular file"),
+        (fifo.clone(), "regular file"),
+        (big.clone(), "64 KiB"),
+    ] {
+        let task = api_task(json!({"url": "https://127.0.0.1:9", "password_file": file}));
+        let (r, _) = run_within(&task, limit);
+        assert_eq!(r.code, 2, "{}", r.stdout);
+        let e = r.result.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidTask);
+        assert!(
+            e.message.contains("password_file") && e.message.contains(says),
+            "{}",
+            e.message
+        );
+    }
+    for (file, says) in [
+        ("/dev/zero".into(), "regular file"),
+        (fifo.clone(), "regular file"),
+        (big_pem.clone(), "1 MiB"),
+    ] {
+        let task =
+            api_task(json!({"url": "https://127.0.0.1:9", "password": "pw-1234", "ca_file": file}));
+        let (r, _) = run_within(&task, limit);
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        let e = r.result.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::ApiTlsError);
+        assert!(
+            e.message.contains("ca_file") && e.message.contains(says),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -481,3 +481,42 @@ fn a_gzip_bomb_is_stopped_at_the_manifests_size() {
         "nothing of the bomb was written"
     );
 }
+
+/// SPEC §6: every number in a task has an upper bound; huge values (which used to panic in
+/// `Duration::from_secs_f64` or `Instant + Duration`, with no result) are `invalid_task`, exit
+/// 2, one result line, for every numeric key.
+#[test]
+fn huge_numbers_in_every_numeric_key_are_an_invalid_task() {
+    let huge: [Value; 6] = [
+        json!(1e300),
+        json!(1e19),
+        json!(u64::MAX),
+        json!(4_294_967_296u64),
+        json!(604_801),
+        json!(-1),
+    ];
+    let api = |key: &str, v: &Value| {
+        let mut api = json!({"url": "https://127.0.0.1:9", "password": "x"});
+        api[key] = v.clone();
+        api
+    };
+    for v in &huge {
+        let tasks = [
+            json!({"operation": "list", "repository": "/tmp/r", "wait_for_lock_s": v}),
+            json!({"operation": "prune", "repository": "/tmp/r", "keep_last": v}),
+            json!({"operation": "backup", "repository": "/tmp/r", "keep_last": v, "api": api("timeout_s", &json!(1))}),
+            json!({"operation": "backup", "repository": "/tmp/r", "api": api("timeout_s", v)}),
+            json!({"operation": "backup", "repository": "/tmp/r", "api": api("connect_timeout_s", v)}),
+            json!({"operation": "backup", "repository": "/tmp/r", "api": api("poll_interval_s", v)}),
+        ];
+        for task in tasks {
+            let r = run(&task);
+            assert_eq!(r.code, 2, "{task}: {}", r.stdout);
+            assert_eq!(
+                r.result.error.unwrap().kind,
+                ErrorKind::InvalidTask,
+                "{task}"
+            );
+        }
+    }
+}

@@ -299,7 +299,9 @@ impl Drop for Emulator {
     }
 }
 
-fn make_certificates(mode: TlsMode) -> (String, String, String) {
+/// A certificate as the emulator makes it for `mode`: `(server certificate PEM, its key PEM,
+/// PEM to trust)`. Public so that tests can run servers of their own (hostile ones) with it.
+pub fn make_certificates(mode: TlsMode) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let key = KeyPair::generate().expect("a key");

@@ -62,7 +62,9 @@ options:
     type: dict
     suboptions:
       url:
-        description: Base URL of Connectware, for example V(https://connectware.example).
+        description:
+          - Base URL of Connectware, for example V(https://connectware.example).
+          - V(https://) only, without a user or password in it (basic auth over plain HTTP would send the password in clear).
         type: str
         required: true
       username:
@@ -73,7 +75,7 @@ options:
         description: Password for basic authentication.
         type: str
       password_file:
-        description: File whose content (without trailing newline) is the password.
+        description: File whose content (without a trailing LF or CRLF) is the password; a regular file of at most 64 KiB.
         type: path
       password_env:
         description: Name of an environment variable (of the managed host) that holds the password.
@@ -86,18 +88,26 @@ options:
         type: bool
         default: true
       ca_file:
-        description: PEM bundle of certificates to trust, for example Connectware's C(cybus_ca.crt) or a self-signed server certificate.
+        description: PEM bundle of certificates to trust, for example Connectware's C(cybus_ca.crt) or a self-signed server certificate; a regular file of at most 1 MiB.
         type: path
       timeout_s:
-        description: The longest wait, in seconds, for one server-side backup or restore to finish.
+        description:
+          - The longest wait, in seconds, for one server-side backup or restore to finish; every request (the database upload and download included) ends by then.
+          - At most V(604800) (7 days).
         type: float
         default: 1800
+      connect_timeout_s:
+        description:
+          - How long, in seconds, a server that cannot be reached (connection refused, no route, DNS, TLS handshake cut or never answered) is retried before C(api_unreachable); independent of O(api.timeout_s).
+          - At most V(604800) (7 days).
+        type: float
+        default: 60
       poll_interval_s:
-        description: Seconds between two status requests while a server-side operation runs.
+        description: Seconds between two status requests while a server-side operation runs; at most V(3600).
         type: float
         default: 2
   wait_for_lock_s:
-    description: How long to wait for another cwbackup task to release the repository lock; V(0) fails at once.
+    description: How long to wait for another cwbackup task to release the repository lock; V(0) fails at once. At most V(604800) (7 days).
     type: int
     default: 0
   backup_id:
@@ -114,7 +124,7 @@ options:
     default: false
   keep_last:
     description:
-      - O(operation=backup) after a successful backup keep only this many newest regular sets.
+      - O(operation=backup) after a successful backup keep only this many newest regular sets (1 to 10000).
       - O(operation=prune) required; the number of newest regular sets to keep.
       - C(pre-restore-...) safety sets are counted apart (O(keep_safety)). The set the task wrote or found unchanged, the newest set and the only set are never deleted.
     type: int
@@ -289,6 +299,7 @@ def argument_spec():
                 validate_certs=dict(type='bool', default=True),
                 ca_file=dict(type='path'),
                 timeout_s=dict(type='float', default=1800),
+                connect_timeout_s=dict(type='float', default=60),
                 poll_interval_s=dict(type='float', default=2),
             ),
             mutually_exclusive=[('password', 'password_file', 'password_env', 'token')],
