@@ -88,17 +88,22 @@ options:
         type: bool
         default: true
       ca_file:
-        description: PEM bundle of certificates to trust, for example Connectware's C(cybus_ca.crt) or a self-signed server certificate; a regular file of at most 1 MiB.
+        description:
+          - PEM bundle of certificates to trust, for example Connectware's C(cybus_ca.crt) or a self-signed server certificate.
+          - A regular file of at most 1 MiB.
         type: path
       timeout_s:
         description:
-          - The longest wait, in seconds, for one server-side backup or restore to finish; every request (the database upload and download included) ends by then.
+          - The longest wait, in seconds, for one server-side backup or restore to finish.
+          - Every request (the database upload and download included) ends by then.
           - At most V(604800) (7 days).
         type: float
         default: 1800
       connect_timeout_s:
         description:
-          - How long, in seconds, a server that cannot be reached (connection refused, no route, DNS, TLS handshake cut or never answered) is retried before C(api_unreachable); independent of O(api.timeout_s).
+          - How long, in seconds, a server that cannot be reached is retried before C(api_unreachable).
+          - Unreachable means connection refused, no route, DNS, or a TLS handshake cut or never answered.
+          - Independent of O(api.timeout_s).
           - At most V(604800) (7 days).
         type: float
         default: 60
@@ -126,7 +131,8 @@ options:
     description:
       - O(operation=backup) after a successful backup keep only this many newest regular sets (1 to 10000).
       - O(operation=prune) required; the number of newest regular sets to keep.
-      - C(pre-restore-...) safety sets are counted apart (O(keep_safety)). The set the task wrote or found unchanged, the newest set and the only set are never deleted.
+      - C(pre-restore-...) safety sets are counted apart (O(keep_safety)).
+      - The set the task wrote or found unchanged, the newest set and the only set are never deleted.
     type: int
   keep_safety:
     description:
