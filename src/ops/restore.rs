@@ -344,7 +344,22 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                         ..e
                     },
                     (true, Some(c), next) => {
-                        put_database_back(c, e, &set, safety.as_ref(), next == swap::Next::Nothing)
+                        let (e, put_back) = put_database_back(
+                            c,
+                            e,
+                            &set,
+                            safety.as_ref(),
+                            next == swap::Next::Nothing,
+                        );
+                        // The journal left for the next task must not complete the volume
+                        // from the set under a database that was put back.
+                        match (put_back, w.database_put_back()) {
+                            (true, Err(again)) => Error {
+                                message: format!("{}; {}", e.message, again.message),
+                                ..e
+                            },
+                            _ => e,
+                        }
                     }
                     _ => e,
                 });
@@ -764,7 +779,7 @@ fn special_files(
 }
 
 /// After the database was restored and the volume could not be: puts the database back from
-/// the safety set, and says in the error what became of each half.
+/// the safety set, and says in the error what became of each half; true if it was put back.
 /// `volume_as_before` says whether the volume holds its old tree again; if its rollback failed,
 /// the journal left behind puts the old tree back in the next task on the volume.
 fn put_database_back(
@@ -773,15 +788,16 @@ fn put_database_back(
     set: &Set,
     safety: Option<&SetRef>,
     volume_as_before: bool,
-) -> Error {
+) -> (Error, bool) {
     let safety_db = safety.and_then(|s| {
         s.manifest
             .as_ref()
             .and_then(|m| m.db.as_ref())
             .map(|d| (s, Path::new(&s.path).join(&d.file)))
     });
+    let mut put_back = false;
     let message = match safety_db {
-        Some((s, file)) => match client.restore(&file) {
+        Some((s, file)) => match client.restore(&file).inspect(|_| put_back = true) {
             Ok(_) if volume_as_before => format!(
                 "{}; the database, already restored from set {}, was put back from safety set {}, so both halves are as before the restore",
                 error.message, set.id, s.id
@@ -808,7 +824,7 @@ fn put_database_back(
     if let Some(s) = safety {
         error = error.detail("safety_set", s.id.clone());
     }
-    error
+    (error, put_back)
 }
 
 /// The staged tree's expected content digest: the set's volume digest, which staging checked.

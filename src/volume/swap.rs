@@ -414,6 +414,23 @@ impl Work {
         }
     }
 
+    /// The database was put back from the safety set after a failed swap whose rollback the
+    /// next task must still finish: the journal no longer says that the database comes from
+    /// the set, so that recovery rolls the volume back and does not complete it from the set.
+    pub fn database_put_back(&self) -> Result<()> {
+        match self.read_journal() {
+            Ok(j) if j.db.is_some() => {
+                let names = Names {
+                    kept: j.kept.into_iter().map(OsString::from_vec).collect(),
+                    incoming: j.incoming.into_iter().map(OsString::from_vec).collect(),
+                    db: None,
+                };
+                self.write_journal(j.phase, &j.set, &names)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// What the journal on disk says the next task on this volume will do.
     pub fn next(&self) -> Next {
         match self.read_journal() {
@@ -1498,6 +1515,17 @@ mod tests {
         assert_eq!(work.next(), Next::RollForward);
         work.forget_database().unwrap();
         assert!(work.pending(), "only a db-restoring journal is forgotten");
+        // A rollback left for the next task, after the database was put back in the same
+        // run: the next task rolls the volume back, never forward from the set.
+        let (_tmp, work) = interrupted(Phase::MovingOld, 2);
+        with_database(&work, Phase::MovingOld);
+        work.database_put_back().unwrap();
+        assert_eq!(work.next(), Next::RollBack);
+        assert_eq!(
+            work.recover().unwrap().0,
+            Recovered::RolledBack("set".into())
+        );
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
     }
 
     #[test]
