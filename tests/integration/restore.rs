@@ -1162,3 +1162,28 @@ fn a_kill_after_the_database_restore_completes_the_volume_from_the_same_set() {
     assert_eq!(a.emu.db(), original_db);
     assert!(!journal.exists());
 }
+
+#[test]
+fn a_backup_of_a_read_only_volume_works() {
+    // A volume mounted read-only (a tmpfs remounted ro): backup needs only the OS lock.
+    let f = Fixture::empty();
+    fs::remove_dir(&f.vol).unwrap();
+    let _mount = crate::disk_full::Mount::new(&f.vol, "16m");
+    sample_tree(&f.vol);
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&f.vol)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    let r = run(&f.task("backup"));
+    remount("rw");
+    let r = r.result;
+    assert!(r.ok, "{:?}", r.error);
+    assert!(r.changed);
+    assert!(!f.vol.join(".cwbackup-work").exists());
+}
