@@ -13,7 +13,12 @@
 //!
 //! The lock is the OS lock on the volume directory's own descriptor, so it works where the
 //! volume's parent is read-only. None of the tool's paths here is followed through a symlink:
-//! a link in place of the work directory is refused.
+//! a link in place of the work directory is refused, and before each destructive step the
+//! work directory must still be the one first seen (device and inode) and `old/`, `staged/`,
+//! `conflicts/` real directories. Moves go further: each directory is opened one component at
+//! a time below the volume with O_NOFOLLOW, and entries move with `renameat2` between those
+//! descriptors, so a link a container swaps in after the check is never followed. Removals
+//! and journal writes are by path after the check (a small window, see docs/RELIABILITY.md).
 //!
 //! The journal names the phase, and each phase change is written (atomically, synced) only
 //! after the moves of the phase before are synced:
@@ -36,6 +41,7 @@
 use std::ffi::{CString, OsString};
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -186,6 +192,10 @@ impl Drop for VolumeLock {
 
 /// How a swap's entries move.
 struct Moves<'a> {
+    /// The directory below which no symlink is followed: the volume (or, for the old layout,
+    /// the volume's parent). `from`, `to` and `conflicts` are opened one component at a time
+    /// below it, and the moves act on the directories opened, never on names resolved again.
+    root: &'a Path,
     /// Names at the root of the source that do not move.
     skip: &'a [OsString],
     /// If given, only these names move.
@@ -217,6 +227,17 @@ impl Work {
             dir: parent.join(work_name),
             seen: OnceLock::new(),
         })
+    }
+
+    /// See [`Moves::root`].
+    fn root(&self) -> PathBuf {
+        if self.dir.starts_with(&self.volume) {
+            self.volume.clone()
+        } else {
+            self.dir
+                .parent()
+                .map_or_else(|| self.dir.clone(), Path::to_path_buf)
+        }
     }
 
     /// Creates the work directory, refusing anything but a real directory in its place.
@@ -354,7 +375,7 @@ impl Work {
         let staged = self.staged();
         self.guard(&[&staged])?;
         remove_tree(&staged)?;
-        make_dir(&staged)?;
+        make_dir(&self.root(), &staged)?;
         Ok(staged)
     }
 
@@ -538,6 +559,7 @@ impl Work {
                         &self.staged(),
                         &self.volume,
                         &Moves {
+                            root: &self.root(),
                             skip: &[],
                             only: None,
                             conflicts: Some(&conflicts),
@@ -663,12 +685,13 @@ impl Work {
         let kept = names.kept.clone();
         let outcome = (|| -> Result<()> {
             self.guard(&[&old])?;
-            make_dir(&old)?;
+            make_dir(&self.root(), &old)?;
             self.guard(&[&old])?;
             move_entries(
                 &self.volume,
                 &old,
                 &Moves {
+                    root: &self.root(),
                     skip: &kept,
                     only: None,
                     conflicts: None,
@@ -683,6 +706,7 @@ impl Work {
                 &self.staged(),
                 &self.volume,
                 &Moves {
+                    root: &self.root(),
                     skip: &[],
                     only: None,
                     conflicts: None,
@@ -759,7 +783,7 @@ impl Work {
         let staged = self.staged();
         self.guard(&[&staged])?;
         if fs::symlink_metadata(&staged).is_err() {
-            make_dir(&staged)?;
+            make_dir(&self.root(), &staged)?;
         }
         let moved_in: Vec<OsString> = names
             .incoming
@@ -772,6 +796,7 @@ impl Work {
             &self.volume,
             &staged,
             &Moves {
+                root: &self.root(),
                 skip: &names.kept,
                 only: Some(&moved_in),
                 conflicts: None,
@@ -788,6 +813,7 @@ impl Work {
             &self.old(),
             &self.volume,
             &Moves {
+                root: &self.root(),
                 skip: &[],
                 only: None,
                 conflicts: Some(conflicts),
@@ -913,23 +939,81 @@ fn special_at_root(volume: &Path, staged: &Path) -> Vec<OsString> {
         .collect()
 }
 
-/// Creates one directory (mode 0700, never through a symlink): an existing real directory is
-/// fine, anything else in its place is refused.
-fn make_dir(path: &Path) -> Result<()> {
-    match DirBuilder::new().mode(0o700).create(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::IoError,
-                format!(
-                    "{} is not a directory (a symlink, which cwbackup never follows?): remove it and run again",
-                    path.display()
-                ),
-            )),
-        },
-        Err(e) => Err(Error::io("cannot create", path, e)),
+/// Creates one directory (mode 0700) with `mkdirat` in its parent, opened below `root`
+/// without following a symlink: an existing real directory is fine, anything else in its
+/// place is refused.
+fn make_dir(root: &Path, path: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::new(
+            ErrorKind::IoError,
+            format!("{} has no parent", path.display()),
+        ));
+    };
+    let parent_fd = open_dir(root, parent)?;
+    let c_name = CString::new(name.as_bytes())
+        .map_err(|e| Error::io("cannot create", path, io::Error::other(e)))?;
+    let rc = unsafe { libc::mkdirat(parent_fd.as_raw_fd(), c_name.as_ptr(), 0o700) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(Error::io("cannot create", path, e));
+        }
     }
+    // Whatever is there now must be a real directory.
+    open_dir(root, path).map(drop)
+}
+
+/// `path` (at or below `root`) opened as a directory, each component below `root` with
+/// O_NOFOLLOW: a symlink anywhere below `root` is refused, and the descriptor keeps naming
+/// that directory even if a symlink is swapped in afterwards.
+fn open_dir(root: &Path, path: &Path) -> Result<OwnedFd> {
+    let refused = |e: io::Error| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => Error::new(
+            ErrorKind::IoError,
+            format!(
+                "{} is not a directory (a symlink, which cwbackup never follows?): nothing was moved; remove it and run again",
+                path.display()
+            ),
+        ),
+        _ => Error::io("cannot open", path, e),
+    };
+    let rel = path.strip_prefix(root).map_err(|_| {
+        Error::new(
+            ErrorKind::IoError,
+            format!("{} is not below {}", path.display(), root.display()),
+        )
+    })?;
+    let c = |p: &std::ffi::OsStr| CString::new(p.as_bytes()).map_err(io::Error::other);
+    let flags = libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC;
+    let base = c(root.as_os_str()).map_err(refused)?;
+    let raw = unsafe { libc::open(base.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(refused(io::Error::last_os_error()));
+    }
+    let mut fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    for comp in rel.components() {
+        let name = c(comp.as_os_str()).map_err(refused)?;
+        let raw = unsafe { libc::openat(fd.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW) };
+        if raw < 0 {
+            return Err(refused(io::Error::last_os_error()));
+        }
+        fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    }
+    Ok(fd)
+}
+
+/// The names in the directory open at `fd` (through `/proc/self/fd`, so the listing is of that
+/// directory whatever its path names now).
+fn list_fd(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
+    let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let mut names = Vec::new();
+    for item in fs::read_dir(&at).map_err(|e| Error::io("cannot read", shown, e))? {
+        names.push(
+            item.map_err(|e| Error::io("cannot read", shown, e))?
+                .file_name(),
+        );
+    }
+    Ok(names)
 }
 
 /// Moves every entry of `from` into `to` (one rename each, in name order, never replacing an
@@ -937,41 +1021,39 @@ fn make_dir(path: &Path) -> Result<()> {
 /// repeated after a crash. The work directory never moves. An entry in the way goes to
 /// `moves.conflicts` if given (a warning each), else is an error.
 fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
-    let read = match fs::read_dir(from) {
-        Ok(read) => read,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("cannot read", from, e)),
-    };
-    let mut names = Vec::new();
-    for item in read {
-        let name = item
-            .map_err(|e| Error::io("cannot read", from, e))?
-            .file_name();
-        if name != WORK_DIR
-            && !moves.skip.contains(&name)
-            && moves.only.is_none_or(|only| only.contains(&name))
-        {
-            names.push(name);
+    if let Err(e) = fs::symlink_metadata(from) {
+        if e.kind() == io::ErrorKind::NotFound {
+            return Ok(Vec::new());
         }
     }
+    let from_fd = open_dir(moves.root, from)?;
+    let to_fd = open_dir(moves.root, to)?;
+    let mut names: Vec<OsString> = list_fd(&from_fd, from)?
+        .into_iter()
+        .filter(|name| {
+            name != WORK_DIR
+                && !moves.skip.contains(name)
+                && moves.only.is_none_or(|only| only.contains(name))
+        })
+        .collect();
     names.sort();
     let mut warnings = Vec::new();
     let stamp = clock::id_stamp(std::time::SystemTime::now());
     for name in names {
-        let source = from.join(&name);
         let target = to.join(&name);
-        match rename_noreplace(&source, &target) {
+        match rename_noreplace_at(&from_fd, &name, &to_fd, &name) {
             Ok(()) => {}
             Err(e) if in_the_way(&e) && moves.conflicts.is_some() => {
                 let conflicts = moves.conflicts.expect("checked");
-                make_dir(conflicts)?;
+                make_dir(moves.root, conflicts)?;
                 let aside_dir = conflicts.join(&stamp);
-                make_dir(&aside_dir)?;
+                make_dir(moves.root, &aside_dir)?;
+                let aside_fd = open_dir(moves.root, &aside_dir)?;
                 let aside = aside_dir.join(&name);
-                rename_noreplace(&target, &aside).map_err(|e| {
+                rename_noreplace_at(&to_fd, &name, &aside_fd, &name).map_err(|e| {
                     Error::io("cannot move an entry in the way aside to", &aside, e)
                 })?;
-                rename_noreplace(&source, &target)
+                rename_noreplace_at(&from_fd, &name, &to_fd, &name)
                     .map_err(|e| Error::io("cannot move an entry into", &target, e))?;
                 warnings.push(format!(
                     "{} stood in the way of the restore's move (written while it was interrupted?) and was moved to {}",
@@ -1012,16 +1094,22 @@ fn in_the_way(e: &io::Error) -> bool {
     )
 }
 
-/// `rename` that fails with EEXIST instead of replacing `to` (plain `rename` where the file
-/// system does not support that, e.g. NFS: there a taken directory name still fails).
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (f, t) = (c(from)?, c(to)?);
+/// `renameat2` of `from_name` in the directory `from` to `to_name` in `to`, failing with
+/// EEXIST instead of replacing it (plain `renameat` after a check where the file system does
+/// not support that, e.g. NFS: there a taken directory name still fails).
+fn rename_noreplace_at(
+    from: &OwnedFd,
+    from_name: &std::ffi::OsStr,
+    to: &OwnedFd,
+    to_name: &std::ffi::OsStr,
+) -> io::Result<()> {
+    let c = |p: &std::ffi::OsStr| CString::new(p.as_bytes()).map_err(io::Error::other);
+    let (f, t) = (c(from_name)?, c(to_name)?);
     let rc = unsafe {
         libc::renameat2(
-            libc::AT_FDCWD,
+            from.as_raw_fd(),
             f.as_ptr(),
-            libc::AT_FDCWD,
+            to.as_raw_fd(),
             t.as_ptr(),
             libc::RENAME_NOREPLACE,
         )
@@ -1031,10 +1119,24 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EINVAL) {
-        if fs::symlink_metadata(to).is_ok() {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let taken = unsafe {
+            libc::fstatat(
+                to.as_raw_fd(),
+                t.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        } == 0;
+        if taken {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
-        return fs::rename(from, to);
+        let rc =
+            unsafe { libc::renameat(from.as_raw_fd(), f.as_ptr(), to.as_raw_fd(), t.as_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
     }
     Err(e)
 }
@@ -1596,5 +1698,47 @@ mod tests {
             .lock(Operation::Restore, Duration::ZERO, false)
             .unwrap_err();
         assert!(e.message.contains(WORK_DIR), "{}", e.message);
+    }
+
+    #[test]
+    fn moves_never_follow_a_symlink_swapped_in_after_the_last_check() {
+        // The last line of defence, without the checks before it: move_entries itself opens
+        // each directory below the volume without following a symlink.
+        let (tmp, work) = interrupted(Phase::MovingOld, 1);
+        let victim = tmp.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("a1"), "precious").unwrap();
+        fs::rename(work.old(), tmp.path().join("old-aside")).unwrap();
+        std::os::unix::fs::symlink(&victim, work.old()).unwrap();
+        let moves = |conflicts| Moves {
+            root: &work.volume,
+            skip: &[],
+            only: None,
+            conflicts,
+        };
+        let into_old = move_entries(&work.volume, &work.old(), &moves(None)).unwrap_err();
+        assert!(into_old.message.contains("symlink"), "{}", into_old.message);
+        let out_of_old = move_entries(&work.old(), &work.volume, &moves(None)).unwrap_err();
+        assert!(
+            out_of_old.message.contains("symlink"),
+            "{}",
+            out_of_old.message
+        );
+        assert_eq!(names(&victim), ["a1"]);
+        assert_eq!(names(&work.volume), ["a2", "a3", "a4"]);
+        // conflicts/ swapped for a link: the entry in the way is not moved through it.
+        fs::remove_file(work.old()).unwrap();
+        fs::rename(tmp.path().join("old-aside"), work.old()).unwrap();
+        fs::write(work.volume.join("a1"), "written meanwhile").unwrap();
+        std::os::unix::fs::symlink(&victim, work.conflicts()).unwrap();
+        let conflicts = work.conflicts();
+        let e = move_entries(&work.old(), &work.volume, &moves(Some(&conflicts))).unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(names(&victim), ["a1"]);
+        assert_eq!(fs::read_to_string(victim.join("a1")).unwrap(), "precious");
+        assert_eq!(
+            fs::read_to_string(work.volume.join("a1")).unwrap(),
+            "written meanwhile"
+        );
     }
 }
