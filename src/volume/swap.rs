@@ -18,7 +18,8 @@
 //! `conflicts/` real directories. Moves go further: each directory is opened one component at
 //! a time below the volume with O_NOFOLLOW, and entries move with `renameat2` between those
 //! descriptors, so a link a container swaps in after the check is never followed. Removals
-//! and journal writes are by path after the check (a small window, see docs/RELIABILITY.md).
+//! and journal writes go through a descriptor of their parent opened the same way
+//! (`/proc/self/fd/<n>/<name>`).
 //!
 //! The journal names the phase, and each phase change is written (atomically, synced) only
 //! after the moves of the phase before are synced:
@@ -329,7 +330,7 @@ impl Work {
             Err(e) => return Err(Error::io("cannot create the work directory", &self.dir, e)),
         }
         let holder = self.holder();
-        remove_tree(&holder)?;
+        self.remove(&holder)?;
         (|| -> io::Result<()> {
             let mut f = File::options()
                 .write(true)
@@ -345,6 +346,24 @@ impl Work {
             owns_dir: true,
             _lock: held,
         })
+    }
+
+    /// Removes a tree inside the work directory (nothing if it is missing; a symlink is
+    /// removed, never followed), reached through a descriptor of its parent opened below the
+    /// volume without following a symlink: a link swapped in place of the work directory after
+    /// the check is not followed either.
+    fn remove(&self, path: &Path) -> Result<()> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return remove_tree(path);
+        };
+        if let Err(e) = fs::symlink_metadata(parent) {
+            if e.kind() == io::ErrorKind::NotFound {
+                return Ok(());
+            }
+        }
+        let fd = open_dir(&self.root(), parent)?;
+        let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+        repository::remove_tree(&at).map_err(|e| Error::io("cannot remove", path, e))
     }
 
     fn holder(&self) -> PathBuf {
@@ -374,7 +393,7 @@ impl Work {
         self.ensure()?;
         let staged = self.staged();
         self.guard(&[&staged])?;
-        remove_tree(&staged)?;
+        self.remove(&staged)?;
         make_dir(&self.root(), &staged)?;
         Ok(staged)
     }
@@ -382,7 +401,7 @@ impl Work {
     /// Removes the staging directory (after a failure before the swap, or a finished swap).
     pub fn discard_staged(&self) -> Result<()> {
         self.guard(&[&self.staged()])?;
-        remove_tree(&self.staged())
+        self.remove(&self.staged())
     }
 
     /// Removes what this task left in the work directory, and the directory itself, unless a
@@ -398,7 +417,7 @@ impl Work {
             self.holder(),
             self.dir.join("journal.json.tmp"),
         ] {
-            let _ = remove_tree(&path);
+            let _ = self.remove(&path);
         }
         let _ = fs::remove_dir(&self.dir);
         let _ = fsync_dir(&self.volume);
@@ -503,7 +522,7 @@ impl Work {
                 if fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir()) {
                     self.guard(&[&self.staged(), &self.old()])?;
                     for path in [self.staged(), self.old()] {
-                        if let Err(e) = remove_tree(&path) {
+                        if let Err(e) = self.remove(&path) {
                             warnings.push(leftover(&path, &e));
                         }
                     }
@@ -679,7 +698,7 @@ impl Work {
     fn swap_with(&self, set: &str, mut names: Names) -> Result<Vec<String>> {
         let old = self.old();
         self.guard(&[&old, &self.staged()])?;
-        remove_tree(&old)?;
+        self.remove(&old)?;
         self.write_journal(Phase::MovingOld, set, &names)?;
         let mut reached = Phase::MovingOld;
         let kept = names.kept.clone();
@@ -835,7 +854,7 @@ impl Work {
             return warnings;
         }
         for path in [self.old(), self.staged()] {
-            if let Err(e) = remove_tree(&path) {
+            if let Err(e) = self.remove(&path) {
                 warnings.push(leftover(&path, &e));
             }
         }
@@ -865,7 +884,10 @@ impl Work {
     /// directory synced.
     fn write_journal(&self, phase: Phase, set: &str, names: &Names) -> Result<()> {
         self.guard(&[])?;
-        let tmp = self.dir.join("journal.json.tmp");
+        // Through a descriptor of the work directory opened without following a symlink.
+        let dir_fd = open_dir(&self.root(), &self.dir)?;
+        let at = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
+        let tmp = at.join("journal.json.tmp");
         let _ = fs::remove_file(&tmp);
         let bytes = serde_json::to_vec(&Journal {
             phase,
@@ -888,8 +910,8 @@ impl Work {
                 .open(&tmp)?;
             io::Write::write_all(&mut f, &bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, self.journal())?;
-            fsync_dir(&self.dir)
+            fs::rename(&tmp, at.join("journal.json"))?;
+            fsync_dir(&at)
         })()
         .map_err(|e| Error::io("cannot write the restore journal", &self.journal(), e))
     }
@@ -1740,5 +1762,25 @@ mod tests {
             fs::read_to_string(work.volume.join("a1")).unwrap(),
             "written meanwhile"
         );
+    }
+
+    #[test]
+    fn removals_never_follow_a_work_directory_swapped_for_a_symlink() {
+        let (tmp, work) = interrupted(Phase::MovingOld, 0);
+        let victim = tmp.path().join("victim");
+        fs::create_dir_all(victim.join("old")).unwrap();
+        fs::write(victim.join("old/precious"), "keep").unwrap();
+        fs::rename(&work.dir, tmp.path().join("work-aside")).unwrap();
+        std::os::unix::fs::symlink(&victim, &work.dir).unwrap();
+        // Without the checks before it: the removal itself does not follow the link.
+        let e = work.remove(&work.old()).unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(
+            fs::read_to_string(victim.join("old/precious")).unwrap(),
+            "keep"
+        );
+        let e = work.finish();
+        assert!(!e.is_empty());
+        assert!(victim.join("old/precious").exists());
     }
 }
