@@ -23,13 +23,25 @@
 //!
 //! The journal names the phase, and each phase change is written (atomically, synced) only
 //! after the moves of the phase before are synced:
-//! - `moving-old`: the volume's entries go to `old/`. Interrupted: move them back (roll back).
+//! - `db-restoring` (only for a restore that also restores the database, written before the
+//!   database restore starts, with the set, the safety set and the staged tree's digest):
+//!   nothing of the volume moved yet. Interrupted: the database may come from the set, so the
+//!   staged tree is swapped in if its digest is still the recorded one; otherwise a warning
+//!   says that the halves are out of step and names the safety set.
+//! - `moving-old`: the volume's entries go to `old/`. Interrupted: move them back (roll back);
+//!   with the database half recorded, then swap the staged tree in as for `db-restoring`.
 //! - `moving-new`: the staged entries go into the volume. Interrupted: move the rest in (roll
-//!   forward).
-//! - `undoing-new`: an error during `moving-new` is being undone: the new entries go back to
-//!   `staged/`, then the phase is `moving-old` again and the old entries go back. Interrupted:
-//!   the same, again.
+//!   forward), unless a name of the staged tree is neither in the volume nor in `staged/`
+//!   (deleted meanwhile): then roll back, saying so.
+//! - `undoing-new`: an error during `moving-new` is being undone: the staged tree's entries
+//!   that moved in go back to `staged/` (a name still in `staged/` never moved in, so the
+//!   volume's entry of that name is a writer's and stays), then the phase is `moving-old`
+//!   again and the old entries go back. Interrupted: the same, again.
 //! - `cleanup`: remove `old/` and `staged/`.
+//!
+//! Once `moving-new` is finished and synced the swap is committed: a failure to write
+//! `cleanup` or to remove the leftovers is a warning naming the path, never an error, and a
+//! leftover never blocks a later task.
 //!
 //! A swap that fails with an error is rolled back by the same run before it returns; the
 //! journal is for crashes only. Entries a restore must not delete (sockets, FIFOs and devices
@@ -356,10 +368,8 @@ impl Work {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return remove_tree(path);
         };
-        if let Err(e) = fs::symlink_metadata(parent) {
-            if e.kind() == io::ErrorKind::NotFound {
-                return Ok(());
-            }
+        if fs::symlink_metadata(parent).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            return Ok(());
         }
         let fd = open_dir(&self.root(), parent)?;
         let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
@@ -1043,10 +1053,8 @@ fn list_fd(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
 /// repeated after a crash. The work directory never moves. An entry in the way goes to
 /// `moves.conflicts` if given (a warning each), else is an error.
 fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
-    if let Err(e) = fs::symlink_metadata(from) {
-        if e.kind() == io::ErrorKind::NotFound {
-            return Ok(Vec::new());
-        }
+    if fs::symlink_metadata(from).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        return Ok(Vec::new());
     }
     let from_fd = open_dir(moves.root, from)?;
     let to_fd = open_dir(moves.root, to)?;
