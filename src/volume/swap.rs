@@ -178,7 +178,7 @@ impl Recovered {
                 "a restore of set {set} into {v} was interrupted while cleaning up; the leftovers were removed"
             )),
             Recovered::Finished(set) => Some(format!(
-                "a restore of set {set} into {v} was interrupted after its database restore had started; the staged tree was complete, so the volume was restored from set {set} too and both halves are from it"
+                "a restore of set {set} into {v} was interrupted after its database restore had started; the staged tree was complete, so the volume was restored from set {set} too and both halves are from it (if Connectware's database restore did not finish before the interruption, run the restore of set {set} again)"
             )),
         }
     }
