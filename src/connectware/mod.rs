@@ -617,7 +617,12 @@ impl Client {
                 .authed(self.http.post(self.url("/api/maintenance/db/restore")))
                 .multipart(form))
         })?;
-        let done = self.wait_finished(Which::Restore, &before, deadline)?;
+        // The server accepted the restore: from here on the database may have changed, and
+        // every error says so (`restore_started`).
+        let started = |e: Error| e.detail("restore_started", true);
+        let done = self
+            .wait_finished(Which::Restore, &before, deadline)
+            .map_err(started)?;
         if done.succeeded {
             return Ok(done);
         }
@@ -634,7 +639,8 @@ impl Client {
             ErrorKind::DbRestoreFailed,
             format!("Connectware's database restore failed: {message}"),
         )
-        .detail("status_message", message))
+        .detail("status_message", message)
+        .detail("restore_started", true))
     }
 }
 

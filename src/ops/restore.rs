@@ -41,7 +41,8 @@ use crate::volume::tree;
 /// Test-only hook: with `CWBACKUP_TEST_PAUSE_BEFORE_SWAP=<file>`, a restore writes
 /// `<file>.reached` just before its last check of the volume's listing (after the safety set
 /// and the database restore) and waits, at most 60 s, until `<file>` exists, so that a test
-/// can change the volume at exactly that moment. Not for production use.
+/// can change the volume at exactly that moment. Debug builds only (`cfg!(debug_assertions)`,
+/// as the integration tests run them): a release build ignores the variable.
 const TEST_PAUSE_BEFORE_SWAP: &str = "CWBACKUP_TEST_PAUSE_BEFORE_SWAP";
 
 /// What an operator must do after any restore, whoever restarts Connectware.
@@ -292,11 +293,27 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         let db_file = set
             .path
             .join(&set.manifest.db.as_ref().expect("checked above").file);
+        // The journal says, before the database may change, that it does: a crash from here
+        // on is recovered by completing the volume from the staged tree (complete and synced
+        // by now), so the halves stay together.
+        if let (Some(w), Some(_)) = (&work, &staged) {
+            w.before_database(swap::DbHalf {
+                restored_from: set.id.clone(),
+                safety_set: safety.as_ref().map(|s| s.id.clone()),
+                staged_digest: staged_digest(&set),
+            })?;
+        }
         // A failure here drops `staged`, which removes it: the volume was not touched.
-        client
+        let restored = client
             .as_ref()
             .expect("db_needed implies api")
-            .restore(&db_file)?;
+            .restore(&db_file);
+        if let Err(e) = restored {
+            if let Some(w) = &work {
+                w.forget_database()?;
+            }
+            return Err(database_may_have_changed(e, safety.as_ref()));
+        }
     }
     if let (Some(staged), Some(dir), Some(decided)) = (staged, &volume_dir, &decided) {
         let swapped = (|| {
@@ -305,11 +322,50 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             let kept = special_files(dir, &now, &staged.work.staged(), &set.id, &mut warnings);
             staged.swap_in(&set.id, &kept)
         })();
-        if let Err(e) = swapped {
-            return Err(match (db_needed, &client) {
-                (true, Some(c)) => put_database_back(c, e, &set, safety.as_ref()),
-                _ => e,
-            });
+        match swapped {
+            Ok(more) => warnings.extend(more),
+            Err(e) => {
+                let w = work.as_ref().expect("a staged tree has a work directory");
+                // A check before the swap failed: the volume was not touched.
+                if let Err(again) = w.forget_database() {
+                    return Err(Error {
+                        message: format!("{}; {}", e.message, again.message),
+                        ..e
+                    });
+                }
+                return Err(match (db_needed, &client, w.next()) {
+                    // The journal left behind completes the volume from the set: the database
+                    // stays as restored.
+                    (true, Some(_), swap::Next::RollForward) => Error {
+                        message: format!(
+                            "{}; the database was restored from set {} and stays so: the next task on {} completes the volume from the set too",
+                            e.message,
+                            set.id,
+                            dir.display()
+                        ),
+                        ..e
+                    },
+                    (true, Some(c), next) => {
+                        let (e, put_back) = put_database_back(
+                            c,
+                            e,
+                            &set,
+                            safety.as_ref(),
+                            next == swap::Next::Nothing,
+                        );
+                        // The journal left for the next task must not complete the volume
+                        // from the set under a database that was put back.
+                        match (put_back, w.database_put_back()) {
+                            (true, Err(again)) => Error {
+                                message: format!("{}; {}", e.message, again.message),
+                                ..e
+                            },
+                            _ => e,
+                        }
+                    }
+                    _ => e,
+                });
+            }
         }
     }
 
@@ -528,7 +584,7 @@ impl<'a> Staged<'a> {
     /// Swaps the staged tree into the volume, leaving the root names in `kept` in place
     /// (journaled: an error is rolled back before this returns; after a crash the next run
     /// finishes or rolls back the swap, so the staged tree must stay).
-    fn swap_in(mut self, set: &str, kept: &[OsString]) -> Result<()> {
+    fn swap_in(mut self, set: &str, kept: &[OsString]) -> Result<Vec<String>> {
         self.remove_on_drop = false;
         self.work.swap(set, kept)
     }
@@ -725,18 +781,31 @@ fn special_files(
 }
 
 /// After the database was restored and the volume could not be: puts the database back from
-/// the safety set, and says in the error what became of each half.
-fn put_database_back(client: &Client, error: Error, set: &Set, safety: Option<&SetRef>) -> Error {
+/// the safety set, and says in the error what became of each half; true if it was put back.
+/// `volume_as_before` says whether the volume holds its old tree again; if its rollback failed,
+/// the journal left behind puts the old tree back in the next task on the volume.
+fn put_database_back(
+    client: &Client,
+    error: Error,
+    set: &Set,
+    safety: Option<&SetRef>,
+    volume_as_before: bool,
+) -> (Error, bool) {
     let safety_db = safety.and_then(|s| {
         s.manifest
             .as_ref()
             .and_then(|m| m.db.as_ref())
             .map(|d| (s, Path::new(&s.path).join(&d.file)))
     });
+    let mut put_back = false;
     let message = match safety_db {
-        Some((s, file)) => match client.restore(&file) {
-            Ok(_) => format!(
+        Some((s, file)) => match client.restore(&file).inspect(|_| put_back = true) {
+            Ok(_) if volume_as_before => format!(
                 "{}; the database, already restored from set {}, was put back from safety set {}, so both halves are as before the restore",
+                error.message, set.id, s.id
+            ),
+            Ok(_) => format!(
+                "{}; the database, already restored from set {}, was put back from safety set {}; the volume is not yet as before: the next task on it moves its old entries back (or do it by hand as said above)",
                 error.message, set.id, s.id
             ),
             Err(again) => format!(
@@ -757,11 +826,50 @@ fn put_database_back(client: &Client, error: Error, set: &Set, safety: Option<&S
     if let Some(s) = safety {
         error = error.detail("safety_set", s.id.clone());
     }
-    error
+    (error, put_back)
+}
+
+/// The staged tree's expected content digest: the set's volume digest, which staging checked.
+fn staged_digest(set: &Set) -> String {
+    set.manifest
+        .volume
+        .as_ref()
+        .map(|v| v.content_digest.clone())
+        .unwrap_or_default()
+}
+
+/// A failed database restore: if the server had accepted it (`restore_started` in the
+/// error's details), the database may have changed, and the error names the safety set that
+/// holds it as it was.
+fn database_may_have_changed(e: Error, safety: Option<&SetRef>) -> Error {
+    if !e.details.contains_key("restore_started") {
+        return e;
+    }
+    let before = match safety {
+        Some(s) => format!(
+            "safety set {} holds it as it was before: restore that set (or its db.tgz by hand, see README) if Connectware does not work",
+            s.id
+        ),
+        None => "no safety set was written (safety_backup was false)".to_string(),
+    };
+    let mut e = Error {
+        message: format!(
+            "{}; Connectware had accepted the restore request, so the database may have changed; the volume was not touched; {before}",
+            e.message
+        ),
+        ..e
+    };
+    if let Some(s) = safety {
+        e = e.detail("safety_set", s.id.clone());
+    }
+    e
 }
 
 /// See [`TEST_PAUSE_BEFORE_SWAP`].
 fn test_pause() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
     let Some(file) = std::env::var_os(TEST_PAUSE_BEFORE_SWAP) else {
         return;
     };

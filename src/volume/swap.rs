@@ -13,17 +13,35 @@
 //!
 //! The lock is the OS lock on the volume directory's own descriptor, so it works where the
 //! volume's parent is read-only. None of the tool's paths here is followed through a symlink:
-//! a link in place of the work directory is refused.
+//! a link in place of the work directory is refused, and before each destructive step the
+//! work directory must still be the one first seen (device and inode) and `old/`, `staged/`,
+//! `conflicts/` real directories. Moves go further: each directory is opened one component at
+//! a time below the volume with O_NOFOLLOW, and entries move with `renameat2` between those
+//! descriptors, so a link a container swaps in after the check is never followed. Removals
+//! and journal writes go through a descriptor of their parent opened the same way
+//! (`/proc/self/fd/<n>/<name>`).
 //!
 //! The journal names the phase, and each phase change is written (atomically, synced) only
 //! after the moves of the phase before are synced:
-//! - `moving-old`: the volume's entries go to `old/`. Interrupted: move them back (roll back).
+//! - `db-restoring` (only for a restore that also restores the database, written before the
+//!   database restore starts, with the set, the safety set and the staged tree's digest):
+//!   nothing of the volume moved yet. Interrupted: the database may come from the set, so the
+//!   staged tree is swapped in if its digest is still the recorded one; otherwise a warning
+//!   says that the halves are out of step and names the safety set.
+//! - `moving-old`: the volume's entries go to `old/`. Interrupted: move them back (roll back);
+//!   with the database half recorded, then swap the staged tree in as for `db-restoring`.
 //! - `moving-new`: the staged entries go into the volume. Interrupted: move the rest in (roll
-//!   forward).
-//! - `undoing-new`: an error during `moving-new` is being undone: the new entries go back to
-//!   `staged/`, then the phase is `moving-old` again and the old entries go back. Interrupted:
-//!   the same, again.
+//!   forward), unless a name of the staged tree is neither in the volume nor in `staged/`
+//!   (deleted meanwhile): then roll back, saying so.
+//! - `undoing-new`: an error during `moving-new` is being undone: the staged tree's entries
+//!   that moved in go back to `staged/` (a name still in `staged/` never moved in, so the
+//!   volume's entry of that name is a writer's and stays), then the phase is `moving-old`
+//!   again and the old entries go back. Interrupted: the same, again.
 //! - `cleanup`: remove `old/` and `staged/`.
+//!
+//! Once `moving-new` is finished and synced the swap is committed: a failure to write
+//! `cleanup` or to remove the leftovers is a warning naming the path, never an error, and a
+//! leftover never blocks a later task.
 //!
 //! A swap that fails with an error is rolled back by the same run before it returns; the
 //! journal is for crashes only. Entries a restore must not delete (sockets, FIFOs and devices
@@ -36,9 +54,11 @@
 use std::ffi::{CString, OsString};
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -57,11 +77,18 @@ pub struct Work {
     pub volume: PathBuf,
     /// `<volume>/.cwbackup-work/` (or, for recovering an old crash, the old location).
     pub dir: PathBuf,
+    /// The work directory's (device, inode) when this task first saw it as a real directory:
+    /// before each destructive step it must still be that directory, so that a symlink (or
+    /// another directory) a container swapped in is refused, never followed.
+    seen: OnceLock<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Phase {
+    /// The staged tree is complete and synced and the database restore is about to start (or
+    /// under way, or done): nothing of the volume moved yet.
+    DbRestoring,
     MovingOld,
     MovingNew,
     UndoingNew,
@@ -80,13 +107,42 @@ struct Journal {
     /// these back out of the volume, never an entry a writer added meanwhile.
     #[serde(default)]
     incoming: Vec<Vec<u8>>,
+    /// The database half of the same restore, if it has one (recorded before its database
+    /// restore starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    db: Option<DbHalf>,
 }
 
-/// The root names a swap treats specially, as recorded in the journal.
+/// What the journal records about a restore's database half, so that recovery keeps the
+/// halves together: the database may already come from `set` while the volume does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbHalf {
+    /// The set the database is restored from.
+    pub restored_from: String,
+    /// The safety set holding the database as it was before, if one was written.
+    pub safety_set: Option<String>,
+    /// The staged tree's content digest: recovery rolls the volume forward only when
+    /// `staged/` still has it.
+    pub staged_digest: String,
+}
+
+/// The root names a swap treats specially, and the database half, as recorded in the journal.
 #[derive(Debug, Clone, Default)]
 struct Names {
     kept: Vec<OsString>,
     incoming: Vec<OsString>,
+    db: Option<DbHalf>,
+}
+
+/// What the journal on disk says the next task on this volume will do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// No journal: the volume is as this task left it.
+    Nothing,
+    /// The old tree is put back (phases `moving-old`, `undoing-new`).
+    RollBack,
+    /// The new tree is completed (phases `db-restoring`, `moving-new`, `cleanup`).
+    RollForward,
 }
 
 /// What recovery did.
@@ -100,6 +156,10 @@ pub enum Recovered {
     RolledForward(String),
     /// Only leftovers were removed.
     CleanedUp(String),
+    /// The database had been restored from the set (or its restore had started) when the
+    /// task was interrupted, and the staged tree was complete: the volume was swapped in too,
+    /// so both halves are from the set.
+    Finished(String),
 }
 
 impl Recovered {
@@ -117,6 +177,9 @@ impl Recovered {
             Recovered::CleanedUp(set) => Some(format!(
                 "a restore of set {set} into {v} was interrupted while cleaning up; the leftovers were removed"
             )),
+            Recovered::Finished(set) => Some(format!(
+                "a restore of set {set} into {v} was interrupted after its database restore had started; the staged tree was complete, so the volume was restored from set {set} too and both halves are from it (if Connectware's database restore did not finish before the interruption, run the restore of set {set} again)"
+            )),
         }
     }
 }
@@ -126,7 +189,8 @@ impl Recovered {
 #[derive(Debug)]
 pub struct VolumeLock {
     work: Work,
-    /// Whether this task made (and so removes) the work directory: not in a dry run.
+    /// Whether this task made (and so removes) the work directory: not in a dry run, nor on a
+    /// read-only volume (which a backup may read).
     owns_dir: bool,
     _lock: lock::Lock,
 }
@@ -141,6 +205,10 @@ impl Drop for VolumeLock {
 
 /// How a swap's entries move.
 struct Moves<'a> {
+    /// The directory below which no symlink is followed: the volume (or, for the old layout,
+    /// the volume's parent). `from`, `to` and `conflicts` are opened one component at a time
+    /// below it, and the moves act on the directories opened, never on names resolved again.
+    root: &'a Path,
     /// Names at the root of the source that do not move.
     skip: &'a [OsString],
     /// If given, only these names move.
@@ -156,6 +224,7 @@ impl Work {
         Ok(Work {
             volume: volume.to_path_buf(),
             dir: volume.join(WORK_DIR),
+            seen: OnceLock::new(),
         })
     }
 
@@ -169,43 +238,111 @@ impl Work {
         Some(Work {
             volume: self.volume.clone(),
             dir: parent.join(work_name),
+            seen: OnceLock::new(),
         })
+    }
+
+    /// See [`Moves::root`].
+    fn root(&self) -> PathBuf {
+        if self.dir.starts_with(&self.volume) {
+            self.volume.clone()
+        } else {
+            self.dir
+                .parent()
+                .map_or_else(|| self.dir.clone(), Path::to_path_buf)
+        }
     }
 
     /// Creates the work directory, refusing anything but a real directory in its place.
     fn ensure(&self) -> Result<()> {
-        match fs::symlink_metadata(&self.dir) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(Error::new(
-                ErrorKind::IoError,
-                format!(
-                    "{} is not a directory (a symlink or a file in place of cwbackup's work directory, which it never follows): remove it and run again",
-                    self.dir.display()
-                ),
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
-                .mode(0o700)
-                .create(&self.dir)
-                .map_err(|e| Error::io("cannot create the work directory", &self.dir, e)),
-            Err(e) => Err(Error::io("cannot read", &self.dir, e)),
-        }
+        self.try_ensure()?
+            .map_err(|e| Error::io("cannot create the work directory", &self.dir, e))
     }
 
-    /// Takes the volume's lock: the OS lock on the volume directory, plus (unless `dry_run`,
-    /// which writes nothing) the work directory with the holder record in it.
+    /// Like [`Work::ensure`], but a failure to create the directory comes back as the inner
+    /// `io::Error` (a read-only volume: EROFS), while anything in its place is refused.
+    fn try_ensure(&self) -> Result<io::Result<()>> {
+        match fs::symlink_metadata(&self.dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(self.not_a_directory(&self.dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Err(e) = DirBuilder::new().mode(0o700).create(&self.dir) {
+                    return Ok(Err(e));
+                }
+            }
+            Err(e) => return Err(Error::io("cannot read", &self.dir, e)),
+        }
+        self.guard(&[]).map(Ok)
+    }
+
+    fn not_a_directory(&self, path: &Path) -> Error {
+        Error::new(
+            ErrorKind::IoError,
+            format!(
+                "{} is not a directory (a symlink or a file in place of cwbackup's work directory, which it never follows): remove it and run again",
+                path.display()
+            ),
+        )
+    }
+
+    /// Before a destructive step: the work directory must still be the real directory this
+    /// task saw first (same device and inode), and each of `subs` (inside it) a real
+    /// directory on the same device, or missing. A symlink (or anything else) a container
+    /// put in their place after the first check is refused, never followed.
+    fn guard(&self, subs: &[&Path]) -> Result<()> {
+        let m =
+            fs::symlink_metadata(&self.dir).map_err(|e| Error::io("cannot read", &self.dir, e))?;
+        let id = (m.dev(), m.ino());
+        if !m.is_dir() || *self.seen.get_or_init(|| id) != id {
+            return Err(Error::new(
+                ErrorKind::IoError,
+                format!(
+                    "{} was replaced while cwbackup worked in it (now a symlink or another directory, which it never follows); nothing more was moved: remove what is there, put back the work directory if you moved it, and run again",
+                    self.dir.display()
+                ),
+            ));
+        }
+        for sub in subs {
+            match fs::symlink_metadata(sub) {
+                Ok(s) if s.is_dir() && s.dev() == m.dev() => {}
+                Ok(_) => return Err(self.not_a_directory(sub)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot read", sub, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the volume's lock: the OS lock on the volume directory (or, where the file system
+    /// refuses that, on `.cwbackup-work/lock`), plus (unless `dry_run`, which writes nothing)
+    /// the work directory with the holder record in it. A backup of a read-only volume needs
+    /// only the OS lock: there is no holder record then.
     pub fn lock(&self, operation: Operation, wait: Duration, dry_run: bool) -> Result<VolumeLock> {
         let what = format!("volume {}", self.volume.display());
-        let held = lock::acquire_dir(&self.volume, &self.holder(), &what, wait)?;
+        let held = lock::acquire_dir(
+            &self.volume,
+            &self.holder(),
+            &self.dir.join("lock"),
+            &what,
+            wait,
+        )?;
+        let without_dir = |held| VolumeLock {
+            work: self.clone(),
+            owns_dir: false,
+            _lock: held,
+        };
         if dry_run {
-            return Ok(VolumeLock {
-                work: self.clone(),
-                owns_dir: false,
-                _lock: held,
-            });
+            return Ok(without_dir(held));
         }
-        self.ensure()?;
+        match self.try_ensure()? {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) && operation == Operation::Backup => {
+                return Ok(without_dir(held));
+            }
+            Err(e) => return Err(Error::io("cannot create the work directory", &self.dir, e)),
+        }
         let holder = self.holder();
-        remove_tree(&holder)?;
+        self.remove(&holder)?;
         (|| -> io::Result<()> {
             let mut f = File::options()
                 .write(true)
@@ -221,6 +358,22 @@ impl Work {
             owns_dir: true,
             _lock: held,
         })
+    }
+
+    /// Removes a tree inside the work directory (nothing if it is missing; a symlink is
+    /// removed, never followed), reached through a descriptor of its parent opened below the
+    /// volume without following a symlink: a link swapped in place of the work directory after
+    /// the check is not followed either.
+    fn remove(&self, path: &Path) -> Result<()> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return remove_tree(path);
+        };
+        if fs::symlink_metadata(parent).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            return Ok(());
+        }
+        let fd = open_dir(&self.root(), parent)?;
+        let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+        repository::remove_tree(&at).map_err(|e| Error::io("cannot remove", path, e))
     }
 
     fn holder(&self) -> PathBuf {
@@ -249,23 +402,23 @@ impl Work {
     pub fn fresh_staged(&self) -> Result<PathBuf> {
         self.ensure()?;
         let staged = self.staged();
-        remove_tree(&staged)?;
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&staged)
-            .map_err(|e| Error::io("cannot create", &staged, e))?;
+        self.guard(&[&staged])?;
+        self.remove(&staged)?;
+        make_dir(&self.root(), &staged)?;
         Ok(staged)
     }
 
     /// Removes the staging directory (after a failure before the swap, or a finished swap).
     pub fn discard_staged(&self) -> Result<()> {
-        remove_tree(&self.staged())
+        self.guard(&[&self.staged()])?;
+        self.remove(&self.staged())
     }
 
     /// Removes what this task left in the work directory, and the directory itself, unless a
-    /// journal waits for recovery; `conflicts/` is kept (it was reported).
+    /// journal waits for recovery; `conflicts/` is kept (it was reported), and so is `lock`
+    /// (the fallback lock file, still held).
     fn release(&self) {
-        if self.journal_here() {
+        if self.journal_here() || self.guard(&[&self.staged(), &self.old()]).is_err() {
             return;
         }
         for path in [
@@ -274,19 +427,79 @@ impl Work {
             self.holder(),
             self.dir.join("journal.json.tmp"),
         ] {
-            let _ = remove_tree(&path);
+            let _ = self.remove(&path);
         }
         let _ = fs::remove_dir(&self.dir);
         let _ = fsync_dir(&self.volume);
     }
 
+    /// Records, before the database restore of a restore that also swaps the volume, that the
+    /// database is about to change (phase `db-restoring`): a crash from here on is recovered
+    /// by completing the volume from the staged tree (complete and synced before this), or,
+    /// where that cannot be, with a warning naming the safety set.
+    pub fn before_database(&self, db: DbHalf) -> Result<()> {
+        let set = db.restored_from.clone();
+        self.write_journal(
+            Phase::DbRestoring,
+            &set,
+            &Names {
+                db: Some(db),
+                ..Names::default()
+            },
+        )
+    }
+
+    /// Forgets a `db-restoring` journal: the swap will not happen (the database restore
+    /// failed, or the volume changed before the swap and the database is put back). Any
+    /// other journal stays.
+    pub fn forget_database(&self) -> Result<()> {
+        match self.read_journal() {
+            Ok(j) if j.phase == Phase::DbRestoring => {
+                self.guard(&[])?;
+                fs::remove_file(self.journal())
+                    .map_err(|e| Error::io("cannot remove", &self.journal(), e))?;
+                fsync_dir(&self.dir).map_err(|e| Error::io("cannot sync", &self.dir, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The database was put back from the safety set after a failed swap whose rollback the
+    /// next task must still finish: the journal no longer says that the database comes from
+    /// the set, so that recovery rolls the volume back and does not complete it from the set.
+    pub fn database_put_back(&self) -> Result<()> {
+        match self.read_journal() {
+            Ok(j) if j.db.is_some() => {
+                let names = Names {
+                    kept: j.kept.into_iter().map(OsString::from_vec).collect(),
+                    incoming: j.incoming.into_iter().map(OsString::from_vec).collect(),
+                    db: None,
+                };
+                self.write_journal(j.phase, &j.set, &names)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What the journal on disk says the next task on this volume will do.
+    pub fn next(&self) -> Next {
+        match self.read_journal() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Next::Nothing,
+            Ok(j) if matches!(j.phase, Phase::MovingOld | Phase::UndoingNew) => Next::RollBack,
+            Ok(_) => Next::RollForward,
+            // An unreadable journal stops the next task until an operator looks: the volume
+            // is not what this task leaves behind either way; treat it as not swapped in.
+            Err(_) => Next::RollBack,
+        }
+    }
+
     /// Finishes or rolls back a swap that a crash interrupted (here or in the old work
     /// directory beside the volume). Call with the volume lock held. Returns what was done and
-    /// warnings about entries moved aside.
+    /// warnings about entries moved aside (or leftovers that could not be removed).
     pub fn recover(&self) -> Result<(Recovered, Vec<String>)> {
         let mut warnings = Vec::new();
         if let Some(legacy) = self.legacy().filter(Work::journal_here) {
-            let (done, more) = legacy.recover_here()?;
+            let (done, more) = legacy.recover_here().map_err(interrupted)?;
             warnings.extend(more);
             warnings.extend(done.describe(&self.volume).map(|d| {
                 format!(
@@ -297,7 +510,7 @@ impl Work {
             let _ = fs::remove_file(legacy.dir.join("lock"));
             let _ = fs::remove_dir(&legacy.dir);
         }
-        let (done, more) = self.recover_here()?;
+        let (done, more) = self.recover_here().map_err(interrupted)?;
         warnings.extend(more);
         if self.conflicts().exists() {
             warnings.push(format!(
@@ -312,25 +525,34 @@ impl Work {
         let journal = match self.read_journal() {
             Ok(journal) => journal,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // No swap was under way: whatever is here is a stage that never started.
-                if self.dir.is_dir() {
-                    remove_tree(&self.staged())?;
-                    remove_tree(&self.old())?;
+                // No swap was under way: whatever is here is a stage that never started, or
+                // leftovers of a finished one. Removing them is best effort: a leftover never
+                // blocks a task.
+                let mut warnings = Vec::new();
+                if fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir()) {
+                    self.guard(&[&self.staged(), &self.old()])?;
+                    for path in [self.staged(), self.old()] {
+                        if let Err(e) = self.remove(&path) {
+                            warnings.push(leftover(&path, &e));
+                        }
+                    }
                 }
-                return Ok((Recovered::Nothing, Vec::new()));
+                return Ok((Recovered::Nothing, warnings));
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 return Err(Error::new(
                     ErrorKind::IoError,
                     format!(
-                        "the restore journal {} is unreadable ({e}): compare {} with old/ and staged/ beside it by hand",
+                        "the restore journal {} is unreadable ({e}): compare {} with old/ and staged/ beside it by hand, then remove {}",
                         self.journal().display(),
-                        self.volume.display()
+                        self.volume.display(),
+                        self.journal().display()
                     ),
                 ));
             }
             Err(e) => return Err(Error::io("cannot read", &self.journal(), e)),
         };
+        self.guard(&[&self.staged(), &self.old(), &self.conflicts()])?;
         let names = Names {
             kept: journal
                 .kept
@@ -344,61 +566,162 @@ impl Work {
                 .cloned()
                 .map(OsString::from_vec)
                 .collect(),
+            db: journal.db.clone(),
         };
+        let set = journal.set;
         let conflicts = self.conflicts();
         let mut warnings = Vec::new();
         let outcome = match journal.phase {
+            Phase::DbRestoring => Recovered::RolledBack(set.clone()),
             Phase::MovingOld => {
                 warnings = self.move_old_back(&conflicts)?;
-                Recovered::RolledBack(journal.set)
+                Recovered::RolledBack(set.clone())
             }
             Phase::UndoingNew => {
-                self.undo_new(&journal.set, &names)?;
+                self.undo_new(&set, &names)?;
                 warnings = self.move_old_back(&conflicts)?;
-                Recovered::RolledBack(journal.set)
+                Recovered::RolledBack(set.clone())
             }
-            Phase::MovingNew => {
-                warnings = move_entries(
-                    &self.staged(),
-                    &self.volume,
-                    &Moves {
-                        skip: &[],
-                        only: None,
-                        conflicts: Some(&conflicts),
-                    },
-                )?;
-                Recovered::RolledForward(journal.set)
-            }
-            Phase::Cleanup => Recovered::CleanedUp(journal.set),
+            Phase::MovingNew => match self.missing_incoming(&names) {
+                None => {
+                    warnings = move_entries(
+                        &self.staged(),
+                        &self.volume,
+                        &Moves {
+                            root: &self.root(),
+                            skip: &[],
+                            only: None,
+                            conflicts: Some(&conflicts),
+                        },
+                    )?;
+                    Recovered::RolledForward(set.clone())
+                }
+                Some(missing) => {
+                    // The new tree cannot be completed: put the old one back rather than
+                    // delete it.
+                    warnings.push(format!(
+                        "the new tree of the interrupted restore of set {set} lacks {} (neither in {} nor in {}: deleted meanwhile?), so it was not completed and the old tree was put back instead",
+                        missing.to_string_lossy(),
+                        self.volume.display(),
+                        self.staged().display()
+                    ));
+                    self.undo_new(&set, &names)?;
+                    warnings.extend(self.move_old_back(&conflicts)?);
+                    Recovered::RolledBack(set.clone())
+                }
+            },
+            Phase::Cleanup => Recovered::CleanedUp(set.clone()),
         };
         fsync_dir(&self.volume).map_err(|e| Error::io("cannot sync", &self.volume, e))?;
-        self.finish()?;
+        // The database half: if it may come from the set while the volume is the old tree
+        // again, complete the volume from the staged tree, or say loudly what to do.
+        if let (Recovered::RolledBack(_), Some(db)) = (&outcome, &names.db) {
+            return self.forward_after_database(&set, db, warnings);
+        }
+        warnings.extend(self.finish());
         Ok((outcome, warnings))
+    }
+
+    /// The first name of the staged tree that is neither in the volume nor in `staged/`.
+    fn missing_incoming(&self, names: &Names) -> Option<OsString> {
+        names
+            .incoming
+            .iter()
+            .find(|n| {
+                fs::symlink_metadata(self.volume.join(n)).is_err()
+                    && fs::symlink_metadata(self.staged().join(n)).is_err()
+            })
+            .cloned()
+    }
+
+    /// Recovery of a restore whose database may already come from `db.restored_from` while
+    /// the volume holds its old tree again: swaps the staged tree in when it is still complete
+    /// (its digest is the one recorded), else warns naming the safety set to restore the
+    /// database from.
+    fn forward_after_database(
+        &self,
+        set: &str,
+        db: &DbHalf,
+        mut warnings: Vec<String>,
+    ) -> Result<(Recovered, Vec<String>)> {
+        let complete = fs::symlink_metadata(self.staged()).is_ok_and(|m| m.is_dir())
+            && crate::volume::live(&self.staged()).is_ok_and(|(_, d)| d == db.staged_digest);
+        let failed = if complete {
+            let kept = special_at_root(&self.volume, &self.staged());
+            let names = Names {
+                kept,
+                incoming: Vec::new(),
+                db: Some(db.clone()),
+            };
+            match self.swap_with(set, names) {
+                Ok(more) => {
+                    warnings.extend(more);
+                    return Ok((Recovered::Finished(set.to_string()), warnings));
+                }
+                // The swap's own rollback failed: its journal stays for the next task.
+                Err(e) if self.journal_here() => return Err(e),
+                Err(e) => format!("swapping the staged tree in failed ({})", e.message),
+            }
+        } else {
+            format!(
+                "its staged tree in {} is no longer complete",
+                self.staged().display()
+            )
+        };
+        let before = match &db.safety_set {
+            Some(s) => format!(
+                "restore the database from safety set {s} (its db.tgz, see README) to put the installation back as it was, or run the restore of set {set} again"
+            ),
+            None => format!(
+                "no safety set was written: run the restore of set {set} again to bring the volume in line"
+            ),
+        };
+        warnings.push(format!(
+            "the database may have been restored from set {set} by an interrupted restore, but the volume {} holds its old tree ({failed}): the halves are out of step; {before}",
+            self.volume.display()
+        ));
+        warnings.extend(self.finish());
+        Ok((Recovered::RolledBack(set.to_string()), warnings))
     }
 
     /// Replaces the volume's entries with the staged tree's, leaving the root names in `kept`
     /// where they are. Call with the volume lock held and the staged tree complete and synced.
     /// On an error the old tree is put back before this returns, and the error says so (or,
-    /// if that fails too, names the directory that holds the old entries).
-    pub fn swap(&self, set: &str, kept: &[OsString]) -> Result<()> {
-        let old = self.old();
-        remove_tree(&old)?;
-        let mut names = Names {
-            kept: kept.to_vec(),
-            incoming: Vec::new(),
+    /// if that fails too, names the directory that holds the old entries). Once every new
+    /// entry is in and synced the swap is done: a failure to clean up after it is a warning
+    /// (returned), never an error.
+    pub fn swap(&self, set: &str, kept: &[OsString]) -> Result<Vec<String>> {
+        let db = match self.read_journal() {
+            Ok(j) if j.phase == Phase::DbRestoring => j.db,
+            _ => None,
         };
+        self.swap_with(
+            set,
+            Names {
+                kept: kept.to_vec(),
+                incoming: Vec::new(),
+                db,
+            },
+        )
+    }
+
+    fn swap_with(&self, set: &str, mut names: Names) -> Result<Vec<String>> {
+        let old = self.old();
+        self.guard(&[&old, &self.staged()])?;
+        self.remove(&old)?;
         self.write_journal(Phase::MovingOld, set, &names)?;
         let mut reached = Phase::MovingOld;
+        let kept = names.kept.clone();
         let outcome = (|| -> Result<()> {
-            DirBuilder::new()
-                .mode(0o700)
-                .create(&old)
-                .map_err(|e| Error::io("cannot create", &old, e))?;
+            self.guard(&[&old])?;
+            make_dir(&self.root(), &old)?;
+            self.guard(&[&old])?;
             move_entries(
                 &self.volume,
                 &old,
                 &Moves {
-                    skip: kept,
+                    root: &self.root(),
+                    skip: &kept,
                     only: None,
                     conflicts: None,
                 },
@@ -407,10 +730,12 @@ impl Work {
             names.incoming = root_names(&self.staged())?;
             self.write_journal(Phase::MovingNew, set, &names)?;
             reached = Phase::MovingNew;
+            self.guard(&[&self.staged()])?;
             move_entries(
                 &self.staged(),
                 &self.volume,
                 &Moves {
+                    root: &self.root(),
                     skip: &[],
                     only: None,
                     conflicts: None,
@@ -421,73 +746,103 @@ impl Work {
         if let Err(e) = outcome {
             return Err(self.roll_back(e, reached, set, &names));
         }
-        self.write_journal(Phase::Cleanup, set, &names)?;
-        self.finish()
+        // Committed: every new entry is in and synced. From here on nothing is undone.
+        let mut warnings = Vec::new();
+        if let Err(e) = self.write_journal(Phase::Cleanup, set, &names) {
+            warnings.push(format!(
+                "set {set} was swapped in completely, but {}; the leftovers are removed by the next task",
+                e.message
+            ));
+        }
+        warnings.extend(self.finish());
+        Ok(warnings)
     }
 
     /// Undoes a swap that failed with `error` in phase `reached`; the error, saying what
     /// became of the volume.
     fn roll_back(&self, error: Error, reached: Phase, set: &str, names: &Names) -> Error {
+        let mut leftovers = Vec::new();
         let undone = (|| -> Result<Vec<String>> {
             if reached == Phase::MovingNew {
                 self.undo_new(set, names)?;
             }
             let warnings = self.move_old_back(&self.conflicts())?;
             fsync_dir(&self.volume).map_err(|e| Error::io("cannot sync", &self.volume, e))?;
-            self.finish()?;
+            leftovers = self.finish();
             Ok(warnings)
         })();
+        let leftovers = if leftovers.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", leftovers.join("; "))
+        };
         let message = match undone {
             Ok(aside) if aside.is_empty() => format!(
-                "{}; the restore was rolled back: the volume {} holds its old entries again and nothing of set {set} was swapped in",
+                "{}; the restore was rolled back: the volume {} holds its old entries again and nothing of set {set} was swapped in{leftovers}",
                 error.message,
                 self.volume.display()
             ),
             Ok(aside) => format!(
-                "{}; the restore was rolled back: the volume {} holds its old entries again ({})",
+                "{}; the restore was rolled back: the volume {} holds its old entries again ({}){leftovers}",
                 error.message,
                 self.volume.display(),
                 aside.join("; ")
             ),
             Err(again) => format!(
-                "{}; rolling the volume back failed too ({}): the old entries are in {}; the next task on this volume tries again, or move them back into {} by hand",
+                "{}; rolling the volume back failed too ({}): the old entries are in {}; the next task on this volume tries again, or by hand: move the entries of {} back into {} (an entry of set {set} in the way goes to {}), then remove {}",
                 error.message,
                 again.message,
                 self.old().display(),
-                self.volume.display()
+                self.old().display(),
+                self.volume.display(),
+                self.staged().display(),
+                self.journal().display()
             ),
         };
         Error { message, ..error }.detail("old_entries", self.old().display().to_string())
     }
 
     /// Phase `undoing-new`: the staged tree's entries go back from the volume to `staged/`
-    /// (anything else a writer added stays); then the phase is `moving-old` again.
+    /// (anything else a writer added stays); then the phase is `moving-old` again. A name
+    /// still in `staged/` never moved in: the volume's entry of that name is a writer's, and
+    /// stays (if the old tree has that name too, [`Work::move_old_back`] moves it to
+    /// `conflicts/` and says so).
     fn undo_new(&self, set: &str, names: &Names) -> Result<()> {
         self.write_journal(Phase::UndoingNew, set, names)?;
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(self.staged())
-            .map_err(|e| Error::io("cannot create", &self.staged(), e))?;
+        let staged = self.staged();
+        self.guard(&[&staged])?;
+        if fs::symlink_metadata(&staged).is_err() {
+            make_dir(&self.root(), &staged)?;
+        }
+        let moved_in: Vec<OsString> = names
+            .incoming
+            .iter()
+            .filter(|n| fs::symlink_metadata(staged.join(n)).is_err())
+            .cloned()
+            .collect();
+        self.guard(&[&staged])?;
         move_entries(
             &self.volume,
-            &self.staged(),
+            &staged,
             &Moves {
+                root: &self.root(),
                 skip: &names.kept,
-                only: Some(&names.incoming),
+                only: Some(&moved_in),
                 conflicts: None,
             },
         )?;
-        sync_dirs(&[&self.volume, &self.staged()])?;
+        sync_dirs(&[&self.volume, &staged])?;
         self.write_journal(Phase::MovingOld, set, names)
     }
 
     /// Moves the old entries back into the volume; an entry in the way goes to `conflicts`.
     fn move_old_back(&self, conflicts: &Path) -> Result<Vec<String>> {
+        self.guard(&[&self.old(), conflicts])?;
         move_entries(
             &self.old(),
             &self.volume,
             &Moves {
+                root: &self.root(),
                 skip: &[],
                 only: None,
                 conflicts: Some(conflicts),
@@ -495,16 +850,34 @@ impl Work {
         )
     }
 
-    /// Removes `old/`, `staged/` and the journal (last).
-    fn finish(&self) -> Result<()> {
-        remove_tree(&self.old())?;
-        remove_tree(&self.staged())?;
+    /// Removes `old/`, `staged/` and then the journal, each as far as it can: the volume is
+    /// final when this is called, so what cannot be removed is a warning naming it (the next
+    /// task tries again), never an error.
+    fn finish(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Err(e) = self.guard(&[&self.old(), &self.staged()]) {
+            warnings.push(format!(
+                "the leftovers in {} were not removed: {}",
+                self.dir.display(),
+                e.message
+            ));
+            return warnings;
+        }
+        for path in [self.old(), self.staged()] {
+            if let Err(e) = self.remove(&path) {
+                warnings.push(leftover(&path, &e));
+            }
+        }
         match fs::remove_file(self.journal()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", &self.journal(), e)),
+            Err(e) => warnings.push(format!(
+                "cannot remove the finished restore's journal {} ({e}): the next task on this volume finds nothing left to do and tries again",
+                self.journal().display()
+            )),
         }
-        fsync_dir(&self.dir).map_err(|e| Error::io("cannot sync", &self.dir, e))
+        let _ = fsync_dir(&self.dir);
+        warnings
     }
 
     fn read_journal(&self) -> io::Result<Journal> {
@@ -520,7 +893,11 @@ impl Work {
     /// Writes the journal atomically: a synced temporary file renamed over it, then the
     /// directory synced.
     fn write_journal(&self, phase: Phase, set: &str, names: &Names) -> Result<()> {
-        let tmp = self.dir.join("journal.json.tmp");
+        self.guard(&[])?;
+        // Through a descriptor of the work directory opened without following a symlink.
+        let dir_fd = open_dir(&self.root(), &self.dir)?;
+        let at = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
+        let tmp = at.join("journal.json.tmp");
         let _ = fs::remove_file(&tmp);
         let bytes = serde_json::to_vec(&Journal {
             phase,
@@ -531,6 +908,7 @@ impl Work {
                 .iter()
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
+            db: names.db.clone(),
         })
         .expect("a journal is JSON");
         (|| -> io::Result<()> {
@@ -538,11 +916,12 @@ impl Work {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             io::Write::write_all(&mut f, &bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, self.journal())?;
-            fsync_dir(&self.dir)
+            fs::rename(&tmp, at.join("journal.json"))?;
+            fsync_dir(&at)
         })()
         .map_err(|e| Error::io("cannot write the restore journal", &self.journal(), e))
     }
@@ -557,48 +936,154 @@ impl Work {
     }
 }
 
+/// An error of recovery, saying that it came from finishing an interrupted restore.
+fn interrupted(e: Error) -> Error {
+    Error {
+        message: format!(
+            "an interrupted restore was being finished (or rolled back) first, and that failed: {}",
+            e.message
+        ),
+        ..e
+    }
+}
+
+/// The warning for a leftover of the work directory that could not be removed.
+fn leftover(path: &Path, e: &Error) -> String {
+    format!(
+        "{} was left behind ({}): it is not part of the volume's content (backups leave it out); remove it by hand (chattr -i first if a file in it is immutable)",
+        path.display(),
+        e.message
+    )
+}
+
+/// The sockets, FIFOs and devices at the root of `volume` that `staged` has no entry of the
+/// same name for: a swap leaves them in place.
+fn special_at_root(volume: &Path, staged: &Path) -> Vec<OsString> {
+    root_names(volume)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| {
+            fs::symlink_metadata(volume.join(n)).is_ok_and(|m| {
+                let t = m.file_type();
+                !(t.is_file() || t.is_dir() || t.is_symlink())
+            }) && fs::symlink_metadata(staged.join(n)).is_err()
+        })
+        .collect()
+}
+
+/// Creates one directory (mode 0700) with `mkdirat` in its parent, opened below `root`
+/// without following a symlink: an existing real directory is fine, anything else in its
+/// place is refused.
+fn make_dir(root: &Path, path: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::new(
+            ErrorKind::IoError,
+            format!("{} has no parent", path.display()),
+        ));
+    };
+    let parent_fd = open_dir(root, parent)?;
+    let c_name = CString::new(name.as_bytes())
+        .map_err(|e| Error::io("cannot create", path, io::Error::other(e)))?;
+    let rc = unsafe { libc::mkdirat(parent_fd.as_raw_fd(), c_name.as_ptr(), 0o700) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(Error::io("cannot create", path, e));
+        }
+    }
+    // Whatever is there now must be a real directory.
+    open_dir(root, path).map(drop)
+}
+
+/// `path` (at or below `root`) opened as a directory, each component below `root` with
+/// O_NOFOLLOW: a symlink anywhere below `root` is refused, and the descriptor keeps naming
+/// that directory even if a symlink is swapped in afterwards.
+fn open_dir(root: &Path, path: &Path) -> Result<OwnedFd> {
+    let refused = |e: io::Error| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => Error::new(
+            ErrorKind::IoError,
+            format!(
+                "{} is not a directory (a symlink, which cwbackup never follows?): nothing was moved; remove it and run again",
+                path.display()
+            ),
+        ),
+        _ => Error::io("cannot open", path, e),
+    };
+    let rel = path.strip_prefix(root).map_err(|_| {
+        Error::new(
+            ErrorKind::IoError,
+            format!("{} is not below {}", path.display(), root.display()),
+        )
+    })?;
+    let c = |p: &std::ffi::OsStr| CString::new(p.as_bytes()).map_err(io::Error::other);
+    let flags = libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC;
+    let base = c(root.as_os_str()).map_err(refused)?;
+    let raw = unsafe { libc::open(base.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(refused(io::Error::last_os_error()));
+    }
+    let mut fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    for comp in rel.components() {
+        let name = c(comp.as_os_str()).map_err(refused)?;
+        let raw = unsafe { libc::openat(fd.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW) };
+        if raw < 0 {
+            return Err(refused(io::Error::last_os_error()));
+        }
+        fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    }
+    Ok(fd)
+}
+
+/// The names in the directory open at `fd` (through `/proc/self/fd`, so the listing is of that
+/// directory whatever its path names now).
+fn list_fd(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
+    let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let mut names = Vec::new();
+    for item in fs::read_dir(&at).map_err(|e| Error::io("cannot read", shown, e))? {
+        names.push(
+            item.map_err(|e| Error::io("cannot read", shown, e))?
+                .file_name(),
+        );
+    }
+    Ok(names)
+}
+
 /// Moves every entry of `from` into `to` (one rename each, in name order, never replacing an
 /// existing name); entries already moved are simply no longer in `from`, so this can be
 /// repeated after a crash. The work directory never moves. An entry in the way goes to
 /// `moves.conflicts` if given (a warning each), else is an error.
 fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
-    let read = match fs::read_dir(from) {
-        Ok(read) => read,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("cannot read", from, e)),
-    };
-    let mut names = Vec::new();
-    for item in read {
-        let name = item
-            .map_err(|e| Error::io("cannot read", from, e))?
-            .file_name();
-        if name != WORK_DIR
-            && !moves.skip.contains(&name)
-            && moves.only.is_none_or(|only| only.contains(&name))
-        {
-            names.push(name);
-        }
+    if fs::symlink_metadata(from).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        return Ok(Vec::new());
     }
+    let from_fd = open_dir(moves.root, from)?;
+    let to_fd = open_dir(moves.root, to)?;
+    let mut names: Vec<OsString> = list_fd(&from_fd, from)?
+        .into_iter()
+        .filter(|name| {
+            name != WORK_DIR
+                && !moves.skip.contains(name)
+                && moves.only.is_none_or(|only| only.contains(name))
+        })
+        .collect();
     names.sort();
     let mut warnings = Vec::new();
     let stamp = clock::id_stamp(std::time::SystemTime::now());
     for name in names {
-        let source = from.join(&name);
         let target = to.join(&name);
-        match rename_noreplace(&source, &target) {
+        match rename_noreplace_at(&from_fd, &name, &to_fd, &name) {
             Ok(()) => {}
             Err(e) if in_the_way(&e) && moves.conflicts.is_some() => {
-                let aside_dir = moves.conflicts.expect("checked").join(&stamp);
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&aside_dir)
-                    .map_err(|e| Error::io("cannot create", &aside_dir, e))?;
+                let conflicts = moves.conflicts.expect("checked");
+                make_dir(moves.root, conflicts)?;
+                let aside_dir = conflicts.join(&stamp);
+                make_dir(moves.root, &aside_dir)?;
+                let aside_fd = open_dir(moves.root, &aside_dir)?;
                 let aside = aside_dir.join(&name);
-                rename_noreplace(&target, &aside).map_err(|e| {
+                rename_noreplace_at(&to_fd, &name, &aside_fd, &name).map_err(|e| {
                     Error::io("cannot move an entry in the way aside to", &aside, e)
                 })?;
-                rename_noreplace(&source, &target)
+                rename_noreplace_at(&from_fd, &name, &to_fd, &name)
                     .map_err(|e| Error::io("cannot move an entry into", &target, e))?;
                 warnings.push(format!(
                     "{} stood in the way of the restore's move (written while it was interrupted?) and was moved to {}",
@@ -639,16 +1124,22 @@ fn in_the_way(e: &io::Error) -> bool {
     )
 }
 
-/// `rename` that fails with EEXIST instead of replacing `to` (plain `rename` where the file
-/// system does not support that, e.g. NFS: there a taken directory name still fails).
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (f, t) = (c(from)?, c(to)?);
+/// `renameat2` of `from_name` in the directory `from` to `to_name` in `to`, failing with
+/// EEXIST instead of replacing it (plain `renameat` after a check where the file system does
+/// not support that, e.g. NFS: there a taken directory name still fails).
+fn rename_noreplace_at(
+    from: &OwnedFd,
+    from_name: &std::ffi::OsStr,
+    to: &OwnedFd,
+    to_name: &std::ffi::OsStr,
+) -> io::Result<()> {
+    let c = |p: &std::ffi::OsStr| CString::new(p.as_bytes()).map_err(io::Error::other);
+    let (f, t) = (c(from_name)?, c(to_name)?);
     let rc = unsafe {
         libc::renameat2(
-            libc::AT_FDCWD,
+            from.as_raw_fd(),
             f.as_ptr(),
-            libc::AT_FDCWD,
+            to.as_raw_fd(),
             t.as_ptr(),
             libc::RENAME_NOREPLACE,
         )
@@ -658,10 +1149,24 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EINVAL) {
-        if fs::symlink_metadata(to).is_ok() {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let taken = unsafe {
+            libc::fstatat(
+                to.as_raw_fd(),
+                t.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        } == 0;
+        if taken {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
-        return fs::rename(from, to);
+        let rc =
+            unsafe { libc::renameat(from.as_raw_fd(), f.as_ptr(), to.as_raw_fd(), t.as_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
     }
     Err(e)
 }
@@ -731,6 +1236,7 @@ mod tests {
             let names = Names {
                 kept: Vec::new(),
                 incoming: (1..=4).map(|i| OsString::from(format!("b{i}"))).collect(),
+                db: None,
             };
             work.write_journal(phase, "set", &names).unwrap();
             let new_moved = if phase == Phase::MovingNew { moved } else { 4 };
@@ -805,6 +1311,7 @@ mod tests {
         let legacy = Work {
             volume: volume.clone(),
             dir: tmp.path().join(".cwbackup-vol"),
+            seen: OnceLock::new(),
         };
         fs::create_dir_all(legacy.old()).unwrap();
         fs::create_dir_all(legacy.staged()).unwrap();
@@ -941,5 +1448,347 @@ mod tests {
             std::os::unix::fs::MetadataExt::ino(&fs::metadata(&work.volume).unwrap()),
             inode
         );
+    }
+
+    fn chattr(flag: &str, path: &Path) -> bool {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// `interrupted(MovingNew, 2)` where the old tree also had `b3`, and a writer recreated
+    /// `b3` in the volume while it was empty of it: the move of `staged/b3` fails with EEXIST.
+    fn writer_recreated_b3() -> (tempfile::TempDir, Work, Names) {
+        let (tmp, work) = interrupted(Phase::MovingNew, 2);
+        fs::write(work.old().join("b3"), "old").unwrap();
+        fs::create_dir(work.volume.join("b3")).unwrap();
+        fs::write(work.volume.join("b3/written-meanwhile"), "keep me").unwrap();
+        let names = Names {
+            kept: Vec::new(),
+            incoming: (1..=4).map(|i| OsString::from(format!("b{i}"))).collect(),
+            db: None,
+        };
+        (tmp, work, names)
+    }
+
+    fn conflict_b3(work: &Work) -> String {
+        let stamp = fs::read_dir(work.conflicts())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        fs::read_to_string(stamp.path().join("b3/written-meanwhile")).unwrap()
+    }
+
+    #[test]
+    fn undoing_a_failed_swap_leaves_a_name_a_writer_recreated_and_sets_it_aside() {
+        // In the same run: the rollback after moving-new failed on the writer's b3.
+        let (_tmp, work, recorded) = writer_recreated_b3();
+        let e = work.roll_back(
+            Error::new(ErrorKind::IoError, "cannot move an entry into b3"),
+            Phase::MovingNew,
+            "set",
+            &recorded,
+        );
+        assert!(e.message.contains("rolled back"), "{}", e.message);
+        assert!(e.message.contains("conflicts"), "{}", e.message);
+        assert!(!work.pending(), "later tasks are not wedged: {}", e.message);
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4", "b3"]);
+        assert_eq!(fs::read_to_string(work.volume.join("b3")).unwrap(), "old");
+        assert_eq!(conflict_b3(&work), "keep me");
+
+        // After a crash in phase undoing-new: recovery does the same.
+        let (_tmp, work, recorded) = writer_recreated_b3();
+        work.write_journal(Phase::UndoingNew, "set", &recorded)
+            .unwrap();
+        let (done, warnings) = work.recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()));
+        assert!(
+            warnings.iter().any(|w| w.contains("conflicts")),
+            "{warnings:?}"
+        );
+        assert!(!work.pending());
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4", "b3"]);
+        assert_eq!(conflict_b3(&work), "keep me");
+    }
+
+    #[test]
+    fn a_failure_after_every_new_entry_is_in_is_a_warning_and_leftovers_never_block() {
+        let (_tmp, work) = interrupted(Phase::MovingOld, 0);
+        fs::remove_file(work.journal()).unwrap();
+        fs::remove_dir(work.old()).unwrap();
+        // An old entry that cannot be deleted once it is in old/: an immutable file in a1/.
+        fs::remove_file(work.volume.join("a1")).unwrap();
+        fs::create_dir(work.volume.join("a1")).unwrap();
+        let stuck = work.volume.join("a1/stuck");
+        fs::write(&stuck, "old").unwrap();
+        assert!(chattr("+i", &stuck), "chattr needs root");
+        let swapped = work.swap("set", &[]);
+        let stuck = work.old().join("a1/stuck");
+        let later = work.recover();
+        chattr("-i", &stuck);
+        let warnings = swapped.expect("the swap is complete: cleaning up is not part of it");
+        assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"]);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&*work.old().to_string_lossy())),
+            "{warnings:?}"
+        );
+        assert!(!work.pending(), "no journal waits");
+        // The next task is not blocked by the leftover; it warns and goes on.
+        let (done, warnings) = later.expect("a leftover never blocks a task");
+        assert_eq!(done, Recovered::Nothing);
+        assert!(
+            warnings.iter().any(|w| w.contains("left behind")),
+            "{warnings:?}"
+        );
+        // Once it can be removed, the next recovery removes it.
+        work.recover().unwrap();
+        assert!(!work.old().exists());
+    }
+
+    #[test]
+    fn a_roll_forward_whose_staged_tree_was_lost_rolls_back_instead() {
+        let (_tmp, work) = interrupted(Phase::MovingNew, 2);
+        // Someone deleted staged/ (b3, b4) while the swap was interrupted.
+        fs::remove_dir_all(work.staged()).unwrap();
+        let (done, warnings) = work.recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()));
+        assert!(
+            warnings.iter().any(|w| w.contains("lacks b3")),
+            "{warnings:?}"
+        );
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
+        assert!(!work.pending());
+    }
+
+    fn with_database(work: &Work, phase: Phase) {
+        // The digest of the complete staged tree, b1..b4.
+        let full = tempfile::tempdir().unwrap();
+        for i in 1..=4 {
+            fs::write(full.path().join(format!("b{i}")), "new").unwrap();
+        }
+        let staged_digest = crate::volume::live(full.path()).unwrap().1;
+        let mut j = work.read_journal().unwrap();
+        j.phase = phase;
+        j.db = Some(DbHalf {
+            restored_from: "set".into(),
+            safety_set: Some("pre-restore-1".into()),
+            staged_digest,
+        });
+        let names = Names {
+            kept: Vec::new(),
+            incoming: j.incoming.iter().cloned().map(OsString::from_vec).collect(),
+            db: j.db,
+        };
+        work.write_journal(phase, "set", &names).unwrap();
+    }
+
+    #[test]
+    fn a_crash_after_the_database_restore_started_completes_the_volume_from_the_set() {
+        // Killed in db-restoring (nothing of the volume moved), and in moving-old.
+        for (phase, moved) in [
+            (Phase::DbRestoring, 0),
+            (Phase::MovingOld, 2),
+            (Phase::UndoingNew, 1),
+        ] {
+            let (_tmp, work) = interrupted(
+                if phase == Phase::DbRestoring {
+                    Phase::MovingOld
+                } else {
+                    phase
+                },
+                moved,
+            );
+            with_database(&work, phase);
+            let (done, warnings) = work.recover().unwrap();
+            assert_eq!(
+                done,
+                Recovered::Finished("set".into()),
+                "{phase:?} {warnings:?}"
+            );
+            assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"], "{phase:?}");
+            assert!(!work.pending());
+            assert!(done.describe(&work.volume).unwrap().contains("both halves"));
+        }
+    }
+
+    #[test]
+    fn a_crash_after_the_database_restore_started_with_an_incomplete_staged_tree_names_the_safety_set()
+     {
+        let (_tmp, work) = interrupted(Phase::MovingOld, 0);
+        with_database(&work, Phase::DbRestoring);
+        fs::remove_file(work.staged().join("b2")).unwrap();
+        let (done, warnings) = work.recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("out of step") && w.contains("pre-restore-1")),
+            "{warnings:?}"
+        );
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
+        assert!(!work.pending());
+    }
+
+    #[test]
+    fn the_journal_on_disk_says_what_the_next_task_does() {
+        let (_tmp, work) = interrupted(Phase::MovingOld, 1);
+        assert_eq!(work.next(), Next::RollBack);
+        with_database(&work, Phase::DbRestoring);
+        assert_eq!(work.next(), Next::RollForward);
+        work.forget_database().unwrap();
+        assert_eq!(work.next(), Next::Nothing);
+        let (_tmp, work) = interrupted(Phase::MovingNew, 1);
+        assert_eq!(work.next(), Next::RollForward);
+        work.forget_database().unwrap();
+        assert!(work.pending(), "only a db-restoring journal is forgotten");
+        // A rollback left for the next task, after the database was put back in the same
+        // run: the next task rolls the volume back, never forward from the set.
+        let (_tmp, work) = interrupted(Phase::MovingOld, 2);
+        with_database(&work, Phase::MovingOld);
+        work.database_put_back().unwrap();
+        assert_eq!(work.next(), Next::RollBack);
+        assert_eq!(
+            work.recover().unwrap().0,
+            Recovered::RolledBack("set".into())
+        );
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
+    }
+
+    #[test]
+    fn a_symlink_planted_in_place_of_old_is_refused_and_its_target_untouched() {
+        let (tmp, work) = interrupted(Phase::MovingOld, 2);
+        let victim = tmp.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("precious"), "keep").unwrap();
+        fs::rename(work.old(), tmp.path().join("old-aside")).unwrap();
+        std::os::unix::fs::symlink(&victim, work.old()).unwrap();
+        let e = work.recover().unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert!(e.message.contains("interrupted restore"), "{}", e.message);
+        assert_eq!(fs::read_to_string(victim.join("precious")).unwrap(), "keep");
+        assert_eq!(names(&work.volume), ["a3", "a4"]);
+        // The whole work directory swapped for a link after it was checked: refused too.
+        let (tmp, work) = interrupted(Phase::MovingOld, 0);
+        fs::remove_file(work.journal()).unwrap();
+        fs::remove_dir(work.old()).unwrap();
+        let moved = tmp.path().join("work-aside");
+        fs::rename(&work.dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &work.dir).unwrap();
+        let e = work.swap("set", &[]).unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(names(&work.volume), ["a1", "a2", "a3", "a4"]);
+        assert!(!moved.join("old").exists() && !moved.join("journal.json").exists());
+    }
+
+    /// Unmounts on drop.
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_backup_of_a_read_only_volume_needs_only_the_os_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let volume = tmp.path().join("vol");
+        fs::create_dir(&volume).unwrap();
+        let mount = |args: &[&str]| {
+            std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(
+            mount(&["-t", "tmpfs", "tmpfs", volume.to_str().unwrap()]),
+            "mount needs root"
+        );
+        let _mounted = Mounted(volume.clone());
+        fs::write(volume.join("a1"), "old").unwrap();
+        assert!(mount(&["-o", "remount,ro", volume.to_str().unwrap()]));
+        let work = Work::of(&volume).unwrap();
+        let held = work.lock(Operation::Backup, Duration::ZERO, false).unwrap();
+        assert_eq!(work.recover().unwrap().0, Recovered::Nothing);
+        // The OS lock still excludes a second task.
+        let e = Work::of(&volume)
+            .unwrap()
+            .lock(Operation::Restore, Duration::ZERO, false)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Busy);
+        drop(held);
+        // A restore needs to write: it still fails, naming the work directory.
+        let e = work
+            .lock(Operation::Restore, Duration::ZERO, false)
+            .unwrap_err();
+        assert!(e.message.contains(WORK_DIR), "{}", e.message);
+    }
+
+    #[test]
+    fn moves_never_follow_a_symlink_swapped_in_after_the_last_check() {
+        // The last line of defence, without the checks before it: move_entries itself opens
+        // each directory below the volume without following a symlink.
+        let (tmp, work) = interrupted(Phase::MovingOld, 1);
+        let victim = tmp.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("a1"), "precious").unwrap();
+        fs::rename(work.old(), tmp.path().join("old-aside")).unwrap();
+        std::os::unix::fs::symlink(&victim, work.old()).unwrap();
+        let moves = |conflicts| Moves {
+            root: &work.volume,
+            skip: &[],
+            only: None,
+            conflicts,
+        };
+        let into_old = move_entries(&work.volume, &work.old(), &moves(None)).unwrap_err();
+        assert!(into_old.message.contains("symlink"), "{}", into_old.message);
+        let out_of_old = move_entries(&work.old(), &work.volume, &moves(None)).unwrap_err();
+        assert!(
+            out_of_old.message.contains("symlink"),
+            "{}",
+            out_of_old.message
+        );
+        assert_eq!(names(&victim), ["a1"]);
+        assert_eq!(names(&work.volume), ["a2", "a3", "a4"]);
+        // conflicts/ swapped for a link: the entry in the way is not moved through it.
+        fs::remove_file(work.old()).unwrap();
+        fs::rename(tmp.path().join("old-aside"), work.old()).unwrap();
+        fs::write(work.volume.join("a1"), "written meanwhile").unwrap();
+        std::os::unix::fs::symlink(&victim, work.conflicts()).unwrap();
+        let conflicts = work.conflicts();
+        let e = move_entries(&work.old(), &work.volume, &moves(Some(&conflicts))).unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(names(&victim), ["a1"]);
+        assert_eq!(fs::read_to_string(victim.join("a1")).unwrap(), "precious");
+        assert_eq!(
+            fs::read_to_string(work.volume.join("a1")).unwrap(),
+            "written meanwhile"
+        );
+    }
+
+    #[test]
+    fn removals_never_follow_a_work_directory_swapped_for_a_symlink() {
+        let (tmp, work) = interrupted(Phase::MovingOld, 0);
+        let victim = tmp.path().join("victim");
+        fs::create_dir_all(victim.join("old")).unwrap();
+        fs::write(victim.join("old/precious"), "keep").unwrap();
+        fs::rename(&work.dir, tmp.path().join("work-aside")).unwrap();
+        std::os::unix::fs::symlink(&victim, &work.dir).unwrap();
+        // Without the checks before it: the removal itself does not follow the link.
+        let e = work.remove(&work.old()).unwrap_err();
+        assert!(e.message.contains("symlink"), "{}", e.message);
+        assert_eq!(
+            fs::read_to_string(victim.join("old/precious")).unwrap(),
+            "keep"
+        );
+        let e = work.finish();
+        assert!(!e.is_empty());
+        assert!(victim.join("old/precious").exists());
     }
 }

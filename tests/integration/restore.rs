@@ -273,7 +273,21 @@ fn a_failed_database_restore_is_db_restore_failed_with_the_message() {
     let e = r.result.error.unwrap();
     assert_eq!(e.kind, ErrorKind::DbRestoreFailed);
     assert!(e.message.contains("relation locked"));
+    // The server had accepted the request: the database may have changed, and the error
+    // names the safety set that holds it as it was.
+    let safety = e.details["safety_set"]
+        .as_str()
+        .expect("names the safety set");
+    assert!(
+        e.message.contains("may have changed") && e.message.contains(safety),
+        "{}",
+        e.message
+    );
     assert_eq!(listing(&a.f.vol), before);
+    assert!(
+        !a.f.vol.join(".cwbackup-work").exists(),
+        "no journal is left"
+    );
 }
 
 #[test]
@@ -1130,4 +1144,70 @@ fn special_files_that_backups_skip_are_kept_or_named_by_a_restore() {
         "a FIFO that goes with its directory is named: {:?}",
         r.warnings
     );
+}
+
+#[test]
+fn a_kill_after_the_database_restore_completes_the_volume_from_the_same_set() {
+    let a = Api::default();
+    let original_db = a.emu.db();
+    let set = run_ok(&a.task("backup")).backup.unwrap().id;
+    let set_digest = spec_digest(&a.f.vol);
+    modify(&a.f.vol);
+    a.emu
+        .set_db(json!({"users": [], "roles": [], "permissions": []}));
+    // Paused after the database restore, just before the swap: the journal already says that
+    // the database comes from the set. Then the process dies.
+    let mut paused = Paused::start(&a.task("restore"), a.f.path("go"));
+    assert_eq!(a.emu.db(), original_db, "the database was restored");
+    let journal = a.f.vol.join(".cwbackup-work/journal.json");
+    let recorded = fs::read_to_string(&journal).unwrap();
+    assert!(
+        recorded.contains("db-restoring") && recorded.contains(&set),
+        "{recorded}"
+    );
+    paused.child.kill().unwrap();
+    paused.child.wait().unwrap();
+    // The next task on the volume completes the volume from the same set, and says so.
+    let mut backup = a.task("backup");
+    backup["force"] = json!(true);
+    let r = run_ok(&backup);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("both halves are from it")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(
+        spec_digest(&a.f.vol),
+        set_digest,
+        "the volume is the set's too"
+    );
+    assert_eq!(a.emu.db(), original_db);
+    assert!(!journal.exists());
+}
+
+#[test]
+fn a_backup_of_a_read_only_volume_works() {
+    // A volume mounted read-only (a tmpfs remounted ro): backup needs only the OS lock.
+    let f = Fixture::empty();
+    fs::remove_dir(&f.vol).unwrap();
+    let _mount = crate::disk_full::Mount::new(&f.vol, "16m");
+    sample_tree(&f.vol);
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&f.vol)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    let r = run(&f.task("backup"));
+    remount("rw");
+    let r = r.result;
+    assert!(r.ok, "{:?}", r.error);
+    assert!(r.changed);
+    assert!(!f.vol.join(".cwbackup-work").exists());
 }
