@@ -15,7 +15,7 @@ use crate::volume::digest::{hex, sha256_reader};
 
 /// The content digest of a `.tgz` file.
 pub fn content_digest(path: &Path) -> io::Result<String> {
-    let file = BufReader::new(File::open(path)?);
+    let file = BufReader::new(crate::safe_open::open_repo_file(path)?);
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut members: Vec<(Vec<u8>, [u8; 32])> = Vec::new();
     for entry in archive.entries()? {

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -17,7 +16,8 @@ use tar::{EntryType, Header};
 use super::digest::{self, DigestEntry};
 use super::extract::symlink_target_is_safe;
 use super::pgzip::ParGzWriter;
-use super::tree::{Entry, Kind};
+use super::tree::{Entry, Kind, Opener};
+use crate::safe_open::Refused;
 use crate::progress::Progress;
 use crate::task::Compression;
 
@@ -111,6 +111,7 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
     };
     let mut buf = vec![0u8; 256 * 1024];
     let mut progress = Progress::new("archiving");
+    let mut opener = Opener::new(root)?;
     for entry in entries {
         progress.file(entry.size);
         let mut header = Header::new_ustar();
@@ -157,21 +158,15 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
             }
             Kind::File => {
                 let path = entry.full_path(root);
-                let file = match File::options()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&path)
-                {
-                    Ok(f) => f,
-                    // Vanished or replaced by a symlink since the listing: the volume changed.
-                    Err(e)
-                        if matches!(e.kind(), io::ErrorKind::NotFound)
-                            || e.raw_os_error() == Some(libc::ELOOP) =>
-                    {
+                let file = match opener.open(entry) {
+                    Ok((f, _)) => f,
+                    // Vanished, or replaced by a symlink, FIFO, device or another file since
+                    // the listing: the volume changed (the backup's consistency retry).
+                    Err(Refused::Missing(_) | Refused::NotRegular(_)) => {
                         written.changed = true;
                         continue;
                     }
-                    Err(e) => {
+                    Err(Refused::Io(e)) => {
                         return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
                     }
                 };

@@ -4,13 +4,13 @@
 //! `"sha256:" + hex(sha256(L))`, where L joins, for every entry below the root sorted by
 //! relative path as bytes, the line `TYPE MODE SIZE HASH PATH\n`.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::tree::{Entry, Kind};
+use super::tree::{Entry, Kind, Opener};
+use crate::safe_open::Refused;
 
 /// One line of the digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,19 +105,26 @@ pub fn entry_line(entry: &Entry, content_hash: Option<[u8; 32]>) -> DigestEntry 
 
 /// Hashes every file of a listed live tree and returns its digest lines (sockets, FIFOs and
 /// devices are left out, as the archive leaves them out).
+///
+/// A listed file that vanished or was swapped for something else (a FIFO, a symlink, another
+/// file) before it was opened is not read: its line gets no hash (`-`), which no archive's
+/// line has, so the tree compares as changed, as it has.
 pub fn live_entries(root: &Path, entries: &[Entry]) -> io::Result<Vec<DigestEntry>> {
     let mut lines = Vec::with_capacity(entries.len());
     let mut progress = crate::progress::Progress::new("hashing");
+    let mut opener = Opener::new(root)?;
     for entry in entries {
         progress.file(entry.size);
         let hash = match entry.kind {
             Kind::Other => continue,
-            Kind::File => {
-                let path = entry.full_path(root);
-                let file = File::open(&path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-                Some(sha256_reader(file)?.0)
-            }
+            Kind::File => match opener.open(entry) {
+                Ok((file, _)) => Some(sha256_reader(file)?.0),
+                Err(Refused::Missing(_) | Refused::NotRegular(_)) => None,
+                Err(Refused::Io(e)) => {
+                    let path = entry.full_path(root);
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                }
+            },
             _ => None,
         };
         lines.push(entry_line(entry, hash));

@@ -53,7 +53,7 @@ pub struct Contents {
 /// Opens a compressed volume archive for reading.
 /// Decompression runs on a thread of its own, ahead of the reader.
 pub fn open(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
-    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let file = BufReader::with_capacity(1 << 20, crate::safe_open::open_repo_file(path)?);
     Ok(match compression {
         Compression::Gzip => Box::new(pgzip::reader(file)),
         Compression::Zstd => Box::new(pgzip::read_ahead(zstd::stream::read::Decoder::with_buffer(

@@ -14,6 +14,10 @@ use std::process::Command;
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::VolumeSource;
 
+/// Restore's work directory inside the volume (staging, old entries, the swap journal). Every
+/// listing, digest and archive of a volume leaves out an entry of this name at the root.
+pub const WORK_DIR: &str = ".cwbackup-work";
+
 /// The live volume's content: its digest lines (sorted by path) and its content digest, from
 /// one read of every file.
 pub fn live(dir: &Path) -> Result<(Vec<digest::DigestEntry>, String)> {

@@ -1,12 +1,21 @@
 //! A listing of a directory tree: every entry below the root with the metadata the archive,
 //! the digest and the consistency check need, sorted by relative path as bytes.
+//!
+//! The walk goes from directory fd to directory fd (`openat` with `O_DIRECTORY | O_NOFOLLOW`),
+//! never through a path string: a directory swapped for a symlink while the tool walks is
+//! not followed, and paths longer than `PATH_MAX` are no limit. An entry that vanishes while
+//! it is listed is left out: the listing taken after the archive then differs, which is the
+//! backup's consistency retry, not an error. [`Opener`] opens the listed files the same way.
 
-use std::ffi::OsStr;
-use std::fs;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{File, Metadata};
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use super::WORK_DIR;
+use crate::safe_open::{self, Refused};
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +44,7 @@ pub struct Entry {
     /// Change time: any write or metadata change moves it, so it catches edits that keep mtime.
     pub ctime: i64,
     pub ctime_nsec: i64,
+    pub dev: u64,
     pub ino: u64,
     /// A symlink's target.
     pub target: Option<Vec<u8>>,
@@ -47,36 +57,55 @@ impl Entry {
     }
 }
 
-/// Lists every entry below `root` (not following symlinks), sorted by path bytes.
+/// Lists every entry below `root` (not following symlinks), sorted by path bytes, leaving out
+/// restore's work directory [`WORK_DIR`] at the root.
 pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
+    let root_fd = open_root(root)?;
     let mut entries = Vec::new();
     let mut pending = vec![Vec::<u8>::new()];
     while let Some(dir_rel) = pending.pop() {
-        let dir = root.join(OsStr::from_bytes(&dir_rel));
-        let read = fs::read_dir(&dir).map_err(|e| annotate(e, &dir))?;
-        for item in read {
-            let item = item.map_err(|e| annotate(e, &dir))?;
+        let dir = match open_dir_below(root_fd.as_fd(), &dir_rel) {
+            Ok(fd) => fd,
+            // Vanished or swapped for something else since it was listed: the listing after
+            // the archive will show it.
+            Err(e) if is_race(&e) => continue,
+            Err(e) => return Err(annotate(e, root, &dir_rel)),
+        };
+        let names = match read_names(&dir) {
+            Ok(names) => names,
+            Err(e) if is_race(&e) => continue,
+            Err(e) => return Err(annotate(e, root, &dir_rel)),
+        };
+        for name in names {
+            if dir_rel.is_empty() && name.as_bytes() == WORK_DIR.as_bytes() {
+                continue;
+            }
             let mut rel = dir_rel.clone();
             if !rel.is_empty() {
                 rel.push(b'/');
             }
-            rel.extend_from_slice(item.file_name().as_bytes());
-            let path = item.path();
-            let meta = fs::symlink_metadata(&path).map_err(|e| annotate(e, &path))?;
-            let ft = meta.file_type();
-            let (kind, target) = if ft.is_dir() {
-                pending.push(rel.clone());
-                (Kind::Dir, None)
-            } else if ft.is_file() {
-                (Kind::File, None)
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path).map_err(|e| annotate(e, &path))?;
-                (Kind::Symlink, Some(target.into_os_string().into_vec()))
-            } else {
-                (Kind::Other, None)
+            rel.extend_from_slice(name.as_bytes());
+            let st = match fstatat(dir.as_fd(), &name) {
+                Ok(st) => st,
+                Err(e) if is_race(&e) => continue,
+                Err(e) => return Err(annotate(e, root, &rel)),
+            };
+            let fmt = st.st_mode & libc::S_IFMT;
+            let (kind, target) = match fmt {
+                libc::S_IFDIR => {
+                    pending.push(rel.clone());
+                    (Kind::Dir, None)
+                }
+                libc::S_IFREG => (Kind::File, None),
+                libc::S_IFLNK => match readlinkat(dir.as_fd(), &name) {
+                    Ok(t) => (Kind::Symlink, Some(t)),
+                    Err(e) if is_race(&e) => continue,
+                    Err(e) => return Err(annotate(e, root, &rel)),
+                },
+                _ => (Kind::Other, None),
             };
             let size = match kind {
-                Kind::File => meta.size(),
+                Kind::File => st.st_size as u64,
                 Kind::Symlink => target.as_ref().map_or(0, |t| t.len() as u64),
                 _ => 0,
             };
@@ -86,16 +115,17 @@ pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
                 mode: if kind == Kind::Symlink {
                     0o777
                 } else {
-                    meta.mode() & 0o7777
+                    st.st_mode & 0o7777
                 },
                 size,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mtime: meta.mtime(),
-                mtime_nsec: meta.mtime_nsec(),
-                ctime: meta.ctime(),
-                ctime_nsec: meta.ctime_nsec(),
-                ino: meta.ino(),
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mtime: st.st_mtime,
+                mtime_nsec: st.st_mtime_nsec,
+                ctime: st.st_ctime,
+                ctime_nsec: st.st_ctime_nsec,
+                dev: st.st_dev,
+                ino: st.st_ino,
                 target,
             });
         }
@@ -104,8 +134,217 @@ pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
     Ok(entries)
 }
 
-use std::os::unix::ffi::OsStringExt;
+/// Opens listed files of one tree, walking to each file's directory fd by fd (never through
+/// a symlink, whatever the path's length) and checking that the file opened is the regular
+/// file listed (same device and inode).
+pub struct Opener {
+    root: OwnedFd,
+    /// The directory of the last file opened, kept for the next file in the same directory.
+    cached: Option<(Vec<u8>, OwnedFd)>,
+}
 
-fn annotate(e: io::Error, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+impl Opener {
+    /// Opens `root` (a directory, not a symlink).
+    pub fn new(root: &Path) -> io::Result<Opener> {
+        Ok(Opener {
+            root: open_root(root)?,
+            cached: None,
+        })
+    }
+
+    /// Opens the listed regular file `entry`; `Err(Refused::Missing | NotRegular)` means the
+    /// tree changed since the listing.
+    pub fn open(&mut self, entry: &Entry) -> Result<(File, Metadata), Refused> {
+        let (dir_rel, name) = match entry.path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&entry.path[..i], &entry.path[i + 1..]),
+            None => (&entry.path[..0], &entry.path[..]),
+        };
+        if self.cached.as_ref().is_none_or(|(rel, _)| rel != dir_rel) {
+            self.cached = None;
+            let fd = open_dir_below(self.root.as_fd(), dir_rel).map_err(|e| {
+                if is_race(&e) {
+                    Refused::Missing(e)
+                } else {
+                    Refused::Io(e)
+                }
+            })?;
+            self.cached = Some((dir_rel.to_vec(), fd));
+        }
+        let dir = &self.cached.as_ref().expect("just set").1;
+        safe_open::open_regular_at(dir.as_fd(), name, Some((entry.dev, entry.ino)))
+    }
+}
+
+/// Whether an error means that the entry vanished or was replaced while we looked.
+fn is_race(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+    )
+}
+
+fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(root.as_os_str().as_bytes())?;
+    open_dir_at(libc::AT_FDCWD, &c)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))
+}
+
+/// Opens the directory `rel` below `root` one component at a time, never following a symlink.
+fn open_dir_below(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
+    let dot = CString::new(".").expect("no NUL");
+    let mut cur = open_dir_at(root.as_raw_fd(), &dot)?;
+    for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+        let c = CString::new(part)?;
+        cur = open_dir_at(cur.as_raw_fd(), &c)?;
+    }
+    Ok(cur)
+}
+
+fn open_dir_at(dir: libc::c_int, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a valid C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The names in a directory (without `.` and `..`).
+fn read_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    // fdopendir takes the fd over, so give it a duplicate.
+    let dup = dir.try_clone()?;
+    // SAFETY: `dup` is a valid directory fd, handed over to the DIR stream.
+    let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dup); // closedir closes it
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; clearing it distinguishes the end from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: a valid, open DIR stream.
+        let ent = unsafe { libc::readdir64(stream) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error() == Some(0) { Ok(()) } else { Err(e) };
+        }
+        // SAFETY: d_name is a NUL-terminated string inside the entry readdir returned.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    };
+    // SAFETY: the stream is open and closed once.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
+}
+
+fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat64>::uninit();
+    // SAFETY: valid fd, C string and output buffer.
+    let rc = unsafe {
+        libc::fstatat64(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatat filled it.
+    Ok(unsafe { st.assume_init() })
+}
+
+fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid fd, C string and buffer of the given length.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if (n as usize) < buf.len() {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+fn annotate(e: io::Error, root: &Path, rel: &[u8]) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("{}: {e}", root.join(OsStr::from_bytes(rel)).display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_directory_is_left_out_at_the_root_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join(WORK_DIR).join("staged")).unwrap();
+        std::fs::create_dir_all(root.join("sub").join(WORK_DIR)).unwrap();
+        std::fs::write(root.join("a"), "x").unwrap();
+        let paths: Vec<Vec<u8>> = scan(root).unwrap().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            vec![
+                b"a".to_vec(),
+                b"sub".to_vec(),
+                format!("sub/{WORK_DIR}").into_bytes()
+            ]
+        );
+    }
+
+    #[test]
+    fn the_opener_refuses_a_fifo_or_symlink_swapped_in_for_a_listed_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), "x").unwrap();
+        std::fs::write(root.join("d/g"), "y").unwrap();
+        let listing = scan(root).unwrap();
+        let f = listing.iter().find(|e| e.path == b"d/f").unwrap();
+        let g = listing.iter().find(|e| e.path == b"d/g").unwrap();
+        let mut opener = Opener::new(root).unwrap();
+        assert!(opener.open(f).is_ok());
+        // Swap: a FIFO for f (opening it blocking would hang), a symlink to /dev/zero for g.
+        std::fs::remove_file(root.join("d/f")).unwrap();
+        let c = CString::new(root.join("d/f").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::remove_file(root.join("d/g")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("d/g")).unwrap();
+        let mut opener = Opener::new(root).unwrap();
+        assert!(matches!(opener.open(f), Err(Refused::NotRegular(_))));
+        assert!(matches!(opener.open(g), Err(Refused::NotRegular(_))));
+        // A directory swapped for a symlink to another directory is not followed.
+        std::fs::rename(root.join("d"), root.join("e")).unwrap();
+        std::fs::create_dir(root.join("e2")).unwrap();
+        std::fs::write(root.join("e2/f"), "x").unwrap();
+        std::os::unix::fs::symlink("e2", root.join("d")).unwrap();
+        let mut opener = Opener::new(root).unwrap();
+        assert!(matches!(opener.open(f), Err(Refused::Missing(_))));
+    }
 }

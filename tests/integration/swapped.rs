@@ -1,0 +1,119 @@
+//! Files swapped for FIFOs, symlinks or deep trees (issue 11, "nothing lost, nothing hangs"):
+//! every run here has a deadline, so a tool that blocks on a FIFO fails the test instead of
+//! hanging the suite.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cwbackup::error::ErrorKind;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// Runs the binary with `task`, killing it (and failing the test) after `secs` seconds.
+pub fn run_within(task: &Value, secs: u64) -> cwbackup::result::TaskResult {
+    let mut child = Command::new(BIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(task.to_string().as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cwbackup hung: still running after {secs} s on {task}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+pub fn mkfifo(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn a_fifo_as_a_sets_manifest_is_a_broken_set_not_a_hang() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let set = only_set(&f.repo);
+    fs::remove_file(set.join("manifest.json")).unwrap();
+    mkfifo(&set.join("manifest.json"));
+    let list = run_within(&json!({"operation": "list", "repository": f.repo}), 20);
+    assert!(list.sets.unwrap_or_default().is_empty());
+    let verify = run_within(&json!({"operation": "verify", "repository": f.repo}), 20);
+    assert!(!verify.ok, "a broken set is a verify error");
+    let restore = run_within(&f.task("restore"), 20);
+    assert!(!restore.ok);
+}
+
+#[test]
+fn a_symlink_to_dev_zero_as_a_sets_manifest_is_refused() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let set = only_set(&f.repo);
+    fs::remove_file(set.join("manifest.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", set.join("manifest.json")).unwrap();
+    let list = run_within(&json!({"operation": "list", "repository": f.repo}), 20);
+    assert!(list.sets.unwrap_or_default().is_empty());
+    let verify = run_within(&json!({"operation": "verify", "repository": f.repo}), 20);
+    assert!(!verify.ok);
+}
+
+#[test]
+fn a_fifo_or_symlink_as_a_sets_archive_is_an_integrity_error_not_a_hang() {
+    for swap in ["fifo", "symlink"] {
+        let f = Fixture::sample();
+        run_ok(&f.task("backup"));
+        let archive = only_set(&f.repo).join("volume.tar.gz");
+        fs::remove_file(&archive).unwrap();
+        if swap == "fifo" {
+            mkfifo(&archive);
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &archive).unwrap();
+        }
+        let verify = run_within(
+            &json!({"operation": "verify", "repository": f.repo, "deep": true}),
+            20,
+        );
+        assert_eq!(
+            verify.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::IntegrityError),
+            "{swap}: {verify:?}"
+        );
+        let before = listing(&f.vol);
+        fs::write(f.vol.join("changed"), "x").unwrap();
+        let restore = run_within(&f.task("restore"), 20);
+        assert!(!restore.ok, "{swap}: {restore:?}");
+        fs::remove_file(f.vol.join("changed")).unwrap();
+        assert_eq!(listing(&f.vol), before, "{swap}: the volume was touched");
+    }
+}
+
+#[test]
+fn a_fifo_in_the_volume_does_not_hang_a_backup() {
+    let f = Fixture::sample();
+    mkfifo(&f.vol.join("pipe"));
+    let r = run_within(&f.task("backup"), 30);
+    assert!(r.ok, "{r:?}");
+}
