@@ -117,6 +117,103 @@ pub fn symlink_target_is_safe(link: &[&[u8]], target: &[u8]) -> bool {
     ups <= depth
 }
 
+/// The most a pax extended header or a GNU long name or long link record may hold (SPEC §6):
+/// a path is at most a few KiB, so more is an attack on memory, refused before it is read.
+pub const MAX_EXTENSION: u64 = 1 << 20;
+
+/// What the extension records (pax `x`, GNU `L` and `K`) before an entry say about it.
+#[derive(Debug, Default)]
+pub struct Extended {
+    /// The entry's path (pax `path` or GNU long name).
+    pub path: Option<Vec<u8>>,
+    /// A link's target (pax `linkpath` or GNU long link).
+    pub linkpath: Option<Vec<u8>>,
+    /// Extended attributes (pax `SCHILY.xattr.NAME`), in archive order.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Reads the extension records of a raw tar stream (`Entries::raw(true)`, so the tar crate
+/// never reads one whole into memory itself), each refused above [`MAX_EXTENSION`] before it
+/// is read, and hands them to the entry they precede.
+#[derive(Debug, Default)]
+pub struct Extensions {
+    pending: Extended,
+    /// A pax header was read and not yet used.
+    pax_pending: bool,
+}
+
+impl Extensions {
+    /// Consumes `entry` if it is an extension record (`Ok(None)`); else returns what the
+    /// records before it said (`Ok(Some)`). An oversized or malformed record is an `Err`
+    /// whose message says why.
+    pub fn take<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> std::result::Result<Option<Extended>, String> {
+        let etype = entry.header().entry_type();
+        let is_ext = matches!(
+            etype,
+            EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        );
+        if !is_ext {
+            self.pax_pending = false;
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        let size = entry.header().size().map_err(|e| e.to_string())?;
+        if size > MAX_EXTENSION {
+            return Err(format!(
+                "its pax header or GNU long name record holds {size} bytes, more than the {MAX_EXTENSION} allowed"
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .take(MAX_EXTENSION)
+            .read_to_end(&mut data)
+            .map_err(|e| e.to_string())?;
+        match etype {
+            EntryType::XHeader => {
+                if self.pax_pending {
+                    return Err("two pax headers precede it".to_string());
+                }
+                self.pax_pending = true;
+                for record in tar::PaxExtensions::new(&data) {
+                    let record = record.map_err(|e| format!("its pax header is malformed: {e}"))?;
+                    let key = record.key_bytes();
+                    let value = record.value_bytes().to_vec();
+                    match key {
+                        b"path" => self.pending.path = Some(value),
+                        b"linkpath" => self.pending.linkpath = Some(value),
+                        b"size" => {
+                            return Err(
+                                "its pax header has a `size` record (a file over 8 GiB written by another tar), which this reader does not take"
+                                    .to_string(),
+                            );
+                        }
+                        _ => {
+                            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                                self.pending.xattrs.push((name.to_vec(), value));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let value = data
+                    .split(|b| *b == 0)
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec();
+                if etype == EntryType::GNULongName {
+                    self.pending.path = Some(value);
+                } else {
+                    self.pending.linkpath = Some(value);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 struct FileInfo {
     size: u64,
     hash: [u8; 32],
@@ -141,14 +238,29 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
         "reading"
     });
 
-    for entry in archive.entries().map_err(damaged)? {
+    let mut extensions = Extensions::default();
+    // Raw: pax headers and GNU long names come to us, so their size is checked before they
+    // are read (the tar crate would read any size into memory).
+    for entry in archive.entries().map_err(damaged)?.raw(true) {
         let mut entry = entry.map_err(damaged)?;
         progress.file(entry.size());
         let etype = entry.header().entry_type();
         if etype == EntryType::XGlobalHeader {
-            continue;
+            continue; // skipped unread
         }
-        let raw = entry.path_bytes().into_owned();
+        let extended = match extensions.take(&mut entry) {
+            Ok(Some(extended)) => extended,
+            Ok(None) => continue,
+            Err(why) => {
+                return Err(unsafe_entry(
+                    &entry.header().path_bytes(),
+                    &why,
+                ));
+            }
+        };
+        let raw = extended
+            .path
+            .unwrap_or_else(|| entry.header().path_bytes().into_owned());
         let parts = components(&raw).map_err(|why| unsafe_entry(&raw, why))?;
         if parts.is_empty() {
             if etype == EntryType::Directory {
@@ -265,10 +377,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 });
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = match &extended.linkpath {
+                    Some(t) => t.clone(),
+                    None => entry
+                        .header()
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default(),
+                };
                 if !symlink_target_is_safe(&parts, &target) {
                     return Err(unsafe_entry(
                         &rel,
@@ -298,10 +414,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 });
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = match &extended.linkpath {
+                    Some(t) => t.clone(),
+                    None => entry
+                        .header()
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default(),
+                };
                 let target_rel = components(&target)
                     .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?
                     .join(&b'/');

@@ -117,3 +117,77 @@ fn a_fifo_in_the_volume_does_not_hang_a_backup() {
     let r = run_within(&f.task("backup"), 30);
     assert!(r.ok, "{r:?}");
 }
+
+/// A tar stream: a header of type `etype` announcing `size` bytes, `data` (maybe less than
+/// announced: a reader that trusts the size fails on a short stream, one that checks it first
+/// refuses it as unsafe), then a small regular file.
+fn extension_archive(etype: tar::EntryType, size: u64, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path("././@PaxHeader").unwrap();
+    h.set_entry_type(etype);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let mut f = tar::Header::new_ustar();
+    f.set_path("file").unwrap();
+    f.set_size(0);
+    f.set_mode(0o644);
+    f.set_uid(0);
+    f.set_gid(0);
+    f.set_mtime(0);
+    f.set_cksum();
+    out.extend_from_slice(f.as_bytes());
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn pax_headers_and_gnu_long_names_over_1_mib_are_unsafe_archives() {
+    use cwbackup::volume::extract::{Limits, read_archive};
+    let limits = Limits {
+        max_bytes: 1 << 30,
+        max_entries: 10,
+    };
+    // 1.5 GB announced (the reported 6.5 MB archive reached 1.2 GB RSS): refused before reading.
+    for etype in [
+        tar::EntryType::XHeader,
+        tar::EntryType::GNULongName,
+        tar::EntryType::GNULongLink,
+    ] {
+        let tar = extension_archive(etype, 1_500_000_000, b"");
+        let e = read_archive(&tar[..], None, limits).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{etype:?}: {}", e.message);
+        assert!(e.message.contains("1048576"), "{}", e.message);
+    }
+    // 2 MiB of real pax records: also refused.
+    let mut records = Vec::new();
+    while records.len() < 2 << 20 {
+        records.extend_from_slice(format!("{} comment={}\n", 1014, "x".repeat(1000)).as_bytes());
+    }
+    let tar = extension_archive(tar::EntryType::XHeader, records.len() as u64, &records);
+    let e = read_archive(&tar[..], None, limits).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnsafeArchive, "{}", e.message);
+    // A small pax path still names the entry.
+    let record = b"16 path=renamed\n";
+    let tar = extension_archive(tar::EntryType::XHeader, record.len() as u64, record);
+    let c = read_archive(&tar[..], None, limits).unwrap();
+    assert_eq!(c.entries[0].path, b"renamed");
+}
+
+#[test]
+fn a_manifest_over_16_mib_is_refused_unread() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let manifest = only_set(&f.repo).join("manifest.json");
+    let file = fs::File::options().write(true).open(&manifest).unwrap();
+    file.set_len(17 << 20).unwrap(); // sparse: cheap
+    let list = run_within(&json!({"operation": "list", "repository": f.repo}), 20);
+    assert!(list.sets.unwrap_or_default().is_empty());
+    let verify = run_within(&json!({"operation": "verify", "repository": f.repo}), 20);
+    assert!(!verify.ok);
+    let text = serde_json::to_string(&verify).unwrap();
+    assert!(text.contains("more than the 16777216"), "{text}");
+}
