@@ -63,7 +63,11 @@ pub fn open_regular_at(
     opened(dir.as_raw_fd(), &c, expect)
 }
 
-fn opened(dir: RawFd, name: &CStr, expect: Option<(u64, u64)>) -> Result<(File, Metadata), Refused> {
+fn opened(
+    dir: RawFd,
+    name: &CStr,
+    expect: Option<(u64, u64)>,
+) -> Result<(File, Metadata), Refused> {
     // SAFETY: a valid C string; the returned fd is owned below.
     let fd = unsafe {
         libc::openat(

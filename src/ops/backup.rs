@@ -461,6 +461,11 @@ pub fn archive_volume(
                     "symlink {link} points outside the volume (absolute, or `..` after a name): it is backed up, but a restore of this set will refuse it as unsafe_archive; make it relative and inside the volume"
                 ));
             }
+            for (sparse, size) in &written.sparse {
+                warnings.push(format!(
+                    "{sparse} in the volume is a sparse file of {size} bytes: its holes are read and archived as zeros (slow for a large file) and restored as holes"
+                ));
+            }
             for skipped in &written.skipped {
                 warnings.push(format!(
                     "{skipped} in the volume is a socket, FIFO or device and was not archived"

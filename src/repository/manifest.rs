@@ -95,8 +95,8 @@ impl Manifest {
         let path = dir.join(FILE);
         // Not following a symlink, not blocking on a FIFO, not reading more than a manifest
         // can be: a set's files are input from outside.
-        let bytes = crate::safe_open::read_capped(&path, crate::safe_open::MAX_MANIFEST)
-            .map_err(|e| {
+        let bytes =
+            crate::safe_open::read_capped(&path, crate::safe_open::MAX_MANIFEST).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     Error::new(
                         ErrorKind::IntegrityError,

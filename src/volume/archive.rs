@@ -17,8 +17,8 @@ use super::digest::{self, DigestEntry};
 use super::extract::symlink_target_is_safe;
 use super::pgzip::ParGzWriter;
 use super::tree::{Entry, Kind, Opener};
-use crate::safe_open::Refused;
 use crate::progress::Progress;
+use crate::safe_open::Refused;
 use crate::task::Compression;
 
 /// gzip level (libdeflate's, see `pgzip`). Level 6, as `tar czf` uses: on the benchmark's
@@ -47,6 +47,10 @@ pub struct Written {
     /// Entries left out because a tar archive of a volume cannot carry them (sockets, FIFOs,
     /// devices), as relative paths.
     pub skipped: Vec<String>,
+    /// Sparse files (fewer blocks allocated than half their size, 1 MiB or more), as relative
+    /// paths with their size: tar carries their holes as zeros, which are read and
+    /// compressed in full; extraction writes them back as holes.
+    pub sparse: Vec<(String, u64)>,
     /// Symlinks archived whose targets could leave the volume: a restore refuses them.
     pub escaping_links: Vec<String>,
     /// The archive file's sha256 (hex) and size.
@@ -105,6 +109,7 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
         content_digest: String::new(),
         changed: false,
         skipped: Vec::new(),
+        sparse: Vec::new(),
         escaping_links: Vec::new(),
         sha256: String::new(),
         bytes: 0,
@@ -159,7 +164,18 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
             Kind::File => {
                 let path = entry.full_path(root);
                 let file = match opener.open(entry) {
-                    Ok((f, _)) => f,
+                    Ok((f, meta)) => {
+                        use std::os::unix::fs::MetadataExt;
+                        if meta.size() >= 1 << 20
+                            && meta.blocks().saturating_mul(512) < meta.size() / 2
+                        {
+                            written.sparse.push((
+                                String::from_utf8_lossy(&entry.path).into_owned(),
+                                meta.size(),
+                            ));
+                        }
+                        f
+                    }
                     // Vanished, or replaced by a symlink, FIFO, device or another file since
                     // the listing: the volume changed (the backup's consistency retry).
                     Err(Refused::Missing(_) | Refused::NotRegular(_)) => {

@@ -198,11 +198,7 @@ impl Extensions {
                 }
             }
             _ => {
-                let value = data
-                    .split(|b| *b == 0)
-                    .next()
-                    .unwrap_or_default()
-                    .to_vec();
+                let value = data.split(|b| *b == 0).next().unwrap_or_default().to_vec();
                 if etype == EntryType::GNULongName {
                     self.pending.path = Some(value);
                 } else {
@@ -252,10 +248,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
             Ok(Some(extended)) => extended,
             Ok(None) => continue,
             Err(why) => {
-                return Err(unsafe_entry(
-                    &entry.header().path_bytes(),
-                    &why,
-                ));
+                return Err(unsafe_entry(&entry.header().path_bytes(), &why));
             }
         };
         let raw = extended
@@ -341,7 +334,8 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 let mut hasher = Sha256::new();
                 let mut got = 0u64;
                 loop {
-                    let n = match entry.read(&mut buf) {
+                    // Whole buffers, so hole blocks line up with the file's blocks.
+                    let n = match read_full(&mut entry, &mut buf) {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -350,9 +344,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     hasher.update(&buf[..n]);
                     got += n as u64;
                     if let (Some(f), Some(path)) = (out.as_mut(), &target_path) {
-                        f.write_all(&buf[..n])
+                        write_sparse(f, &buf[..n])
                             .map_err(|e| Error::io("cannot write", path, e))?;
                     }
+                }
+                if let (Some(f), Some(path)) = (out.as_ref(), &target_path) {
+                    // Holes at the end were skipped over, not written: give the file its size.
+                    f.set_len(got)
+                        .map_err(|e| Error::io("cannot write", path, e))?;
                 }
                 if got != size {
                     return Err(damaged(io::Error::new(
@@ -474,6 +473,46 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
         content_digest,
         entries: lines,
     })
+}
+
+/// Reads until `buf` is full or the reader ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The block a run of zeros must fill to be skipped as a hole instead of written.
+const HOLE_BLOCK: usize = 4096;
+static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+
+/// Writes `data` at the file's position, seeking over every whole `HOLE_BLOCK` of zeros
+/// instead of writing it, so a sparse file restores sparse (a 10 GiB empty file restored as
+/// 11 GB on disk). The caller sets the final length (a hole at the end is not written).
+/// Chunks are read at block-aligned offsets (the tar reader hands whole buffers), so blocks
+/// here line up with the file system's.
+fn write_sparse(f: &mut File, data: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + HOLE_BLOCK).min(data.len());
+        let block = &data[start..end];
+        // A slice comparison is one memcmp, fast even in a debug build.
+        if block == &ZEROS[..] {
+            f.seek(SeekFrom::Current(HOLE_BLOCK as i64))?;
+        } else {
+            f.write_all(block)?;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// Creates missing parent directories (an archive may omit them); they are ours, in a fresh

@@ -234,7 +234,11 @@ fn read_names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
         let ent = unsafe { libc::readdir64(stream) };
         if ent.is_null() {
             let e = io::Error::last_os_error();
-            break if e.raw_os_error() == Some(0) { Ok(()) } else { Err(e) };
+            break if e.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
         // SAFETY: d_name is a NUL-terminated string inside the entry readdir returned.
         let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };

@@ -191,3 +191,36 @@ fn a_manifest_over_16_mib_is_refused_unread() {
     let text = serde_json::to_string(&verify).unwrap();
     assert!(text.contains("more than the 16777216"), "{text}");
 }
+
+#[test]
+fn a_sparse_file_restores_sparse_and_the_backup_warns() {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::empty_in(Path::new("/tmp"));
+    let sparse = f.vol.join("disk.img");
+    let file = fs::File::create(&sparse).unwrap();
+    file.set_len(1 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"header", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"middle", 512 << 20).unwrap();
+    drop(file);
+    let r = run_ok(&f.task("backup"));
+    let warnings = serde_json::to_string(&r.warnings).unwrap();
+    assert!(
+        warnings.contains("disk.img") && warnings.contains("sparse"),
+        "{warnings}"
+    );
+    fs::remove_file(&sparse).unwrap();
+    run_ok(&f.task("restore"));
+    let meta = fs::metadata(&sparse).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        meta.blocks() * 512 < 4 << 20,
+        "restored with {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let file = fs::File::open(&sparse).unwrap();
+    let mut bytes = [0u8; 6];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).unwrap();
+    assert_eq!(&bytes, b"header");
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 512 << 20).unwrap();
+    assert_eq!(&bytes, b"middle");
+}
