@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -225,7 +226,8 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut files: HashMap<Vec<u8>, FileInfo> = HashMap::new();
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
-    let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
+    type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+    let mut dirs: Vec<(PathBuf, u32, u64, u64, u64, Xattrs)> = Vec::new();
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
     let mut progress = Progress::new(if dest.is_some() {
@@ -297,7 +299,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
                         Err(e) => return Err(Error::io("cannot create directory", &path, e)),
                     }
-                    dirs.push((path, mode, mtime, uid, gid));
+                    dirs.push((path, mode, mtime, uid, gid, extended.xattrs));
                 }
                 lines.push(DigestEntry {
                     path: rel,
@@ -364,6 +366,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 }
                 if let (Some(f), Some(path)) = (out, &target_path) {
                     finish_file(&f, path, mode, mtime, as_root.then_some((uid, gid)))?;
+                    set_xattrs(f.as_fd(), path, &extended.xattrs, as_root)?;
                 }
                 let hash: [u8; 32] = hasher.finalize().into();
                 files.insert(rel.clone(), FileInfo { size, hash, mode });
@@ -456,13 +459,21 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     // Directory modes and times last, deepest first: a read-only directory must not stop its
     // own contents from being written, and writing contents moves a directory's mtime.
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
-    for (path, mode, mtime, uid, gid) in dirs {
+    for (path, mode, mtime, uid, gid, xattrs) in dirs {
         if as_root {
             std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32))
                 .map_err(|e| Error::io("cannot set owner of", &path, e))?;
         }
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
             .map_err(|e| Error::io("cannot set mode of", &path, e))?;
+        if !xattrs.is_empty() {
+            let dir = File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| Error::io("cannot open directory", &path, e))?;
+            set_xattrs(dir.as_fd(), &path, &xattrs, as_root)?;
+        }
         set_mtime(&path, mtime).map_err(|e| Error::io("cannot set mtime of", &path, e))?;
     }
     let files = lines.len() as u64;
@@ -526,6 +537,32 @@ fn make_parent(path: &Path) -> Result<()> {
             .mode(0o700)
             .create(parent)
             .map_err(|e| Error::io("cannot create directory", parent, e))?;
+    }
+    Ok(())
+}
+
+/// Sets the extended attributes an archive carried for `path` (after its owner: chown clears
+/// `security.capability`). Without root, only those a user may set are tried.
+fn set_xattrs(
+    fd: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+    as_root: bool,
+) -> Result<()> {
+    for (name, value) in xattrs {
+        if !super::xattr::settable(name, as_root) {
+            continue;
+        }
+        super::xattr::set(fd, name, value).map_err(|e| {
+            Error::io(
+                &format!(
+                    "cannot set extended attribute {} (the file system must support extended attributes) on",
+                    String::from_utf8_lossy(name)
+                ),
+                path,
+                e,
+            )
+        })?;
     }
     Ok(())
 }

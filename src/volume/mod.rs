@@ -7,6 +7,7 @@ pub mod extract;
 pub mod pgzip;
 pub mod swap;
 pub mod tree;
+pub mod xattr;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

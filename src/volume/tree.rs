@@ -175,8 +175,21 @@ impl Opener {
     }
 }
 
+impl Opener {
+    /// Opens the listed directory `entry` (for its extended attributes); an `Err` of kind
+    /// `NotFound`, `NotADirectory` or a symlink loop means the tree changed since the listing.
+    pub fn open_dir(&mut self, entry: &Entry) -> io::Result<OwnedFd> {
+        let fd = open_dir_below(self.root.as_fd(), &entry.path)?;
+        let st = fstatat(fd.as_fd(), c".")?;
+        if (st.st_dev, st.st_ino) != (entry.dev, entry.ino) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(fd)
+    }
+}
+
 /// Whether an error means that the entry vanished or was replaced while we looked.
-fn is_race(e: &io::Error) -> bool {
+pub fn is_race(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
