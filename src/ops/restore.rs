@@ -26,7 +26,7 @@ use crate::repository::{Repository, Set, check};
 use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, RestoreOptions, Task};
 use crate::volume;
-use crate::volume::digest::{self, DigestEntry};
+use crate::volume::digest::{self, Lines};
 use crate::volume::extract::Contents;
 use crate::volume::swap::{self, Work};
 
@@ -37,10 +37,7 @@ const BROWSER_SESSIONS: &str =
 /// The live volume, as far as the plan needs to read it.
 enum Live {
     /// Every file read: the digest lines and the content digest.
-    Hashed {
-        entries: Vec<DigestEntry>,
-        digest: String,
-    },
+    Hashed { entries: Lines, digest: String },
     /// The listing alone differs from the set's (entry count or bytes of files), so no file
     /// was read. Only without `diff`, which needs the digest lines.
     Differs,

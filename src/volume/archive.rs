@@ -13,10 +13,10 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use super::digest::{self, DigestEntry};
+use super::digest::{self, DigestHasher, LineRef};
 use super::extract::symlink_target_is_safe;
 use super::pgzip::ParGzWriter;
-use super::tree::{self, Entry, Kind, Opener};
+use super::tree::{self, EntryRef, Kind, Listing, Opener};
 use super::xattr;
 use crate::progress::Progress;
 use crate::safe_open::Refused;
@@ -63,7 +63,7 @@ pub struct Written {
 /// Archives `entries` (a listing of `root`) into `file`, compressed, and syncs the file.
 pub fn write_archive(
     root: &Path,
-    entries: &[Entry],
+    entries: &Listing,
     file: File,
     compression: Compression,
 ) -> io::Result<Written> {
@@ -92,7 +92,7 @@ pub fn write_archive(
 /// Writes the tar stream through `encoder`, then ends the encoder with `finish`.
 fn tar_into<E: Write, F>(
     root: &Path,
-    entries: &[Entry],
+    entries: &Listing,
     encoder: E,
     finish: impl FnOnce(E) -> io::Result<F>,
 ) -> io::Result<(Written, F)> {
@@ -103,8 +103,19 @@ fn tar_into<E: Write, F>(
 }
 
 /// Writes the tar stream (uncompressed) for `entries` to `out`.
-pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Result<Written> {
-    let mut lines: Vec<DigestEntry> = Vec::with_capacity(entries.len());
+pub fn write_tar(root: &Path, entries: &Listing, out: &mut impl Write) -> io::Result<Written> {
+    // The listing is sorted by path, so the digest lines are hashed as they come.
+    let mut digest_lines = DigestHasher::default();
+    let mut line = |entry: &EntryRef<'_>, content: Option<[u8; 32]>| {
+        let (kind, hash) = digest::entry_kind_hash(entry, content);
+        digest_lines.line(LineRef {
+            path: entry.path,
+            kind,
+            mode: entry.mode,
+            size: entry.size,
+            hash: hash.as_ref(),
+        });
+    };
     let mut written = Written {
         files: 0,
         expanded_bytes: 0,
@@ -119,7 +130,8 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
     let mut buf = vec![0u8; 256 * 1024];
     let mut progress = Progress::new("archiving");
     let mut opener = Opener::new(root)?;
-    for entry in entries {
+    for entry in entries.iter() {
+        let entry = &entry;
         progress.file(entry.size);
         let mut header = Header::new_ustar();
         header.set_mode(entry.mode);
@@ -132,12 +144,12 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
             Kind::Other => {
                 written
                     .skipped
-                    .push(String::from_utf8_lossy(&entry.path).into_owned());
+                    .push(String::from_utf8_lossy(entry.path).into_owned());
                 continue;
             }
             Kind::Dir => {
                 header.set_entry_type(EntryType::Directory);
-                let mut name = entry.path.clone();
+                let mut name = entry.path.to_vec();
                 name.push(b'/');
                 set_name(&mut header, &name, &mut pax);
                 match opener.open_dir(entry) {
@@ -146,17 +158,17 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
                     Err(e) => return Err(named(e, &entry.full_path(root))),
                 }
                 emit(out, &mut header, &pax)?;
-                lines.push(digest::entry_line(entry, None));
+                line(entry, None);
             }
             Kind::Symlink => {
                 header.set_entry_type(EntryType::Symlink);
-                set_name(&mut header, &entry.path, &mut pax);
-                let target = entry.target.as_deref().unwrap_or_default();
+                set_name(&mut header, entry.path, &mut pax);
+                let target = entry.target.unwrap_or_default();
                 let parts: Vec<&[u8]> = entry.path.split(|b| *b == b'/').collect();
                 if !symlink_target_is_safe(&parts, target) {
                     written.escaping_links.push(format!(
                         "{} -> {}",
-                        String::from_utf8_lossy(&entry.path),
+                        String::from_utf8_lossy(entry.path),
                         String::from_utf8_lossy(target)
                     ));
                 }
@@ -166,7 +178,7 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
                     pax_record(&mut pax, "linkpath", target);
                 }
                 emit(out, &mut header, &pax)?;
-                lines.push(digest::entry_line(entry, None));
+                line(entry, None);
             }
             Kind::File => {
                 let path = entry.full_path(root);
@@ -177,7 +189,7 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
                             && meta.blocks().saturating_mul(512) < meta.size() / 2
                         {
                             written.sparse.push((
-                                String::from_utf8_lossy(&entry.path).into_owned(),
+                                String::from_utf8_lossy(entry.path).into_owned(),
                                 meta.size(),
                             ));
                         }
@@ -195,20 +207,20 @@ pub fn write_tar(root: &Path, entries: &[Entry], out: &mut impl Write) -> io::Re
                 };
                 header.set_entry_type(EntryType::Regular);
                 header.set_size(entry.size);
-                set_name(&mut header, &entry.path, &mut pax);
+                set_name(&mut header, entry.path, &mut pax);
                 xattr_records(&mut pax, file.as_fd(), root, entry)?;
                 emit(out, &mut header, &pax)?;
                 let (hash, complete) = copy_exact(file, &path, entry.size, out, &mut buf)?;
                 written.changed |= !complete;
                 pad(out, entry.size)?;
                 written.expanded_bytes += entry.size;
-                lines.push(digest::entry_line(entry, Some(hash)));
+                line(entry, Some(hash));
             }
         }
         written.files += 1;
     }
     out.write_all(&[0u8; 1024])?;
-    written.content_digest = digest::content_digest(&mut lines);
+    written.content_digest = digest_lines.finish();
     Ok(written)
 }
 
@@ -280,7 +292,7 @@ fn xattr_records(
     pax: &mut Vec<u8>,
     fd: BorrowedFd<'_>,
     root: &Path,
-    entry: &Entry,
+    entry: &EntryRef<'_>,
 ) -> io::Result<()> {
     let attrs = xattr::list(fd).map_err(|e| {
         io::Error::new(

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use super::digest::{self, DigestEntry};
+use super::digest::Lines;
 use super::pgzip;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
@@ -48,7 +48,7 @@ pub struct Contents {
     /// The content digest of the entries.
     pub content_digest: String,
     /// The digest lines, sorted by path.
-    pub entries: Vec<DigestEntry>,
+    pub entries: Lines,
 }
 
 /// Opens a compressed volume archive for reading.
@@ -211,10 +211,47 @@ impl Extensions {
     }
 }
 
-struct FileInfo {
-    size: u64,
-    hash: [u8; 32],
-    mode: u32,
+/// Finds digest lines by path without a second copy of every path (a set of a million paths
+/// was most of a restore's memory): a map from the path's 64-bit hash, keyed at random per
+/// run, to the line's index, the path itself compared in the lines' arena. A second path with
+/// the same hash (practically never) goes to a small map of its own.
+#[derive(Default)]
+struct PathIndex {
+    hasher: std::hash::RandomState,
+    first: HashMap<u64, u32>,
+    collided: HashMap<Vec<u8>, u32>,
+}
+
+impl PathIndex {
+    /// The index of the line with `path`, if one was inserted.
+    fn get(&self, path: &[u8], lines: &Lines) -> Option<usize> {
+        use std::hash::BuildHasher;
+        match self.first.get(&self.hasher.hash_one(path)) {
+            Some(&i) if (i as usize) >= lines.len() || lines.get(i as usize).path == path => {
+                Some(i as usize)
+            }
+            Some(_) => self.collided.get(path).map(|&i| i as usize),
+            None => None,
+        }
+    }
+
+    /// Records that line `index` (about to be pushed) has `path`; false if a line has it
+    /// already.
+    fn insert(&mut self, path: &[u8], index: usize, lines: &Lines) -> bool {
+        use std::hash::BuildHasher;
+        if self.get(path, lines).is_some() {
+            return false;
+        }
+        match self.first.entry(self.hasher.hash_one(path)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(index as u32);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(path.to_vec(), index as u32);
+            }
+        }
+        true
+    }
 }
 
 /// Reads the whole archive from `reader`, checking every entry; with `dest` (an empty
@@ -222,9 +259,9 @@ struct FileInfo {
 pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> Result<Contents> {
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut archive = tar::Archive::new(reader);
-    let mut lines: Vec<DigestEntry> = Vec::new();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut files: HashMap<Vec<u8>, FileInfo> = HashMap::new();
+    let mut lines = Lines::default();
+    let mut seen = PathIndex::default();
+    let mut hardlinks: HashSet<u32> = HashSet::new();
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
     type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
     let mut dirs: Vec<(PathBuf, u32, u64, u64, u64, Xattrs)> = Vec::new();
@@ -264,10 +301,10 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
             return Err(unsafe_entry(&raw, "empty path"));
         }
         let rel = parts.join(&b'/');
-        if !seen.insert(rel.clone()) {
+        if !seen.insert(&rel, lines.len(), &lines) {
             return Err(unsafe_entry(&rel, "the path appears twice"));
         }
-        if seen.len() as u64 > limits.max_entries {
+        if lines.len() as u64 >= limits.max_entries {
             return Err(unsafe_entry(
                 &rel,
                 &format!(
@@ -301,13 +338,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     }
                     dirs.push((path, mode, mtime, uid, gid, extended.xattrs));
                 }
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'd',
-                    mode,
-                    size: 0,
-                    hash: None,
-                });
+                lines.push(&rel, b'd', mode, 0, None);
             }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
@@ -369,14 +400,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     set_xattrs(f.as_fd(), path, &extended.xattrs, as_root)?;
                 }
                 let hash: [u8; 32] = hasher.finalize().into();
-                files.insert(rel.clone(), FileInfo { size, hash, mode });
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'f',
-                    mode,
-                    size,
-                    hash: Some(hash),
-                });
+                lines.push(&rel, b'f', mode, size, Some(hash));
             }
             EntryType::Symlink => {
                 let target = match &extended.linkpath {
@@ -406,14 +430,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     set_mtime(path, mtime)
                         .map_err(|e| Error::io("cannot set mtime of", path, e))?;
                 }
-                symlinks.insert(rel.clone());
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'l',
-                    mode: 0o777,
-                    size: target.len() as u64,
-                    hash: Some(Sha256::digest(&target).into()),
-                });
+                lines.push(
+                    &rel,
+                    b'l',
+                    0o777,
+                    target.len() as u64,
+                    Some(Sha256::digest(&target).into()),
+                );
+                symlinks.insert(rel);
             }
             EntryType::Link => {
                 let target = match &extended.linkpath {
@@ -427,7 +451,13 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 let target_rel = components(&target)
                     .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?
                     .join(&b'/');
-                let Some(info) = files.get(&target_rel) else {
+                let info = seen
+                    .get(&target_rel, &lines)
+                    .filter(|&i| i < lines.len() && !hardlinks.contains(&(i as u32)))
+                    .map(|i| lines.get(i))
+                    .filter(|l| l.kind == b'f')
+                    .map(|l| (l.size, *l.hash.expect("a file's line has a hash"), l.mode));
+                let Some((size, hash, mode)) = info else {
                     return Err(unsafe_entry(
                         &rel,
                         "hardlink to something that is not an earlier file of this archive",
@@ -437,13 +467,8 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     fs::hard_link(d.join(OsStr::from_bytes(&target_rel)), path)
                         .map_err(|e| Error::io("cannot create hardlink", path, e))?;
                 }
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'f',
-                    mode: info.mode,
-                    size: info.size,
-                    hash: Some(info.hash),
-                });
+                hardlinks.insert(lines.len() as u32);
+                lines.push(&rel, b'f', mode, size, Some(hash));
             }
             other => {
                 return Err(unsafe_entry(
@@ -477,7 +502,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
         set_mtime(&path, mtime).map_err(|e| Error::io("cannot set mtime of", &path, e))?;
     }
     let files = lines.len() as u64;
-    let content_digest = digest::content_digest(&mut lines);
+    let content_digest = lines.digest();
     Ok(Contents {
         files,
         expanded_bytes: expanded,

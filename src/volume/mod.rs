@@ -21,8 +21,17 @@ pub const WORK_DIR: &str = ".cwbackup-work";
 
 /// The live volume's content: its digest lines (sorted by path) and its content digest, from
 /// one read of every file.
-pub fn live(dir: &Path) -> Result<(Vec<digest::DigestEntry>, String)> {
+pub fn live(dir: &Path) -> Result<(digest::Lines, String)> {
     hash_listed(dir, &scan(dir)?)
+}
+
+/// The live volume's content digest alone, from one read of every file, keeping no line.
+pub fn live_digest(dir: &Path) -> Result<String> {
+    let listing = scan(dir)?;
+    let mut hasher = digest::DigestHasher::default();
+    digest::live_lines(dir, &listing, |line| hasher.line(line))
+        .map_err(|e| Error::io("cannot read volume", dir, e))?;
+    Ok(hasher.finish())
 }
 
 /// Like `live`, but `None`, without reading any file, when the listing alone shows that the
@@ -32,7 +41,7 @@ pub fn live_unless_counts_differ(
     dir: &Path,
     files: u64,
     bytes: u64,
-) -> Result<Option<(Vec<digest::DigestEntry>, String)>> {
+) -> Result<Option<(digest::Lines, String)>> {
     let listing = scan(dir)?;
     let archived = listing.iter().filter(|e| e.kind != tree::Kind::Other);
     let live_files = archived.clone().count() as u64;
@@ -46,15 +55,25 @@ pub fn live_unless_counts_differ(
     hash_listed(dir, &listing).map(Some)
 }
 
-fn scan(dir: &Path) -> Result<Vec<tree::Entry>> {
+fn scan(dir: &Path) -> Result<tree::Listing> {
     tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))
 }
 
-fn hash_listed(dir: &Path, listing: &[tree::Entry]) -> Result<(Vec<digest::DigestEntry>, String)> {
-    let mut entries =
-        digest::live_entries(dir, listing).map_err(|e| Error::io("cannot read volume", dir, e))?;
-    let content_digest = digest::content_digest(&mut entries);
-    Ok((entries, content_digest))
+fn hash_listed(dir: &Path, listing: &tree::Listing) -> Result<(digest::Lines, String)> {
+    let mut lines = digest::Lines::with_capacity(listing.len());
+    let mut hasher = digest::DigestHasher::default();
+    digest::live_lines(dir, listing, |line| {
+        hasher.line(line);
+        lines.push(
+            line.path,
+            line.kind,
+            line.mode,
+            line.size,
+            line.hash.copied(),
+        );
+    })
+    .map_err(|e| Error::io("cannot read volume", dir, e))?;
+    Ok((lines, hasher.finish()))
 }
 
 /// Finds the volume's directory: a path as given, or a Docker volume's mountpoint.
