@@ -12,12 +12,12 @@
 //! harmless lexically and yet escape.)
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
 use std::ffi::{CString, OsStr};
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -264,7 +264,8 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     let mut hardlinks: HashSet<u32> = HashSet::new();
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
     type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
-    let mut dirs: Vec<(PathBuf, u32, u64, u64, u64, Xattrs)> = Vec::new();
+    let mut dirs: Vec<(Vec<u8>, u32, u64, u64, u64, Xattrs)> = Vec::new();
+    let mut dest = dest.map(Dest::open).transpose()?;
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
     let mut progress = Progress::new(if dest.is_some() {
@@ -323,20 +324,31 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
         let mtime = header.mtime().map_err(damaged)?;
         let uid = header.uid().map_err(damaged)?;
         let gid = header.gid().map_err(damaged)?;
-        let target_path = dest.map(|d| d.join(OsStr::from_bytes(&rel)));
-        if let Some(path) = &target_path {
-            make_parent(path)?;
-        }
+        let target_path = dest.as_ref().map(|d| d.path(&rel));
+        let (parent_rel, name) = split(&rel);
+        let name = CString::new(name).map_err(|_| unsafe_entry(&rel, "a NUL byte in its name"))?;
+        // The parent's fd stays open in `dest`'s cache until the next `dir` call (only a
+        // directory entry makes one, and it uses no `parent` after it).
+        let parent: Option<RawFd> = match dest.as_mut() {
+            Some(d) => {
+                let path = d.path(parent_rel);
+                Some(
+                    d.dir(parent_rel)
+                        .map_err(|e| Error::io("cannot create directory", &path, e))?
+                        .as_raw_fd(),
+                )
+            }
+            None => None,
+        };
+        // SAFETY: see above: the fd outlives every use of `parent_fd`.
+        let parent_fd = parent.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
 
         match etype {
             EntryType::Directory => {
-                if let Some(path) = target_path {
-                    match DirBuilder::new().mode(0o700).create(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                        Err(e) => return Err(Error::io("cannot create directory", &path, e)),
-                    }
-                    dirs.push((path, mode, mtime, uid, gid, extended.xattrs));
+                if let (Some(d), Some(path)) = (dest.as_mut(), &target_path) {
+                    d.dir(&rel)
+                        .map_err(|e| Error::io("cannot create directory", path, e))?;
+                    dirs.push((rel.clone(), mode, mtime, uid, gid, extended.xattrs));
                 }
                 lines.push(&rel, b'd', mode, 0, None);
             }
@@ -352,17 +364,11 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                         ),
                     ));
                 }
-                let mut out = match &target_path {
-                    Some(path) => Some(
-                        File::options()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .custom_flags(libc::O_NOFOLLOW)
-                            .open(path)
-                            .map_err(|e| Error::io("cannot create", path, e))?,
+                let mut out = match (parent_fd, &target_path) {
+                    (Some(dir), Some(path)) => Some(
+                        create_file(dir, &name).map_err(|e| Error::io("cannot create", path, e))?,
                     ),
-                    None => None,
+                    _ => None,
                 };
                 let mut hasher = Sha256::new();
                 let mut got = 0u64;
@@ -420,14 +426,26 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                         ),
                     ));
                 }
-                if let Some(path) = &target_path {
-                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), path)
+                if let (Some(dir), Some(path)) = (parent_fd, &target_path) {
+                    let c = CString::new(target.clone())
+                        .map_err(|_| unsafe_entry(&rel, "a NUL byte in its symlink target"))?;
+                    // SAFETY: valid C strings and directory fd.
+                    check(unsafe { libc::symlinkat(c.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
                         .map_err(|e| Error::io("cannot create symlink", path, e))?;
                     if as_root {
-                        std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
-                            .map_err(|e| Error::io("cannot set owner of", path, e))?;
+                        // SAFETY: as above.
+                        check(unsafe {
+                            libc::fchownat(
+                                dir.as_raw_fd(),
+                                name.as_ptr(),
+                                uid as libc::uid_t,
+                                gid as libc::gid_t,
+                                libc::AT_SYMLINK_NOFOLLOW,
+                            )
+                        })
+                        .map_err(|e| Error::io("cannot set owner of", path, e))?;
                     }
-                    set_mtime(path, mtime)
+                    set_mtime_at(dir, &name, mtime)
                         .map_err(|e| Error::io("cannot set mtime of", path, e))?;
                 }
                 lines.push(
@@ -463,9 +481,23 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                         "hardlink to something that is not an earlier file of this archive",
                     ));
                 };
-                if let (Some(path), Some(d)) = (&target_path, dest) {
-                    fs::hard_link(d.join(OsStr::from_bytes(&target_rel)), path)
+                if let (Some(dir), Some(path), Some(d)) = (parent_fd, &target_path, dest.as_ref()) {
+                    let (from_rel, from_name) = split(&target_rel);
+                    let from = d
+                        .dir_uncached(from_rel)
                         .map_err(|e| Error::io("cannot create hardlink", path, e))?;
+                    let from_name = CString::new(from_name).expect("no NUL: it was extracted");
+                    // SAFETY: valid C strings and directory fds.
+                    check(unsafe {
+                        libc::linkat(
+                            from.as_raw_fd(),
+                            from_name.as_ptr(),
+                            dir.as_raw_fd(),
+                            name.as_ptr(),
+                            0,
+                        )
+                    })
+                    .map_err(|e| Error::io("cannot create hardlink", path, e))?;
                 }
                 hardlinks.insert(lines.len() as u32);
                 lines.push(&rel, b'f', mode, size, Some(hash));
@@ -484,22 +516,16 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     // Directory modes and times last, deepest first: a read-only directory must not stop its
     // own contents from being written, and writing contents moves a directory's mtime.
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
-    for (path, mode, mtime, uid, gid, xattrs) in dirs {
-        if as_root {
-            std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32))
-                .map_err(|e| Error::io("cannot set owner of", &path, e))?;
-        }
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| Error::io("cannot set mode of", &path, e))?;
-        if !xattrs.is_empty() {
-            let dir = File::options()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|e| Error::io("cannot open directory", &path, e))?;
+    if let Some(d) = dest.as_mut() {
+        for (rel, mode, mtime, uid, gid, xattrs) in dirs {
+            let path = d.path(&rel);
+            let dir = File::from(
+                d.dir_uncached(&rel)
+                    .map_err(|e| Error::io("cannot open directory", &path, e))?,
+            );
+            finish_file(&dir, &path, mode, mtime, as_root.then_some((uid, gid)))?;
             set_xattrs(dir.as_fd(), &path, &xattrs, as_root)?;
         }
-        set_mtime(&path, mtime).map_err(|e| Error::io("cannot set mtime of", &path, e))?;
     }
     let files = lines.len() as u64;
     let content_digest = lines.digest();
@@ -551,19 +577,115 @@ fn write_sparse(f: &mut File, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates missing parent directories (an archive may omit them); they are ours, in a fresh
-/// destination, so following them is safe.
-fn make_parent(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent()
-        && !parent.is_dir()
-    {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| Error::io("cannot create directory", parent, e))?;
+/// The destination of an extraction, reached fd by fd from its root: never through a path
+/// string (so paths longer than `PATH_MAX` extract) and never through a symlink.
+struct Dest {
+    root: PathBuf,
+    fd: OwnedFd,
+    /// The last parent directory used, kept for the next entry in it.
+    cached: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Dest {
+    fn open(root: &Path) -> Result<Dest> {
+        let c = CString::new(root.as_os_str().as_bytes())
+            .map_err(|e| Error::io("cannot open", root, io::Error::other(e)))?;
+        let fd = open_dir_at(libc::AT_FDCWD, &c).map_err(|e| Error::io("cannot open", root, e))?;
+        Ok(Dest {
+            root: root.to_path_buf(),
+            fd,
+            cached: None,
+        })
     }
-    Ok(())
+
+    /// `rel` below the destination, for messages.
+    fn path(&self, rel: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(rel))
+    }
+
+    /// The directory `rel`, made (0700) with any missing parent (an archive may omit them;
+    /// they are ours, in a fresh destination), kept for the next call.
+    fn dir(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        if self.cached.as_ref().is_none_or(|(r, _)| r != rel) {
+            self.cached = None;
+            let fd = self.dir_uncached(rel)?;
+            self.cached = Some((rel.to_vec(), fd));
+        }
+        Ok(self.cached.as_ref().expect("just set").1.as_fd())
+    }
+
+    /// `dir`, without the cache.
+    fn dir_uncached(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let mut cur = self.fd.try_clone()?;
+        for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            let c = CString::new(part)?;
+            cur = match open_dir_at(cur.as_raw_fd(), &c) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    // SAFETY: valid fd and C string.
+                    let rc = unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o700) };
+                    if rc != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(e);
+                        }
+                    }
+                    open_dir_at(cur.as_raw_fd(), &c)?
+                }
+                other => other?,
+            };
+        }
+        Ok(cur)
+    }
+}
+
+/// A path's parent (possibly empty) and last component.
+fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&rel[..0], rel),
+    }
+}
+
+fn open_dir_at(dir: libc::c_int, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a valid C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates a new file (0600, never through a symlink, never over an existing entry).
+fn create_file(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    // SAFETY: a valid fd and C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nothing else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Sets the extended attributes an archive carried for `path` (after its owner: chown clears
@@ -612,27 +734,22 @@ fn finish_file(
     Ok(())
 }
 
-/// Sets a path's mtime (and atime) without following a symlink.
-fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
+/// Sets the mtime (and atime) of `name` in `dir` without following a symlink.
+fn set_mtime_at(dir: BorrowedFd<'_>, name: &CStr, mtime: u64) -> io::Result<()> {
     let t = libc::timespec {
         tv_sec: mtime as libc::time_t,
         tv_nsec: 0,
     };
     let times = [t, t];
-    let rc = unsafe {
+    // SAFETY: valid fd, C string and two timespecs.
+    check(unsafe {
         libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             times.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
 }
 
 #[cfg(test)]

@@ -312,3 +312,82 @@ fn extended_attributes_and_capabilities_survive_a_round_trip_and_gnu_tar_sees_th
         assert!(text.contains("cap_net_bind_service"), "getcap: {text}");
     }
 }
+
+/// Opens (making it, with `create`) the directory `levels` levels of `name` below `root`, fd
+/// by fd: its path is longer than PATH_MAX, so no path-based call can reach it.
+fn deep_dir(root: &Path, name: &str, levels: usize, create: bool) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let open = |dir: i32, c: &CString| {
+        // SAFETY: valid fd and C string.
+        let fd = unsafe { libc::openat(dir, c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: just opened.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let mut cur = open(
+        libc::AT_FDCWD,
+        &CString::new(root.as_os_str().as_bytes()).unwrap(),
+    );
+    let c = CString::new(name).unwrap();
+    for _ in 0..levels {
+        if create {
+            // SAFETY: valid fd and C string.
+            assert_eq!(
+                unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o755) },
+                0
+            );
+        }
+        cur = open(cur.as_raw_fd(), &c);
+    }
+    cur
+}
+
+#[test]
+fn a_tree_deeper_than_path_max_backs_up_verifies_and_restores() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let f = Fixture::empty();
+    let name = "n".repeat(100);
+    let levels = 50; // 50 * 101 bytes: beyond PATH_MAX (4096)
+    let bottom = deep_dir(&f.vol, &name, levels, true);
+    let c = CString::new("deep.txt").unwrap();
+    // SAFETY: valid fd and C string.
+    let fd = unsafe {
+        libc::openat(
+            bottom.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT,
+            0o644,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: valid fd and buffer; closed once.
+    unsafe {
+        assert_eq!(libc::write(fd, b"bottom".as_ptr().cast(), 6), 6);
+        libc::close(fd);
+    }
+    fs::write(f.vol.join("top.txt"), "top").unwrap();
+
+    let backup = run_within(&f.task("backup"), 60);
+    assert!(backup.ok, "{backup:?}");
+    let verify = run_within(
+        &json!({"operation": "verify", "repository": f.repo, "deep": true}),
+        60,
+    );
+    assert!(verify.ok, "{verify:?}");
+
+    // Change the volume (top level only), then restore: the deep tree is extracted anew.
+    fs::write(f.vol.join("top.txt"), "changed").unwrap();
+    let restore = run_within(&f.task("restore"), 60);
+    assert!(restore.ok, "{restore:?}");
+    assert_eq!(fs::read_to_string(f.vol.join("top.txt")).unwrap(), "top");
+    let bottom = deep_dir(&f.vol, &name, levels, false);
+    // SAFETY: valid fd and C string.
+    let fd = unsafe { libc::openat(bottom.as_raw_fd(), c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "the deep file was restored");
+    // SAFETY: just opened.
+    let mut file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "bottom");
+}
