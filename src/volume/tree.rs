@@ -422,6 +422,53 @@ mod tests {
     }
 
     #[test]
+    fn entries_vanishing_during_the_scan_are_left_out_not_an_error() {
+        // Files and directories appear and vanish while the tree is scanned, over and over:
+        // each scan must succeed (the backup compares two listings and retries), never fail
+        // with "No such file or directory" between readdir and lstat.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        std::fs::create_dir(root.join("churn")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let d = root.join("churn").join(format!("d{}", i % 50));
+                    let _ = std::fs::create_dir(&d);
+                    let _ = std::fs::write(d.join("f"), "x");
+                    let _ = std::fs::write(root.join("churn").join(format!("f{}", i % 50)), "x");
+                    let _ = std::fs::remove_file(d.join("f"));
+                    let _ = std::fs::remove_dir(&d);
+                    let _ = std::fs::remove_file(
+                        root.join("churn").join(format!("f{}", (i + 25) % 50)),
+                    );
+                    i += 1;
+                }
+            })
+        };
+        let mut failures = Vec::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut scans = 0;
+        while std::time::Instant::now() < until {
+            if let Err(e) = scan(&root) {
+                failures.push(e.to_string());
+            }
+            scans += 1;
+        }
+        assert!(scans > 10);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} scans failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
+    }
+
+    #[test]
     fn the_opener_refuses_a_fifo_or_symlink_swapped_in_for_a_listed_file() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
