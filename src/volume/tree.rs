@@ -240,7 +240,7 @@ impl Opener {
     pub fn open(&mut self, entry: &EntryRef<'_>) -> Result<(File, Metadata), Refused> {
         let (dir_rel, name) = match entry.path.iter().rposition(|b| *b == b'/') {
             Some(i) => (&entry.path[..i], &entry.path[i + 1..]),
-            None => (&entry.path[..0], &entry.path[..]),
+            None => (&entry.path[..0], entry.path),
         };
         if self.cached.as_ref().is_none_or(|(rel, _)| rel != dir_rel) {
             self.cached = None;

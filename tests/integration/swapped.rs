@@ -174,7 +174,7 @@ fn pax_headers_and_gnu_long_names_over_1_mib_are_unsafe_archives() {
     let record = b"16 path=renamed\n";
     let tar = extension_archive(tar::EntryType::XHeader, record.len() as u64, record);
     let c = read_archive(&tar[..], None, limits).unwrap();
-    assert_eq!(c.entries.iter().next().unwrap().path, b"renamed");
+    assert_eq!(c.entries.get(0).path, b"renamed");
 }
 
 #[test]
