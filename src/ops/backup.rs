@@ -454,8 +454,8 @@ pub fn archive_volume(
                 Error::io("cannot archive volume", dir, e)
             }
         })?;
-        let after = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-        if !written.changed && before == after {
+        let after = tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+        if !written.changed && before.fingerprint() == after {
             for link in &written.escaping_links {
                 warnings.push(format!(
                     "symlink {link} points outside the volume (absolute, or `..` after a name): it is backed up, but a restore of this set will refuse it as unsafe_archive; make it relative and inside the volume"

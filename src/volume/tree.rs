@@ -139,8 +139,75 @@ impl Listing {
 /// Lists every entry below `root` (not following symlinks), sorted by path bytes, leaving out
 /// restore's work directory [`WORK_DIR`] at the root.
 pub fn scan(root: &Path) -> io::Result<Listing> {
-    let root_fd = open_root(root)?;
     let mut listing = Listing::default();
+    walk(root, |path, target, entry| {
+        listing.push(path, target, entry)
+    })?;
+    listing.sort();
+    Ok(listing)
+}
+
+/// The [`Listing::fingerprint`] of `root`'s listing, without keeping the listing: a backup
+/// compares the listing after its archive with the one before by this, so it holds one
+/// listing of the volume, not two.
+pub fn fingerprint(root: &Path) -> io::Result<Fingerprint> {
+    let mut hashes = Vec::new();
+    walk(root, |path, target, entry| {
+        hashes.push(entry_hash(path, target, &entry))
+    })?;
+    Ok(Fingerprint::of(hashes))
+}
+
+/// A listing's identity: sha256 over the sorted 16-byte hashes of its entries (path, target
+/// and every metadata field), so equal listings have equal fingerprints and any change to
+/// an entry changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    fn of(mut hashes: Vec<[u8; 16]>) -> Fingerprint {
+        use sha2::{Digest, Sha256};
+        hashes.sort_unstable();
+        let mut h = Sha256::new();
+        for e in &hashes {
+            h.update(e);
+        }
+        Fingerprint(h.finalize().into())
+    }
+}
+
+fn entry_hash(path: &[u8], target: Option<&[u8]>, e: &Entry) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((path.len() as u64).to_le_bytes());
+    h.update(path);
+    h.update(target.map_or(u64::MAX, |t| t.len() as u64).to_le_bytes());
+    h.update(target.unwrap_or_default());
+    h.update([e.kind as u8]);
+    for v in [e.mode, e.uid, e.gid, e.mtime_nsec, e.ctime_nsec] {
+        h.update(v.to_le_bytes());
+    }
+    for v in [e.size, e.mtime as u64, e.ctime as u64, e.dev, e.ino] {
+        h.update(v.to_le_bytes());
+    }
+    let full: [u8; 32] = h.finalize().into();
+    full[..16].try_into().expect("16 of 32 bytes")
+}
+
+impl Listing {
+    /// This listing's [`Fingerprint`], equal to `fingerprint(root)` of an unchanged tree.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(
+            self.iter()
+                .map(|e| entry_hash(e.path, e.target, &e))
+                .collect(),
+        )
+    }
+}
+
+/// Calls `each` for every entry below `root`, in no particular order.
+fn walk(root: &Path, mut each: impl FnMut(&[u8], Option<&[u8]>, Entry)) -> io::Result<()> {
+    let root_fd = open_root(root)?;
     let mut pending = vec![Vec::<u8>::new()];
     let mut rel = Vec::new();
     while let Some(dir_rel) = pending.pop() {
@@ -210,11 +277,10 @@ pub fn scan(root: &Path) -> io::Result<Listing> {
                 dev: st.st_dev,
                 ino: st.st_ino,
             };
-            listing.push(&rel, target.as_deref(), entry);
+            each(&rel, target.as_deref(), entry);
         }
     }
-    listing.sort();
-    Ok(listing)
+    Ok(())
 }
 
 /// Opens listed files of one tree, walking to each file's directory fd by fd (never through
@@ -419,6 +485,19 @@ mod tests {
                 format!("sub/{WORK_DIR}").into_bytes()
             ]
         );
+    }
+
+    #[test]
+    fn the_fingerprint_matches_the_listing_and_changes_with_any_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), "x").unwrap();
+        std::os::unix::fs::symlink("d/f", root.join("l")).unwrap();
+        let before = scan(root).unwrap().fingerprint();
+        assert_eq!(fingerprint(root).unwrap(), before);
+        std::fs::write(root.join("d/f"), "y").unwrap(); // same size, new mtime/ctime
+        assert_ne!(fingerprint(root).unwrap(), before);
     }
 
     #[test]
