@@ -20,6 +20,7 @@ pub mod ops;
 pub mod progress;
 pub mod repository;
 pub mod result;
+pub mod safe_open;
 pub mod secrets;
 pub mod task;
 pub mod volume;

@@ -15,12 +15,28 @@ use crate::volume::digest::{hex, sha256_reader};
 
 /// The content digest of a `.tgz` file.
 pub fn content_digest(path: &Path) -> io::Result<String> {
-    let file = BufReader::new(File::open(path)?);
+    let file = BufReader::new(crate::safe_open::open_repo_file(path)?);
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut members: Vec<(Vec<u8>, [u8; 32])> = Vec::new();
-    for entry in archive.entries()? {
+    // Raw, with pax headers and GNU long names read here under a cap (SPEC §6).
+    let mut extensions = crate::volume::extract::Extensions::default();
+    for entry in archive.entries()?.raw(true) {
         let mut entry = entry?;
-        let name = entry.path_bytes().into_owned();
+        if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+            continue;
+        }
+        let name = match extensions.take(&mut entry) {
+            Ok(Some(extended)) => extended
+                .path
+                .unwrap_or_else(|| entry.header().path_bytes().into_owned()),
+            Ok(None) => continue,
+            Err(why) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a member is refused: {why}"),
+                ));
+            }
+        };
         let (hash, _) = sha256_reader(&mut entry)?;
         members.push((name, hash));
     }

@@ -493,11 +493,16 @@ pub fn archive_volume(
                 Error::io("cannot archive volume", dir, e)
             }
         })?;
-        let after = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-        if !written.changed && before == after {
+        let after = tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+        if !written.changed && before.fingerprint() == after {
             for link in &written.escaping_links {
                 warnings.push(format!(
                     "symlink {link} points outside the volume (absolute, or `..` after a name): it is backed up, but a restore of this set will refuse it as unsafe_archive; make it relative and inside the volume"
+                ));
+            }
+            for (sparse, size) in &written.sparse {
+                warnings.push(format!(
+                    "{sparse} in the volume is a sparse file of {size} bytes: its holes are read and archived as zeros (slow for a large file) and restored as holes"
                 ));
             }
             for skipped in &written.skipped {

@@ -33,7 +33,7 @@ use crate::repository::{Repository, Set, check};
 use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
 use crate::task::{BackupOptions, Compression, Operation, RestoreOptions, Task};
 use crate::volume;
-use crate::volume::digest::{self, DigestEntry};
+use crate::volume::digest::{self, Lines};
 use crate::volume::extract::Contents;
 use crate::volume::swap::{self, Work};
 use crate::volume::tree;
@@ -52,10 +52,7 @@ const BROWSER_SESSIONS: &str =
 /// The live volume, as far as the plan needs to read it.
 enum Live {
     /// Every file read: the digest lines and the content digest.
-    Hashed {
-        entries: Vec<DigestEntry>,
-        digest: String,
-    },
+    Hashed { entries: Lines, digest: String },
     /// The listing alone differs from the set's (entry count or bytes of files), so no file
     /// was read. Only without `diff`, which needs the digest lines.
     Differs,
@@ -710,29 +707,35 @@ impl Drop for FreshDbFile {
 /// listing.
 fn still_as_decided(
     dir: &Path,
-    decided: &[tree::Entry],
+    decided: &tree::Listing,
     set: &Set,
     safety: Option<&SetRef>,
-) -> Result<Vec<tree::Entry>> {
+) -> Result<tree::Listing> {
     let now = volume::listing(dir)?;
-    if now == decided {
+    if now == *decided {
         return Ok(now);
     }
     // Both listings are sorted by path: the first pair that differs names the change.
+    let same = |a: &tree::EntryRef<'_>, b: &tree::EntryRef<'_>| {
+        a.path == b.path
+            && a.target == b.target
+            && (a.kind, a.mode, a.size, a.uid, a.gid, a.mtime, a.mtime_nsec)
+                == (b.kind, b.mode, b.size, b.uid, b.gid, b.mtime, b.mtime_nsec)
+            && (a.ctime, a.ctime_nsec, a.dev, a.ino) == (b.ctime, b.ctime_nsec, b.dev, b.ino)
+    };
     let changed = now
         .iter()
         .zip(decided.iter())
-        .find(|(a, b)| a != b)
-        .map(|(a, b)| a.path.clone().min(b.path.clone()))
+        .find(|(a, b)| !same(a, b))
+        .map(|(a, b)| a.path.min(b.path).to_vec())
         .or_else(|| {
             let longer = if now.len() > decided.len() {
                 &now
             } else {
                 decided
             };
-            longer
-                .get(now.len().min(decided.len()))
-                .map(|e| e.path.clone())
+            let at = now.len().min(decided.len());
+            (at < longer.len()).then(|| longer.get(at).path.to_vec())
         })
         .map(|p| String::from_utf8_lossy(&p).into_owned())
         .unwrap_or_default();
@@ -754,7 +757,7 @@ fn still_as_decided(
 /// with the old tree, and a warning names each.
 fn special_files(
     dir: &Path,
-    listing: &[tree::Entry],
+    listing: &tree::Listing,
     staged: &Path,
     set: &str,
     warnings: &mut Vec<String>,
@@ -763,7 +766,7 @@ fn special_files(
     for e in listing.iter().filter(|e| e.kind == tree::Kind::Other) {
         let shown = e.full_path(dir);
         let at_root = !e.path.contains(&b'/');
-        let name = std::ffi::OsStr::from_bytes(&e.path);
+        let name = std::ffi::OsStr::from_bytes(e.path);
         if at_root && std::fs::symlink_metadata(staged.join(name)).is_err() {
             kept.push(name.to_os_string());
             warnings.push(format!(

@@ -11,7 +11,7 @@ use crate::repository::{self, Repository, Set, check};
 use crate::result::{Finding, Level, TaskResult};
 use crate::task::{Operation, Task, VerifyOptions};
 use crate::volume;
-use crate::volume::digest::{self, DigestEntry};
+use crate::volume::digest::{self, Lines};
 
 /// How many paths a drift warning names.
 const DRIFT_EXAMPLES: usize = 10;
@@ -138,7 +138,7 @@ fn check_set(
     set: &Set,
     deep: bool,
     findings: &mut Vec<Finding>,
-) -> Result<Option<Vec<DigestEntry>>> {
+) -> Result<Option<Lines>> {
     let mut add = |component: &str, message: String| {
         findings.push(Finding {
             level: Level::Error,
@@ -201,9 +201,9 @@ fn check_set(
                 .as_ref()
                 .expect("volume present")
                 .content_digest;
-            match volume::live(&scratch) {
-                Ok((_, extracted)) if &extracted == expected => {}
-                Ok((_, extracted)) => add(
+            match volume::live_digest(&scratch) {
+                Ok(extracted) if &extracted == expected => {}
+                Ok(extracted) => add(
                     "volume",
                     format!(
                         "the extracted tree's digest is {extracted}, the manifest says {expected}"
@@ -218,12 +218,7 @@ fn check_set(
 }
 
 /// Compares the set's entries with the live volume and reports differences as warnings.
-fn drift(
-    set: &Set,
-    dir: &Path,
-    set_entries: &[DigestEntry],
-    findings: &mut Vec<Finding>,
-) -> Result<()> {
+fn drift(set: &Set, dir: &Path, set_entries: &Lines, findings: &mut Vec<Finding>) -> Result<()> {
     let (live, live_digest_value) = volume::live(dir)?;
     let expected = &set
         .manifest
@@ -239,8 +234,9 @@ fn drift(
         removed,
         changed,
     } = digest::changes(set_entries, &live);
-    let examples = |v: &[String]| {
-        v.iter()
+    let examples = |v: &digest::Paths| {
+        v.examples
+            .iter()
             .take(DRIFT_EXAMPLES)
             .cloned()
             .collect::<Vec<_>>()

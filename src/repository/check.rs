@@ -1,7 +1,6 @@
 //! Checks a backup set against its manifest. verify reports what these find; backup runs them
 //! on a new set before publishing it; restore runs them before touching anything.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +49,7 @@ pub fn checksums(dir: &Path, manifest: &Manifest) -> Vec<Problem> {
             continue;
         }
         let path = dir.join(file);
-        match File::open(&path).and_then(digest::sha256_reader) {
+        match crate::safe_open::open_repo_file(&path).and_then(digest::sha256_reader) {
             Err(e) => problems.push(Problem::new(
                 component,
                 format!("cannot read {}: {e}", path.display()),

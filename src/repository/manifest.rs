@@ -93,7 +93,19 @@ impl Manifest {
     /// Reads and checks `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::repo("cannot read", &path, e))?;
+        // Not following a symlink, not blocking on a FIFO, not reading more than a manifest
+        // can be: a set's files are input from outside.
+        let bytes =
+            crate::safe_open::read_capped(&path, crate::safe_open::MAX_MANIFEST).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    Error::new(
+                        ErrorKind::IntegrityError,
+                        format!("{e}: the set is broken; delete it or restore another set"),
+                    )
+                } else {
+                    Error::repo("cannot read", &path, e)
+                }
+            })?;
         Manifest::from_slice(&bytes).map_err(|message| {
             Error::new(
                 ErrorKind::IntegrityError,

@@ -127,7 +127,9 @@ impl Repository {
                 continue;
             }
             let path = item.path();
-            if !path.join(manifest::FILE).exists() {
+            // Not following a symlink: a symlink or FIFO as manifest.json is a broken set
+            // (refused when read), not an incomplete one.
+            if fs::symlink_metadata(path.join(manifest::FILE)).is_err() {
                 broken.push(Broken {
                     id,
                     problem: "no manifest.json: an incomplete set, never used".into(),
@@ -259,7 +261,12 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Syncs a directory, so that renames and new entries in it survive a crash.
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+    // O_DIRECTORY: something swapped in for a directory (a FIFO) fails instead of blocking.
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)?
+        .sync_all()
 }
 
 /// Removes a file, or a directory tree (nothing if it is missing). A read-only directory (a

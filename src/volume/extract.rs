@@ -12,17 +12,18 @@
 //! harmless lexically and yet escape.)
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
 use std::ffi::{CString, OsStr};
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use super::digest::{self, DigestEntry};
+use super::digest::Lines;
 use super::pgzip;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
@@ -47,13 +48,13 @@ pub struct Contents {
     /// The content digest of the entries.
     pub content_digest: String,
     /// The digest lines, sorted by path.
-    pub entries: Vec<DigestEntry>,
+    pub entries: Lines,
 }
 
 /// Opens a compressed volume archive for reading.
 /// Decompression runs on a thread of its own, ahead of the reader.
 pub fn open(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
-    let file = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let file = BufReader::with_capacity(1 << 20, crate::safe_open::open_repo_file(path)?);
     Ok(match compression {
         Compression::Gzip => Box::new(pgzip::reader(file)),
         Compression::Zstd => Box::new(pgzip::read_ahead(zstd::stream::read::Decoder::with_buffer(
@@ -117,10 +118,140 @@ pub fn symlink_target_is_safe(link: &[&[u8]], target: &[u8]) -> bool {
     ups <= depth
 }
 
-struct FileInfo {
-    size: u64,
-    hash: [u8; 32],
-    mode: u32,
+/// The most a pax extended header or a GNU long name or long link record may hold (SPEC §6):
+/// a path is at most a few KiB, so more is an attack on memory, refused before it is read.
+pub const MAX_EXTENSION: u64 = 1 << 20;
+
+/// What the extension records (pax `x`, GNU `L` and `K`) before an entry say about it.
+#[derive(Debug, Default)]
+pub struct Extended {
+    /// The entry's path (pax `path` or GNU long name).
+    pub path: Option<Vec<u8>>,
+    /// A link's target (pax `linkpath` or GNU long link).
+    pub linkpath: Option<Vec<u8>>,
+    /// Extended attributes (pax `SCHILY.xattr.NAME`), in archive order.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Reads the extension records of a raw tar stream (`Entries::raw(true)`, so the tar crate
+/// never reads one whole into memory itself), each refused above [`MAX_EXTENSION`] before it
+/// is read, and hands them to the entry they precede.
+#[derive(Debug, Default)]
+pub struct Extensions {
+    pending: Extended,
+    /// A pax header was read and not yet used.
+    pax_pending: bool,
+}
+
+impl Extensions {
+    /// Consumes `entry` if it is an extension record (`Ok(None)`); else returns what the
+    /// records before it said (`Ok(Some)`). An oversized or malformed record is an `Err`
+    /// whose message says why.
+    pub fn take<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> std::result::Result<Option<Extended>, String> {
+        let etype = entry.header().entry_type();
+        let is_ext = matches!(
+            etype,
+            EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        );
+        if !is_ext {
+            self.pax_pending = false;
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        let size = entry.header().size().map_err(|e| e.to_string())?;
+        if size > MAX_EXTENSION {
+            return Err(format!(
+                "its pax header or GNU long name record holds {size} bytes, more than the {MAX_EXTENSION} allowed"
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .take(MAX_EXTENSION)
+            .read_to_end(&mut data)
+            .map_err(|e| e.to_string())?;
+        match etype {
+            EntryType::XHeader => {
+                if self.pax_pending {
+                    return Err("two pax headers precede it".to_string());
+                }
+                self.pax_pending = true;
+                for record in tar::PaxExtensions::new(&data) {
+                    let record = record.map_err(|e| format!("its pax header is malformed: {e}"))?;
+                    let key = record.key_bytes();
+                    let value = record.value_bytes().to_vec();
+                    match key {
+                        b"path" => self.pending.path = Some(value),
+                        b"linkpath" => self.pending.linkpath = Some(value),
+                        b"size" => {
+                            return Err(
+                                "its pax header has a `size` record (a file over 8 GiB written by another tar), which this reader does not take"
+                                    .to_string(),
+                            );
+                        }
+                        _ => {
+                            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                                self.pending.xattrs.push((name.to_vec(), value));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let value = data.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+                if etype == EntryType::GNULongName {
+                    self.pending.path = Some(value);
+                } else {
+                    self.pending.linkpath = Some(value);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Finds digest lines by path without a second copy of every path (a set of a million paths
+/// was most of a restore's memory): a map from the path's 64-bit hash, keyed at random per
+/// run, to the line's index, the path itself compared in the lines' arena. A second path with
+/// the same hash (practically never) goes to a small map of its own.
+#[derive(Default)]
+struct PathIndex {
+    hasher: std::hash::RandomState,
+    first: HashMap<u64, u32>,
+    collided: HashMap<Vec<u8>, u32>,
+}
+
+impl PathIndex {
+    /// The index of the line with `path`, if one was inserted.
+    fn get(&self, path: &[u8], lines: &Lines) -> Option<usize> {
+        use std::hash::BuildHasher;
+        match self.first.get(&self.hasher.hash_one(path)) {
+            Some(&i) if (i as usize) >= lines.len() || lines.get(i as usize).path == path => {
+                Some(i as usize)
+            }
+            Some(_) => self.collided.get(path).map(|&i| i as usize),
+            None => None,
+        }
+    }
+
+    /// Records that line `index` (about to be pushed) has `path`; false if a line has it
+    /// already.
+    fn insert(&mut self, path: &[u8], index: usize, lines: &Lines) -> bool {
+        use std::hash::BuildHasher;
+        if self.get(path, lines).is_some() {
+            return false;
+        }
+        match self.first.entry(self.hasher.hash_one(path)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(index as u32);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(path.to_vec(), index as u32);
+            }
+        }
+        true
+    }
 }
 
 /// Reads the whole archive from `reader`, checking every entry; with `dest` (an empty
@@ -128,11 +259,13 @@ struct FileInfo {
 pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> Result<Contents> {
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut archive = tar::Archive::new(reader);
-    let mut lines: Vec<DigestEntry> = Vec::new();
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
-    let mut files: HashMap<Vec<u8>, FileInfo> = HashMap::new();
+    let mut lines = Lines::default();
+    let mut seen = PathIndex::default();
+    let mut hardlinks: HashSet<u32> = HashSet::new();
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
-    let mut dirs: Vec<(PathBuf, u32, u64, u64, u64)> = Vec::new();
+    type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+    let mut dirs: Vec<(Vec<u8>, u32, u64, u64, u64, Xattrs)> = Vec::new();
+    let mut dest = dest.map(Dest::open).transpose()?;
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
     let mut progress = Progress::new(if dest.is_some() {
@@ -141,14 +274,26 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
         "reading"
     });
 
-    for entry in archive.entries().map_err(damaged)? {
+    let mut extensions = Extensions::default();
+    // Raw: pax headers and GNU long names come to us, so their size is checked before they
+    // are read (the tar crate would read any size into memory).
+    for entry in archive.entries().map_err(damaged)?.raw(true) {
         let mut entry = entry.map_err(damaged)?;
         progress.file(entry.size());
         let etype = entry.header().entry_type();
         if etype == EntryType::XGlobalHeader {
-            continue;
+            continue; // skipped unread
         }
-        let raw = entry.path_bytes().into_owned();
+        let extended = match extensions.take(&mut entry) {
+            Ok(Some(extended)) => extended,
+            Ok(None) => continue,
+            Err(why) => {
+                return Err(unsafe_entry(&entry.header().path_bytes(), &why));
+            }
+        };
+        let raw = extended
+            .path
+            .unwrap_or_else(|| entry.header().path_bytes().into_owned());
         let parts = components(&raw).map_err(|why| unsafe_entry(&raw, why))?;
         if parts.is_empty() {
             if etype == EntryType::Directory {
@@ -157,10 +302,10 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
             return Err(unsafe_entry(&raw, "empty path"));
         }
         let rel = parts.join(&b'/');
-        if !seen.insert(rel.clone()) {
+        if !seen.insert(&rel, lines.len(), &lines) {
             return Err(unsafe_entry(&rel, "the path appears twice"));
         }
-        if seen.len() as u64 > limits.max_entries {
+        if lines.len() as u64 >= limits.max_entries {
             return Err(unsafe_entry(
                 &rel,
                 &format!(
@@ -179,28 +324,33 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
         let mtime = header.mtime().map_err(damaged)?;
         let uid = header.uid().map_err(damaged)?;
         let gid = header.gid().map_err(damaged)?;
-        let target_path = dest.map(|d| d.join(OsStr::from_bytes(&rel)));
-        if let Some(path) = &target_path {
-            make_parent(path)?;
-        }
+        let target_path = dest.as_ref().map(|d| d.path(&rel));
+        let (parent_rel, name) = split(&rel);
+        let name = CString::new(name).map_err(|_| unsafe_entry(&rel, "a NUL byte in its name"))?;
+        // The parent's fd stays open in `dest`'s cache until the next `dir` call (only a
+        // directory entry makes one, and it uses no `parent` after it).
+        let parent: Option<RawFd> = match dest.as_mut() {
+            Some(d) => {
+                let path = d.path(parent_rel);
+                Some(
+                    d.dir(parent_rel)
+                        .map_err(|e| Error::io("cannot create directory", &path, e))?
+                        .as_raw_fd(),
+                )
+            }
+            None => None,
+        };
+        // SAFETY: see above: the fd outlives every use of `parent_fd`.
+        let parent_fd = parent.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
 
         match etype {
             EntryType::Directory => {
-                if let Some(path) = target_path {
-                    match DirBuilder::new().mode(0o700).create(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                        Err(e) => return Err(Error::io("cannot create directory", &path, e)),
-                    }
-                    dirs.push((path, mode, mtime, uid, gid));
+                if let (Some(d), Some(path)) = (dest.as_mut(), &target_path) {
+                    d.dir(&rel)
+                        .map_err(|e| Error::io("cannot create directory", path, e))?;
+                    dirs.push((rel.clone(), mode, mtime, uid, gid, extended.xattrs));
                 }
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'd',
-                    mode,
-                    size: 0,
-                    hash: None,
-                });
+                lines.push(&rel, b'd', mode, 0, None);
             }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
@@ -214,22 +364,17 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                         ),
                     ));
                 }
-                let mut out = match &target_path {
-                    Some(path) => Some(
-                        File::options()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .custom_flags(libc::O_NOFOLLOW)
-                            .open(path)
-                            .map_err(|e| Error::io("cannot create", path, e))?,
+                let mut out = match (parent_fd, &target_path) {
+                    (Some(dir), Some(path)) => Some(
+                        create_file(dir, &name).map_err(|e| Error::io("cannot create", path, e))?,
                     ),
-                    None => None,
+                    _ => None,
                 };
                 let mut hasher = Sha256::new();
                 let mut got = 0u64;
                 loop {
-                    let n = match entry.read(&mut buf) {
+                    // Whole buffers, so hole blocks line up with the file's blocks.
+                    let n = match read_full(&mut entry, &mut buf) {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -238,9 +383,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     hasher.update(&buf[..n]);
                     got += n as u64;
                     if let (Some(f), Some(path)) = (out.as_mut(), &target_path) {
-                        f.write_all(&buf[..n])
+                        write_sparse(f, &buf[..n])
                             .map_err(|e| Error::io("cannot write", path, e))?;
                     }
+                }
+                if let (Some(f), Some(path)) = (out.as_ref(), &target_path) {
+                    // Holes at the end were skipped over, not written: give the file its size.
+                    f.set_len(got)
+                        .map_err(|e| Error::io("cannot write", path, e))?;
                 }
                 if got != size {
                     return Err(damaged(io::Error::new(
@@ -253,22 +403,20 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 }
                 if let (Some(f), Some(path)) = (out, &target_path) {
                     finish_file(&f, path, mode, mtime, as_root.then_some((uid, gid)))?;
+                    set_xattrs(f.as_fd(), path, &extended.xattrs, as_root)?;
                 }
                 let hash: [u8; 32] = hasher.finalize().into();
-                files.insert(rel.clone(), FileInfo { size, hash, mode });
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'f',
-                    mode,
-                    size,
-                    hash: Some(hash),
-                });
+                lines.push(&rel, b'f', mode, size, Some(hash));
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = match &extended.linkpath {
+                    Some(t) => t.clone(),
+                    None => entry
+                        .header()
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default(),
+                };
                 if !symlink_target_is_safe(&parts, &target) {
                     return Err(unsafe_entry(
                         &rel,
@@ -278,50 +426,81 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                         ),
                     ));
                 }
-                if let Some(path) = &target_path {
-                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), path)
+                if let (Some(dir), Some(path)) = (parent_fd, &target_path) {
+                    let c = CString::new(target.clone())
+                        .map_err(|_| unsafe_entry(&rel, "a NUL byte in its symlink target"))?;
+                    // SAFETY: valid C strings and directory fd.
+                    check(unsafe { libc::symlinkat(c.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
                         .map_err(|e| Error::io("cannot create symlink", path, e))?;
                     if as_root {
-                        std::os::unix::fs::lchown(path, Some(uid as u32), Some(gid as u32))
-                            .map_err(|e| Error::io("cannot set owner of", path, e))?;
+                        // SAFETY: as above.
+                        check(unsafe {
+                            libc::fchownat(
+                                dir.as_raw_fd(),
+                                name.as_ptr(),
+                                uid as libc::uid_t,
+                                gid as libc::gid_t,
+                                libc::AT_SYMLINK_NOFOLLOW,
+                            )
+                        })
+                        .map_err(|e| Error::io("cannot set owner of", path, e))?;
                     }
-                    set_mtime(path, mtime)
+                    set_mtime_at(dir, &name, mtime)
                         .map_err(|e| Error::io("cannot set mtime of", path, e))?;
                 }
-                symlinks.insert(rel.clone());
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'l',
-                    mode: 0o777,
-                    size: target.len() as u64,
-                    hash: Some(Sha256::digest(&target).into()),
-                });
+                lines.push(
+                    &rel,
+                    b'l',
+                    0o777,
+                    target.len() as u64,
+                    Some(Sha256::digest(&target).into()),
+                );
+                symlinks.insert(rel);
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = match &extended.linkpath {
+                    Some(t) => t.clone(),
+                    None => entry
+                        .header()
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default(),
+                };
                 let target_rel = components(&target)
                     .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?
                     .join(&b'/');
-                let Some(info) = files.get(&target_rel) else {
+                let info = seen
+                    .get(&target_rel, &lines)
+                    .filter(|&i| i < lines.len() && !hardlinks.contains(&(i as u32)))
+                    .map(|i| lines.get(i))
+                    .filter(|l| l.kind == b'f')
+                    .map(|l| (l.size, *l.hash.expect("a file's line has a hash"), l.mode));
+                let Some((size, hash, mode)) = info else {
                     return Err(unsafe_entry(
                         &rel,
                         "hardlink to something that is not an earlier file of this archive",
                     ));
                 };
-                if let (Some(path), Some(d)) = (&target_path, dest) {
-                    fs::hard_link(d.join(OsStr::from_bytes(&target_rel)), path)
+                if let (Some(dir), Some(path), Some(d)) = (parent_fd, &target_path, dest.as_ref()) {
+                    let (from_rel, from_name) = split(&target_rel);
+                    let from = d
+                        .dir_uncached(from_rel)
                         .map_err(|e| Error::io("cannot create hardlink", path, e))?;
+                    let from_name = CString::new(from_name).expect("no NUL: it was extracted");
+                    // SAFETY: valid C strings and directory fds.
+                    check(unsafe {
+                        libc::linkat(
+                            from.as_raw_fd(),
+                            from_name.as_ptr(),
+                            dir.as_raw_fd(),
+                            name.as_ptr(),
+                            0,
+                        )
+                    })
+                    .map_err(|e| Error::io("cannot create hardlink", path, e))?;
                 }
-                lines.push(DigestEntry {
-                    path: rel,
-                    kind: b'f',
-                    mode: info.mode,
-                    size: info.size,
-                    hash: Some(info.hash),
-                });
+                hardlinks.insert(lines.len() as u32);
+                lines.push(&rel, b'f', mode, size, Some(hash));
             }
             other => {
                 return Err(unsafe_entry(
@@ -337,17 +516,19 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     // Directory modes and times last, deepest first: a read-only directory must not stop its
     // own contents from being written, and writing contents moves a directory's mtime.
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
-    for (path, mode, mtime, uid, gid) in dirs {
-        if as_root {
-            std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32))
-                .map_err(|e| Error::io("cannot set owner of", &path, e))?;
+    if let Some(d) = dest.as_mut() {
+        for (rel, mode, mtime, uid, gid, xattrs) in dirs {
+            let path = d.path(&rel);
+            let dir = File::from(
+                d.dir_uncached(&rel)
+                    .map_err(|e| Error::io("cannot open directory", &path, e))?,
+            );
+            finish_file(&dir, &path, mode, mtime, as_root.then_some((uid, gid)))?;
+            set_xattrs(dir.as_fd(), &path, &xattrs, as_root)?;
         }
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| Error::io("cannot set mode of", &path, e))?;
-        set_mtime(&path, mtime).map_err(|e| Error::io("cannot set mtime of", &path, e))?;
     }
     let files = lines.len() as u64;
-    let content_digest = digest::content_digest(&mut lines);
+    let content_digest = lines.digest();
     Ok(Contents {
         files,
         expanded_bytes: expanded,
@@ -356,17 +537,179 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     })
 }
 
-/// Creates missing parent directories (an archive may omit them); they are ours, in a fresh
-/// destination, so following them is safe.
-fn make_parent(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent()
-        && !parent.is_dir()
-    {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| Error::io("cannot create directory", parent, e))?;
+/// Reads until `buf` is full or the reader ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The block a run of zeros must fill to be skipped as a hole instead of written.
+const HOLE_BLOCK: usize = 4096;
+static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+
+/// Writes `data` at the file's position, seeking over every whole `HOLE_BLOCK` of zeros
+/// instead of writing it, so a sparse file restores sparse (a 10 GiB empty file restored as
+/// 11 GB on disk). The caller sets the final length (a hole at the end is not written).
+/// Chunks are read at block-aligned offsets (the tar reader hands whole buffers), so blocks
+/// here line up with the file system's.
+fn write_sparse(f: &mut File, data: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + HOLE_BLOCK).min(data.len());
+        let block = &data[start..end];
+        // A slice comparison is one memcmp, fast even in a debug build.
+        if block == &ZEROS[..] {
+            f.seek(SeekFrom::Current(HOLE_BLOCK as i64))?;
+        } else {
+            f.write_all(block)?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// The destination of an extraction, reached fd by fd from its root: never through a path
+/// string (so paths longer than `PATH_MAX` extract) and never through a symlink.
+struct Dest {
+    root: PathBuf,
+    fd: OwnedFd,
+    /// The last parent directory used, kept for the next entry in it.
+    cached: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Dest {
+    fn open(root: &Path) -> Result<Dest> {
+        let c = CString::new(root.as_os_str().as_bytes())
+            .map_err(|e| Error::io("cannot open", root, io::Error::other(e)))?;
+        let fd = open_dir_at(libc::AT_FDCWD, &c).map_err(|e| Error::io("cannot open", root, e))?;
+        Ok(Dest {
+            root: root.to_path_buf(),
+            fd,
+            cached: None,
+        })
+    }
+
+    /// `rel` below the destination, for messages.
+    fn path(&self, rel: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(rel))
+    }
+
+    /// The directory `rel`, made (0700) with any missing parent (an archive may omit them;
+    /// they are ours, in a fresh destination), kept for the next call.
+    fn dir(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        if self.cached.as_ref().is_none_or(|(r, _)| r != rel) {
+            self.cached = None;
+            let fd = self.dir_uncached(rel)?;
+            self.cached = Some((rel.to_vec(), fd));
+        }
+        Ok(self.cached.as_ref().expect("just set").1.as_fd())
+    }
+
+    /// `dir`, without the cache.
+    fn dir_uncached(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let mut cur = self.fd.try_clone()?;
+        for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            let c = CString::new(part)?;
+            cur = match open_dir_at(cur.as_raw_fd(), &c) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    // SAFETY: valid fd and C string.
+                    let rc = unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o700) };
+                    if rc != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(e);
+                        }
+                    }
+                    open_dir_at(cur.as_raw_fd(), &c)?
+                }
+                other => other?,
+            };
+        }
+        Ok(cur)
+    }
+}
+
+/// A path's parent (possibly empty) and last component.
+fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&rel[..0], rel),
+    }
+}
+
+fn open_dir_at(dir: libc::c_int, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: a valid C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates a new file (0600, never through a symlink, never over an existing entry).
+fn create_file(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    // SAFETY: a valid fd and C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nothing else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets the extended attributes an archive carried for `path` (after its owner: chown clears
+/// `security.capability`). Without root, only those a user may set are tried.
+fn set_xattrs(
+    fd: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+    as_root: bool,
+) -> Result<()> {
+    for (name, value) in xattrs {
+        if !super::xattr::settable(name, as_root) {
+            continue;
+        }
+        super::xattr::set(fd, name, value).map_err(|e| {
+            Error::io(
+                &format!(
+                    "cannot set extended attribute {} (the file system must support extended attributes) on",
+                    String::from_utf8_lossy(name)
+                ),
+                path,
+                e,
+            )
+        })?;
     }
     Ok(())
 }
@@ -391,27 +734,22 @@ fn finish_file(
     Ok(())
 }
 
-/// Sets a path's mtime (and atime) without following a symlink.
-fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
+/// Sets the mtime (and atime) of `name` in `dir` without following a symlink.
+fn set_mtime_at(dir: BorrowedFd<'_>, name: &CStr, mtime: u64) -> io::Result<()> {
     let t = libc::timespec {
         tv_sec: mtime as libc::time_t,
         tv_nsec: 0,
     };
     let times = [t, t];
-    let rc = unsafe {
+    // SAFETY: valid fd, C string and two timespecs.
+    check(unsafe {
         libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             times.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    })
 }
 
 #[cfg(test)]

@@ -12,4 +12,5 @@ mod hostile;
 mod list;
 mod prune;
 mod restore;
+mod swapped;
 mod verify;
