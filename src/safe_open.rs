@@ -166,6 +166,24 @@ fn clear_nonblock(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens the directory `name` below the directory fd `dir` (or the working directory for
+/// `libc::AT_FDCWD`), never through a symlink and without blocking.
+pub fn open_dir_at(dir: libc::c_int, name: &std::ffi::CStr) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a valid C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nothing else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,3 +233,4 @@ mod tests {
         assert_eq!(read_capped(&big, 100).unwrap().len(), 100);
     }
 }
+

@@ -25,6 +25,7 @@ use tar::EntryType;
 
 use super::digest::Lines;
 use super::pgzip;
+use crate::safe_open;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::task::Compression;
@@ -263,8 +264,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     let mut seen = PathIndex::default();
     let mut hardlinks: HashSet<u32> = HashSet::new();
     let mut symlinks: HashSet<Vec<u8>> = HashSet::new();
-    type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
-    let mut dirs: Vec<(Vec<u8>, u32, u64, u64, u64, Xattrs)> = Vec::new();
+    let mut dirs: Vec<(Vec<u8>, u32, u64, u64, u64)> = Vec::new();
     let mut dest = dest.map(Dest::open).transpose()?;
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
@@ -348,7 +348,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 if let (Some(d), Some(path)) = (dest.as_mut(), &target_path) {
                     d.dir(&rel)
                         .map_err(|e| Error::io("cannot create directory", path, e))?;
-                    dirs.push((rel.clone(), mode, mtime, uid, gid, extended.xattrs));
+                    // Attributes now, while the directory is new and writable (0700, ours):
+                    // nothing of them is kept until the end, whatever the archive holds.
+                    let dir = File::from(
+                        d.dir_uncached(&rel)
+                            .map_err(|e| Error::io("cannot open directory", path, e))?,
+                    );
+                    set_xattrs(dir.as_fd(), path, &extended.xattrs, as_root)?;
+                    dirs.push((rel.clone(), mode, mtime, uid, gid));
                 }
                 lines.push(&rel, b'd', mode, 0, None);
             }
@@ -402,8 +409,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                     )));
                 }
                 if let (Some(f), Some(path)) = (out, &target_path) {
-                    finish_file(&f, path, mode, mtime, as_root.then_some((uid, gid)))?;
-                    set_xattrs(f.as_fd(), path, &extended.xattrs, as_root)?;
+                    finish_file(
+                        &f,
+                        path,
+                        mode,
+                        mtime,
+                        as_root.then_some((uid, gid)),
+                        &extended.xattrs,
+                    )?;
                 }
                 let hash: [u8; 32] = hasher.finalize().into();
                 lines.push(&rel, b'f', mode, size, Some(hash));
@@ -517,14 +530,13 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     // own contents from being written, and writing contents moves a directory's mtime.
     dirs.sort_by(|a, b| b.0.cmp(&a.0));
     if let Some(d) = dest.as_mut() {
-        for (rel, mode, mtime, uid, gid, xattrs) in dirs {
+        for (rel, mode, mtime, uid, gid) in dirs {
             let path = d.path(&rel);
             let dir = File::from(
                 d.dir_uncached(&rel)
                     .map_err(|e| Error::io("cannot open directory", &path, e))?,
             );
-            finish_file(&dir, &path, mode, mtime, as_root.then_some((uid, gid)))?;
-            set_xattrs(dir.as_fd(), &path, &xattrs, as_root)?;
+            finish_file(&dir, &path, mode, mtime, as_root.then_some((uid, gid)), &[])?;
         }
     }
     let files = lines.len() as u64;
@@ -590,7 +602,7 @@ impl Dest {
     fn open(root: &Path) -> Result<Dest> {
         let c = CString::new(root.as_os_str().as_bytes())
             .map_err(|e| Error::io("cannot open", root, io::Error::other(e)))?;
-        let fd = open_dir_at(libc::AT_FDCWD, &c).map_err(|e| Error::io("cannot open", root, e))?;
+        let fd = safe_open::open_dir_at(libc::AT_FDCWD, &c).map_err(|e| Error::io("cannot open", root, e))?;
         Ok(Dest {
             root: root.to_path_buf(),
             fd,
@@ -619,7 +631,7 @@ impl Dest {
         let mut cur = self.fd.try_clone()?;
         for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
             let c = CString::new(part)?;
-            cur = match open_dir_at(cur.as_raw_fd(), &c) {
+            cur = match safe_open::open_dir_at(cur.as_raw_fd(), &c) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     // SAFETY: valid fd and C string.
                     let rc = unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o700) };
@@ -629,7 +641,7 @@ impl Dest {
                             return Err(e);
                         }
                     }
-                    open_dir_at(cur.as_raw_fd(), &c)?
+                    safe_open::open_dir_at(cur.as_raw_fd(), &c)?
                 }
                 other => other?,
             };
@@ -644,22 +656,6 @@ fn split(rel: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&rel[..i], &rel[i + 1..]),
         None => (&rel[..0], rel),
     }
-}
-
-fn open_dir_at(dir: libc::c_int, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: a valid C string; the fd returned is owned below.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: just opened, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Creates a new file (0600, never through a symlink, never over an existing entry).
@@ -700,16 +696,21 @@ fn set_xattrs(
         if !super::xattr::settable(name, as_root) {
             continue;
         }
-        super::xattr::set(fd, name, value).map_err(|e| {
-            Error::io(
-                &format!(
-                    "cannot set extended attribute {} (the file system must support extended attributes) on",
-                    String::from_utf8_lossy(name)
-                ),
-                path,
-                e,
-            )
-        })?;
+        match super::xattr::set(fd, name, value) {
+            Ok(()) => {}
+            // A file system without extended attributes (documented in xattr.rs).
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+            Err(e) => {
+                return Err(Error::io(
+                    &format!(
+                        "cannot set extended attribute {} on",
+                        String::from_utf8_lossy(name)
+                    ),
+                    path,
+                    e,
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -721,11 +722,15 @@ fn finish_file(
     mode: u32,
     mtime: u64,
     owner: Option<(u64, u64)>,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<()> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32))
             .map_err(|e| Error::io("cannot set owner of", path, e))?;
     }
+    // After the owner (chown clears `security.capability`), before the mode: a `user.*`
+    // attribute needs write permission, which a read-only mode would take away.
+    set_xattrs(f.as_fd(), path, xattrs, owner.is_some())?;
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(|e| Error::io("cannot set mode of", path, e))?;
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);

@@ -10,7 +10,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -347,35 +347,19 @@ pub fn is_race(e: &io::Error) -> bool {
 
 fn open_root(root: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(root.as_os_str().as_bytes())?;
-    open_dir_at(libc::AT_FDCWD, &c)
+    safe_open::open_dir_at(libc::AT_FDCWD, &c)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))
 }
 
 /// Opens the directory `rel` below `root` one component at a time, never following a symlink.
 fn open_dir_below(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
     let dot = CString::new(".").expect("no NUL");
-    let mut cur = open_dir_at(root.as_raw_fd(), &dot)?;
+    let mut cur = safe_open::open_dir_at(root.as_raw_fd(), &dot)?;
     for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
         let c = CString::new(part)?;
-        cur = open_dir_at(cur.as_raw_fd(), &c)?;
+        cur = safe_open::open_dir_at(cur.as_raw_fd(), &c)?;
     }
     Ok(cur)
-}
-
-fn open_dir_at(dir: libc::c_int, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: a valid C string; the fd returned is owned below.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: just opened, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The names in a directory (without `.` and `..`).

@@ -2,7 +2,10 @@
 //! file capabilities as `security.capability`): read from an open file or directory when
 //! archiving, carried as pax `SCHILY.xattr.NAME` records as GNU tar `--xattrs` writes them,
 //! and set again on extraction. They are not part of the content digest (SPEC §5).
-//! Symlinks' attributes are not kept.
+//! Symlinks' attributes are not kept, nor `security.selinux`: an SELinux label belongs to the
+//! host's policy (GNU tar carries it only with `--selinux`), and setting it on another host or
+//! on NFS fails. A file system that supports no extended attributes at all (`ENOTSUP`) gets
+//! none on extraction.
 
 use std::ffi::CString;
 use std::io;
@@ -36,7 +39,10 @@ pub fn list(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         }
     };
     let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !is_host_label(n))
+    {
         let c = CString::new(name)?;
         let value = loop {
             // SAFETY: size 0 asks for the length only.
@@ -95,8 +101,13 @@ pub fn set(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Whether an attribute is the host's SELinux label, which is never carried.
+pub fn is_host_label(name: &[u8]) -> bool {
+    name == b"security.selinux"
+}
+
 /// Whether an attribute can be set by the current user: without root, only `user.*` (and
 /// ACLs on one's own files); the others are left out of a non-root extraction.
 pub fn settable(name: &[u8], as_root: bool) -> bool {
-    as_root || name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_")
+    !is_host_label(name) && as_root || name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_")
 }
