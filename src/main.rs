@@ -2,12 +2,14 @@
 //! run it, print exactly one JSON result line on stdout, and exit 0 (ok), 1 (failed) or 2
 //! (invalid task). Logs go to stderr only.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 const USAGE: &str =
     "usage: cwbackup [TASK_FILE]      run the JSON task from TASK_FILE or standard input
        cwbackup schema task|result|manifest
-       cwbackup --version";
+       cwbackup --version
+
+example: echo '{\"operation\": \"list\", \"repository\": \"/backup/connectware\"}' | cwbackup";
 
 fn main() {
     cwbackup::install_panic_hook();
@@ -31,10 +33,9 @@ fn main() {
                 "task" => cwbackup::task::schema(),
                 "result" => cwbackup::result::schema(),
                 "manifest" => cwbackup::repository::manifest::schema(),
-                other => {
-                    eprintln!("cwbackup: unknown schema {other:?}\n{USAGE}");
-                    std::process::exit(2);
-                }
+                other => refuse(&format!(
+                    "unknown schema {other:?}: give task, result or manifest"
+                )),
             };
             println!(
                 "{}",
@@ -42,30 +43,53 @@ fn main() {
             );
             return;
         }
+        [] if std::io::stdin().is_terminal() => refuse(
+            "no task given: pipe a JSON task into standard input, or name a task file",
+        ),
         [] => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+                .map_err(|e| format!("cannot read the task from standard input: {e}"))
         }
-        [path] => std::fs::read(path),
-        _ => {
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
+        [option] if option.starts_with('-') => refuse(&format!("unknown option {option:?}")),
+        [path] => std::fs::read(path).map_err(|e| {
+            format!("cannot read the task file {path}: {e}; name a readable JSON task file, or pipe the task into standard input")
+        }),
+        _ => refuse(&format!(
+            "{} arguments given; cwbackup takes at most one, the task file",
+            args.len()
+        )),
     };
     let result = match input {
         Ok(bytes) => cwbackup::run(&bytes),
-        Err(e) => cwbackup::result::TaskResult::failed(
-            None,
-            false,
-            cwbackup::error::Error::new(
-                cwbackup::error::ErrorKind::InvalidTask,
-                format!("cannot read the task: {e}"),
-            ),
-        ),
+        Err(message) => invalid(message),
     };
-    let mut line = serde_json::to_vec(&result).expect("a result is JSON");
+    print_result(&result);
+}
+
+/// A result for a task that could not be read.
+fn invalid(message: String) -> cwbackup::result::TaskResult {
+    cwbackup::result::TaskResult::failed(
+        None,
+        false,
+        cwbackup::error::Error::new(cwbackup::error::ErrorKind::InvalidTask, message),
+    )
+}
+
+/// A command line cwbackup does not understand: usage on stderr and, as for any task it
+/// cannot read, one `invalid_task` result on stdout (SPEC §2); exit 2.
+fn refuse(problem: &str) -> ! {
+    eprintln!("cwbackup: {problem}\n{USAGE}");
+    print_result(&invalid(format!("{problem}; see `cwbackup --help`")))
+}
+
+/// Prints the one result line and exits with its code.
+fn print_result(result: &cwbackup::result::TaskResult) -> ! {
+    let mut line = serde_json::to_vec(result).expect("a result is JSON");
     line.push(b'\n');
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(&line).and_then(|_| stdout.flush());
-    std::process::exit(cwbackup::exit_code(&result));
+    std::process::exit(cwbackup::exit_code(result));
 }

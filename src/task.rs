@@ -128,6 +128,17 @@ pub enum Operation {
     Prune,
 }
 
+impl Operation {
+    /// Every operation, in the order the README presents them.
+    pub const ALL: [Operation; 5] = [
+        Operation::Backup,
+        Operation::Restore,
+        Operation::Verify,
+        Operation::List,
+        Operation::Prune,
+    ];
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -427,6 +438,7 @@ pub fn parse(input: &[u8]) -> Result<Task> {
         ));
     };
     object.retain(|key, _| !key.starts_with("_ansible_"));
+    check_operation(object.get("operation"))?;
 
     check_against_schema(&value)?;
     let operation: Operation = serde_json::from_value(value["operation"].clone())
@@ -452,6 +464,39 @@ pub fn parse(input: &[u8]) -> Result<Task> {
         invalid("invalid task: a value does not have the type or range the schema gives")
     })?;
     validate(raw)
+}
+
+/// Refuses a missing or unknown `operation` with the list of valid ones (the schema's own
+/// message for it would only say that no branch of its `oneOf` matched).
+fn check_operation(operation: Option<&Value>) -> Result<()> {
+    let valid = || {
+        Operation::ALL
+            .iter()
+            .map(|o| format!("`{o}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match operation {
+        None => Err(invalid(format!(
+            "/operation: missing; give one of {}",
+            valid()
+        ))),
+        Some(Value::String(name)) if Operation::ALL.iter().any(|o| o.to_string() == *name) => {
+            Ok(())
+        }
+        Some(Value::String(name)) => {
+            let shown: String = name.chars().take(40).collect();
+            Err(invalid(format!(
+                "/operation: `{shown}` is not an operation; give one of {}",
+                valid()
+            )))
+        }
+        Some(_) => Err(invalid(format!(
+            "/operation: must be a string, one of {}",
+            valid()
+        ))),
+    }
+    .map_err(|e| e.detail("pointer", "/operation"))
 }
 
 /// Keys whose value is, or may hold, a secret: never echoed in an error message. `url` is one
@@ -706,6 +751,23 @@ fn checked_url(text: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_unknown_or_missing_operation_lists_the_valid_ones() {
+        for input in [
+            r#"{"operation":"backpu","repository":"/r"}"#,
+            r#"{"repository":"/r"}"#,
+            r#"{"operation":7,"repository":"/r"}"#,
+        ] {
+            let e = parse_str(input).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidTask);
+            assert!(
+                e.message.starts_with("/operation") && e.message.contains("`backup`, `restore`, `verify`, `list`, `prune`"),
+                "{input}: {}",
+                e.message
+            );
+        }
+    }
     use super::*;
 
     fn parse_str(s: &str) -> Result<Task> {

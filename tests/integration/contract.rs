@@ -221,3 +221,82 @@ fn password_file_and_ca_file_are_capped_and_never_block() {
         );
     }
 }
+
+/// Runs the binary with `args` and no standard input; returns its one result, exit code and
+/// stderr.
+fn run_args(args: &[&str]) -> (cwbackup::result::TaskResult, i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with('\n') && stdout.matches('\n').count() == 1,
+        "{args:?}: one result line, got {stdout:?}"
+    );
+    let result: cwbackup::result::TaskResult = serde_json::from_str(&stdout).unwrap();
+    (
+        result,
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_command_line_it_does_not_understand_is_usage_on_stderr_and_one_invalid_task_result() {
+    for args in [
+        &["a", "b"][..],
+        &["--frobnicate"][..],
+        &["schema", "nope"][..],
+        &["schema", "task", "extra"][..],
+    ] {
+        let (result, code, stderr) = run_args(args);
+        assert_eq!(code, 2, "{args:?}");
+        assert_eq!(
+            result.error.unwrap().kind,
+            ErrorKind::InvalidTask,
+            "{args:?}"
+        );
+        assert!(stderr.contains("usage: cwbackup"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_task_file_is_named_in_the_error() {
+    let (result, code, _) = run_args(&["/nonexistent/cwbackup-task.json"]);
+    assert_eq!(code, 2);
+    let e = result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(
+        e.message.contains("/nonexistent/cwbackup-task.json"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn an_unknown_operation_lists_the_valid_ones() {
+    let r = run(&json!({"operation": "backpu", "repository": "/r"}));
+    assert_eq!(r.code, 2);
+    let m = r.result.error.unwrap().message;
+    assert!(
+        m.contains("`backpu` is not an operation")
+            && m.contains("`backup`, `restore`, `verify`, `list`, `prune`"),
+        "{m}"
+    );
+}
+
+#[test]
+fn on_a_terminal_with_no_task_it_says_how_to_give_one_instead_of_waiting() {
+    // `script` (util-linux) gives the binary a terminal as standard input.
+    let out = Command::new("timeout")
+        .args(["20", "script", "-qec", BIN, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "not killed by timeout: {text}");
+    assert!(text.contains("no task given"), "{text}");
+    assert!(text.contains("\"kind\":\"invalid_task\""), "{text}");
+}
