@@ -233,4 +233,3 @@ mod tests {
         assert_eq!(read_capped(&big, 100).unwrap().len(), 100);
     }
 }
-

@@ -622,8 +622,7 @@ fn validate(raw: RawTask) -> Result<Task> {
         }),
         Operation::List => Op::List,
         Operation::Prune => Op::Prune(
-            retention
-                .ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
+            retention.ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
         ),
     };
     if matches!(op, Op::Backup(_) | Op::Restore(_)) && volume.is_none() && api.is_none() {
@@ -762,7 +761,9 @@ mod tests {
             let e = parse_str(input).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidTask);
             assert!(
-                e.message.starts_with("/operation") && e.message.contains("`backup`, `restore`, `verify`, `list`, `prune`"),
+                e.message.starts_with("/operation")
+                    && e.message
+                        .contains("`backup`, `restore`, `verify`, `list`, `prune`"),
                 "{input}: {}",
                 e.message
             );

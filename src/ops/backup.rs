@@ -253,13 +253,15 @@ fn build(
             scope.spawn(move || {
                 crate::test_panic("worker");
                 match fresh_db {
-                Some(f) => std::fs::rename(&f.path, db_path)
-                    .map_err(|e| Error::repo("cannot move the database backup into", db_path, e))
-                    .map(|()| (f.downloaded, f.started, f.finished_at)),
-                None => {
-                    let started = (Instant::now(), clock::now());
-                    c.backup(db_path).map(|d| (d, started, clock::now()))
-                }
+                    Some(f) => std::fs::rename(&f.path, db_path)
+                        .map_err(|e| {
+                            Error::repo("cannot move the database backup into", db_path, e)
+                        })
+                        .map(|()| (f.downloaded, f.started, f.finished_at)),
+                    None => {
+                        let started = (Instant::now(), clock::now());
+                        c.backup(db_path).map(|d| (d, started, clock::now()))
+                    }
                 }
             })
         });

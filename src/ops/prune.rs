@@ -161,13 +161,7 @@ mod tests {
 
     #[test]
     fn safety_sets_are_counted_apart_and_never_crowd_out_regular_sets() {
-        let s = sets(&[
-            "pre-restore-3",
-            "pre-restore-2",
-            "b",
-            "pre-restore-1",
-            "a",
-        ]);
+        let s = sets(&["pre-restore-3", "pre-restore-2", "b", "pre-restore-1", "a"]);
         assert_eq!(
             ids(doomed(&s, keep(1, 1), None)),
             ["pre-restore-2", "pre-restore-1", "a"]

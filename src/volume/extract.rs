@@ -25,9 +25,9 @@ use tar::EntryType;
 
 use super::digest::Lines;
 use super::pgzip;
-use crate::safe_open;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
+use crate::safe_open;
 use crate::task::Compression;
 
 /// The most an archive may hold, from its manifest.
@@ -602,7 +602,8 @@ impl Dest {
     fn open(root: &Path) -> Result<Dest> {
         let c = CString::new(root.as_os_str().as_bytes())
             .map_err(|e| Error::io("cannot open", root, io::Error::other(e)))?;
-        let fd = safe_open::open_dir_at(libc::AT_FDCWD, &c).map_err(|e| Error::io("cannot open", root, e))?;
+        let fd = safe_open::open_dir_at(libc::AT_FDCWD, &c)
+            .map_err(|e| Error::io("cannot open", root, e))?;
         Ok(Dest {
             root: root.to_path_buf(),
             fd,

@@ -109,5 +109,7 @@ pub fn is_host_label(name: &[u8]) -> bool {
 /// Whether an attribute can be set by the current user: without root, only `user.*` (and
 /// ACLs on one's own files); the others are left out of a non-root extraction.
 pub fn settable(name: &[u8], as_root: bool) -> bool {
-    !is_host_label(name) && as_root || name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_")
+    !is_host_label(name) && as_root
+        || name.starts_with(b"user.")
+        || name.starts_with(b"system.posix_acl_")
 }

@@ -382,8 +382,7 @@ fn random_sigkills_during_backup_and_restore_lose_nothing() {
     recovery["force"] = json!(true);
 
     let mut per_phase: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut sets_checked, mut rolled_back, mut finished, mut ended_first) =
-        (0, 0, 0, 0);
+    let (mut sets_checked, mut rolled_back, mut finished, mut ended_first) = (0, 0, 0, 0);
     for i in 0..kills {
         let mode = (i % 4) as usize;
         let (name, task, span) = &mut tasks[mode];

@@ -102,14 +102,25 @@ fn prune_after_a_restore_keeps_regular_sets_and_safety_sets_apart() {
         run_ok(&f.task("restore"));
     }
     let all = f.set_ids();
-    let safety: Vec<&String> = all.iter().filter(|id| id.starts_with("pre-restore-")).collect();
+    let safety: Vec<&String> = all
+        .iter()
+        .filter(|id| id.starts_with("pre-restore-"))
+        .collect();
     assert_eq!(safety.len(), 2, "{all:?}");
-    let r = run_ok(&json!({"operation": "prune", "repository": f.repo, "keep_last": 1,
-                           "keep_safety": 1}));
+    let r = run_ok(
+        &json!({"operation": "prune", "repository": f.repo, "keep_last": 1,
+                           "keep_safety": 1}),
+    );
     let left = f.set_ids();
     assert_eq!(r.sets.unwrap().len(), 3, "{left:?}");
-    assert!(left.contains(&ids[0]), "the newest regular set is kept: {left:?}");
-    assert!(left.contains(safety[0]), "the newest safety set is kept: {left:?}");
+    assert!(
+        left.contains(&ids[0]),
+        "the newest regular set is kept: {left:?}"
+    );
+    assert!(
+        left.contains(safety[0]),
+        "the newest safety set is kept: {left:?}"
+    );
     assert_eq!(left.len(), 2, "{left:?}");
     // Default keep_safety (3): safety sets do not crowd out regular ones.
     let f2 = Fixture::sample();
@@ -118,7 +129,10 @@ fn prune_after_a_restore_keeps_regular_sets_and_safety_sets_apart() {
     run_ok(&f2.task("restore"));
     run_ok(&json!({"operation": "prune", "repository": f2.repo, "keep_last": 2}));
     let left2 = f2.set_ids();
-    assert!(left2.contains(&ids2[0]) && left2.contains(&ids2[1]), "{left2:?}");
+    assert!(
+        left2.contains(&ids2[0]) && left2.contains(&ids2[1]),
+        "{left2:?}"
+    );
     assert_eq!(left2.len(), 3, "{left2:?}");
 }
 

@@ -210,7 +210,11 @@ fn an_unknown_set_is_backup_not_found() {
 fn against_live_right_after_a_restore_compares_with_the_restored_set_not_the_safety_set() {
     let f = Fixture::sample();
     run_ok(&f.task("backup"));
-    write(&f.vol.join("services/opcua-server.yml"), b"edited by hand", 0o644);
+    write(
+        &f.vol.join("services/opcua-server.yml"),
+        b"edited by hand",
+        0o644,
+    );
     let restored = run_ok(&f.task("restore"));
     assert!(restored.safety_backup.is_some(), "a safety set was written");
     let mut task = f.task("verify");
