@@ -122,8 +122,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         .volume
         .as_ref()
         .map(|v| v.content_digest.clone());
-    // The listing the plan decides on: the swap happens only while the volume still has it.
-    let decided = volume_dir.as_deref().map(volume::listing).transpose()?;
+    // The listing the plan decides on (its fingerprint: a second listing of a large volume
+    // would double restore's memory): the swap happens only while the volume still has it.
+    let decided = volume_dir.as_deref().map(volume::fingerprint).transpose()?;
     let speculate = match (&work, &volume_dir) {
         (Some(w), Some(dir)) if !task.dry_run => Some((w, dir.as_path())),
         _ => None,
@@ -315,8 +316,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     if let (Some(staged), Some(dir), Some(decided)) = (staged, &volume_dir, &decided) {
         let swapped = (|| {
             test_pause();
-            let now = still_as_decided(dir, decided, &set, safety.as_ref())?;
-            let kept = special_files(dir, &now, &staged.work.staged(), &set.id, &mut warnings);
+            let specials = still_as_decided(dir, decided, &set, safety.as_ref())?;
+            let kept =
+                special_files(dir, &specials, &staged.work.staged(), &set.id, &mut warnings);
             staged.swap_in(&set.id, &kept)
         })();
         match swapped {
@@ -704,48 +706,24 @@ impl Drop for FreshDbFile {
 
 /// Refuses to swap when the volume's listing (names, types, sizes, modes, times, inodes)
 /// differs from the one the plan decided on: something wrote to it meanwhile. Returns the
-/// listing.
+/// relative paths of the volume's sockets, FIFOs and devices.
 fn still_as_decided(
     dir: &Path,
-    decided: &tree::Listing,
+    decided: &tree::Fingerprint,
     set: &Set,
     safety: Option<&SetRef>,
-) -> Result<tree::Listing> {
-    let now = volume::listing(dir)?;
+) -> Result<Vec<Vec<u8>>> {
+    let (now, specials) = volume::fingerprint_and_specials(dir)?;
     if now == *decided {
-        return Ok(now);
+        return Ok(specials);
     }
-    // Both listings are sorted by path: the first pair that differs names the change.
-    let same = |a: &tree::EntryRef<'_>, b: &tree::EntryRef<'_>| {
-        a.path == b.path
-            && a.target == b.target
-            && (a.kind, a.mode, a.size, a.uid, a.gid, a.mtime, a.mtime_nsec)
-                == (b.kind, b.mode, b.size, b.uid, b.gid, b.mtime, b.mtime_nsec)
-            && (a.ctime, a.ctime_nsec, a.dev, a.ino) == (b.ctime, b.ctime_nsec, b.dev, b.ino)
-    };
-    let changed = now
-        .iter()
-        .zip(decided.iter())
-        .find(|(a, b)| !same(a, b))
-        .map(|(a, b)| a.path.min(b.path).to_vec())
-        .or_else(|| {
-            let longer = if now.len() > decided.len() {
-                &now
-            } else {
-                decided
-            };
-            let at = now.len().min(decided.len());
-            (at < longer.len()).then(|| longer.get(at).path.to_vec())
-        })
-        .map(|p| String::from_utf8_lossy(&p).into_owned())
-        .unwrap_or_default();
     let kept = safety.map_or(String::new(), |s| {
         format!(" (safety set {} was kept)", s.id)
     });
     Err(Error::new(
         ErrorKind::ConsistencyError,
         format!(
-            "the volume {} was written to while the restore of set {} was prepared (first difference: {changed}); the volume was not touched{kept}: run the restore again when no service is being (de)commissioned",
+            "the volume {} was written to while the restore of set {} was prepared (an entry was added, removed or changed); the volume was not touched{kept}: run the restore again when no service is being (de)commissioned",
             dir.display(),
             set.id
         ),
@@ -757,16 +735,16 @@ fn still_as_decided(
 /// with the old tree, and a warning names each.
 fn special_files(
     dir: &Path,
-    listing: &tree::Listing,
+    specials: &[Vec<u8>],
     staged: &Path,
     set: &str,
     warnings: &mut Vec<String>,
 ) -> Vec<OsString> {
     let mut kept = Vec::new();
-    for e in listing.iter().filter(|e| e.kind == tree::Kind::Other) {
-        let shown = e.full_path(dir);
-        let at_root = !e.path.contains(&b'/');
-        let name = std::ffi::OsStr::from_bytes(e.path);
+    for path in specials {
+        let name = std::ffi::OsStr::from_bytes(path);
+        let shown = dir.join(name);
+        let at_root = !path.contains(&b'/');
         if at_root && std::fs::symlink_metadata(staged.join(name)).is_err() {
             kept.push(name.to_os_string());
             warnings.push(format!(

@@ -61,10 +61,15 @@ pub fn live_unless_counts_differ(
     Ok(Some((digest::Lines::default(), hasher.finish())))
 }
 
-/// The cheap listing of a live volume (names, types, sizes, times, inodes; no file read),
-/// without the work directory.
-pub fn listing(dir: &Path) -> Result<tree::Listing> {
-    scan(dir)
+/// The fingerprint of a live volume's cheap listing (names, types, sizes, times, inodes; no
+/// file read), without the work directory: 32 bytes however large the volume.
+pub fn fingerprint(dir: &Path) -> Result<tree::Fingerprint> {
+    tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))
+}
+
+/// [`fingerprint`], and the relative paths of the volume's sockets, FIFOs and devices.
+pub fn fingerprint_and_specials(dir: &Path) -> Result<(tree::Fingerprint, Vec<Vec<u8>>)> {
+    tree::fingerprint_and_specials(dir).map_err(|e| Error::io("cannot read volume", dir, e))
 }
 
 fn scan(dir: &Path) -> Result<tree::Listing> {
