@@ -61,9 +61,11 @@ pub fn run(input: &[u8]) -> TaskResult {
 /// Test only: `CWBACKUP_TEST_PANIC=main` panics in the main thread once the task is read,
 /// `CWBACKUP_TEST_PANIC=worker` in a worker thread (the database thread of a backup, the
 /// checksum thread of a verify), so that the integration tests can prove that a panic still
-/// ends in one `internal_error` result. Never set it outside the tests.
+/// ends in one `internal_error` result. Only debug builds (the ones the integration tests run)
+/// read the variable.
 pub(crate) fn test_panic(place: &str) {
-    if std::env::var_os("CWBACKUP_TEST_PANIC").is_some_and(|v| v == place) {
+    if cfg!(debug_assertions) && std::env::var_os("CWBACKUP_TEST_PANIC").is_some_and(|v| v == place)
+    {
         panic!("CWBACKUP_TEST_PANIC={place}: a panic on purpose");
     }
 }

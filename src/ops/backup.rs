@@ -542,10 +542,12 @@ pub fn archive_volume(
 /// the staged set after it is written and before the publish check, to prove that the check
 /// runs. `bytes`: flips one byte in the middle of the volume archive (the checksums differ);
 /// `content`: the archive keeps its checksums but no longer holds what the manifest says
-/// (simulated by changing the content digest the check expects). Not for operators.
+/// (simulated by changing the content digest the check expects). Not for operators: only debug
+/// builds (the ones the integration tests run) read the variable.
 fn test_hook_damage_staged(staged: &Path, mut manifest: Manifest) -> Manifest {
-    let Ok(how) = std::env::var("CWBACKUP_TEST_DAMAGE_STAGED") else {
-        return manifest;
+    let how = match std::env::var("CWBACKUP_TEST_DAMAGE_STAGED") {
+        Ok(how) if cfg!(debug_assertions) => how,
+        _ => return manifest,
     };
     if let Some(v) = manifest.volume.as_mut() {
         match how.as_str() {

@@ -317,8 +317,13 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         let swapped = (|| {
             test_pause();
             let specials = still_as_decided(dir, decided, &set, safety.as_ref())?;
-            let kept =
-                special_files(dir, &specials, &staged.work.staged(), &set.id, &mut warnings);
+            let kept = special_files(
+                dir,
+                &specials,
+                &staged.work.staged(),
+                &set.id,
+                &mut warnings,
+            );
             staged.swap_in(&set.id, &kept)
         })();
         match swapped {
