@@ -552,7 +552,7 @@ fn safety_backup(
     Ok(taken.backup.expect("a written set is named"))
 }
 
-/// The set's volume extracted into the work directory beside the volume, checked against the
+/// The set's volume extracted into the work directory inside the volume, checked against the
 /// manifest and synced. Dropping it removes it, unless it was swapped in.
 struct Staged<'a> {
     work: &'a Work,
