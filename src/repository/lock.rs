@@ -41,9 +41,9 @@ pub struct Lock {
     pub path: PathBuf,
 }
 
-/// Takes the lock at `path` for `operation`, waiting up to `wait` for a holder to let go.
-pub fn acquire(path: &Path, what: &str, operation: Operation, wait: Duration) -> Result<Lock> {
-    let mut file = File::options()
+/// Opens (creating, 0600) a lock file, never through a symlink and without blocking.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    File::options()
         .read(true)
         .write(true)
         .create(true)
@@ -51,6 +51,11 @@ pub fn acquire(path: &Path, what: &str, operation: Operation, wait: Duration) ->
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+}
+
+/// Takes the lock at `path` for `operation`, waiting up to `wait` for a holder to let go.
+pub fn acquire(path: &Path, what: &str, operation: Operation, wait: Duration) -> Result<Lock> {
+    let mut file = open_lock_file(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
                 Error::new(
@@ -193,15 +198,8 @@ fn acquire_fallback(path: &Path, holder_file: &Path, what: &str, wait: Duration)
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| Error::io("cannot open the lock file", path, e))?;
+        let file =
+            open_lock_file(path).map_err(|e| Error::io("cannot open the lock file", path, e))?;
         let left = deadline.saturating_duration_since(Instant::now());
         match wait_for_io(&file, left) {
             Ok(true) => {}
