@@ -422,14 +422,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 lines.push(&rel, b'f', mode, size, Some(hash));
             }
             EntryType::Symlink => {
-                let target = match &extended.linkpath {
-                    Some(t) => t.clone(),
-                    None => entry
-                        .header()
-                        .link_name_bytes()
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default(),
-                };
+                let target = link_target(extended.linkpath.as_deref(), &entry);
                 if !symlink_target_is_safe(&parts, &target) {
                     return Err(unsafe_entry(
                         &rel,
@@ -471,14 +464,7 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
                 symlinks.insert(rel);
             }
             EntryType::Link => {
-                let target = match &extended.linkpath {
-                    Some(t) => t.clone(),
-                    None => entry
-                        .header()
-                        .link_name_bytes()
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default(),
-                };
+                let target = link_target(extended.linkpath.as_deref(), &entry);
                 let target_rel = components(&target)
                     .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?
                     .join(&b'/');
@@ -648,6 +634,19 @@ impl Dest {
             };
         }
         Ok(cur)
+    }
+}
+
+/// A symlink's or hardlink's target: the pax `linkpath` record if the archive had one, else the
+/// header's own link name.
+fn link_target<R: Read>(linkpath: Option<&[u8]>, entry: &tar::Entry<'_, R>) -> Vec<u8> {
+    match linkpath {
+        Some(t) => t.to_vec(),
+        None => entry
+            .header()
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default(),
     }
 }
 

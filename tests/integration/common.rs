@@ -45,12 +45,24 @@ fn result_validator() -> &'static jsonschema::Validator {
 
 /// Starts `cwbackup` in the background with `task` on stdin (for tests that kill it).
 pub fn spawn(task: &Value) -> std::process::Child {
-    let mut child = Command::new(BIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    start(task, &[], Stdio::null())
+}
+
+/// Starts `cwbackup` in the background with `task` on stdin, `envs` set and its stdout as
+/// given (for tests that watch, pause or kill it); stderr is discarded.
+pub fn start(
+    task: &Value,
+    envs: &[(&str, &std::ffi::OsStr)],
+    stdout: Stdio,
+) -> std::process::Child {
+    let mut cmd = Command::new(BIN);
+    cmd.stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     child
         .stdin
         .take()

@@ -731,19 +731,11 @@ struct Paused {
 
 impl Paused {
     fn start(task: &serde_json::Value, go: PathBuf) -> Paused {
-        let mut child = std::process::Command::new(BIN)
-            .env("CWBACKUP_TEST_PAUSE_BEFORE_SWAP", &go)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(task.to_string().as_bytes())
-            .unwrap();
+        let mut child = start(
+            task,
+            &[("CWBACKUP_TEST_PAUSE_BEFORE_SWAP", go.as_os_str())],
+            std::process::Stdio::piped(),
+        );
         let mut reached = go.clone().into_os_string();
         reached.push(".reached");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -4,7 +4,6 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,18 +16,7 @@ use crate::common::*;
 
 /// Runs the binary with `task`, killing it (and failing the test) after `secs` seconds.
 pub fn run_within(task: &Value, secs: u64) -> cwbackup::result::TaskResult {
-    let mut child = Command::new(BIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(task.to_string().as_bytes())
-        .unwrap();
+    let mut child = start(task, &[], Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if child.try_wait().unwrap().is_some() {
