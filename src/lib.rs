@@ -3,19 +3,30 @@
 //! The data flows one way:
 //!
 //! ```text
-//! task JSON ──task::parse──▶ Task ──ops::run──▶ TaskResult ──▶ one JSON line on stdout
+//! task JSON ─task::parse─▶ Task ─ops::run─▶ plan ─▶ apply ─▶ TaskResult ─▶ one JSON line
 //! ```
 //!
 //! - [`task`]: the input types, raw → validated.
-//! - [`ops`]: one module per operation (backup, verify, list, prune).
-//! - [`volume`]: archive, extract and content digest of a directory.
-//! - [`repository`]: backup sets on disk: staging, manifest, lock, atomic publish.
-//! - [`connectware`]: the REST client for the maintenance API (the database half).
+//! - [`ops`]: one module per operation (backup, restore, verify, list, prune); each computes a
+//!   plan (per component: take / skip / restore, and why), then applies it. They join the
+//!   parts below, which never import each other:
+//!   - [`repository`]: backup sets (manifest with components, retention) over the storage
+//!     seam [`repository::backend::Backend`] (list, read a file, write a new set, delete,
+//!     lock); [`repository::local`] is the directory implementation.
+//!   - [`volume`]: a directory: list, digest, archive, extract safely, stage and swap.
+//!   - [`connectware`]: the maintenance-API client; it downloads into a writer it is given.
+//! - Leaves everyone may use: [`layers`] (compression and hashing over a set's file streams,
+//!   applied in one place), [`hashing`], [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
+//!   [`progress`], [`secrets`].
 //! - [`result`] and [`error`]: the output types, the wire format in one place.
 
 pub mod clock;
 pub mod connectware;
 pub mod error;
+pub mod fsutil;
+pub mod hashing;
+pub mod layers;
+pub mod lockfile;
 pub mod ops;
 pub mod progress;
 pub mod repository;

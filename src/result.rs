@@ -38,6 +38,10 @@ pub struct TaskResult {
     /// What happened to the database half.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db: Option<DbOutcome>,
+    /// backup, restore, verify: one entry per component touched or checked (`volume` and
+    /// `db` above repeat the components of those names, for single-volume playbooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<ComponentOutcome>>,
     /// list: the complete sets, newest first; prune: the sets deleted (or that would be).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sets: Option<Vec<SetSummary>>,
@@ -64,7 +68,7 @@ pub struct TaskResult {
 pub struct SetRef {
     /// The set's id (its directory name).
     pub id: String,
-    /// The set's directory.
+    /// Where the set is (its directory).
     pub path: String,
     /// The set's manifest (in a dry run, the one that would be written, without checksums).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +89,36 @@ pub struct VolumeOutcome {
     pub bytes: u64,
     /// The volume's content digest (SPEC §5).
     pub content_digest: String,
+}
+
+/// What happened to one component.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentOutcome {
+    /// The component's name (`volume`, a volume's name, `files`, `db`).
+    pub name: String,
+    /// `volume`, `files` or `db`.
+    pub kind: String,
+    /// The component was written (backup) or the live state changed (restore).
+    pub changed: bool,
+    /// Entries below the tree's root (trees only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Sum of the file sizes in bytes (trees), or the file's size (db).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The component's content digest (SPEC §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<String>,
+    /// The live directory (trees only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The server's id of the database backup (db only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// The server's last status message (db only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
 }
 
 /// What happened to the database half.
@@ -113,7 +147,7 @@ pub struct SetSummary {
     pub connectware_version: Option<String>,
     /// Seconds since the set was made.
     pub age_s: u64,
-    /// The halves the set holds: `volume`, `db`.
+    /// The names of the set's components, e.g. `volume`, `db`.
     pub components: Vec<String>,
 }
 
@@ -125,7 +159,8 @@ pub struct Finding {
     pub level: Level,
     /// The set the finding is about.
     pub set: String,
-    /// The part of the set: `manifest`, `volume`, `db` or `live`.
+    /// The part of the set: `manifest`, a component's name (`volume`, `db`, a volume's name),
+    /// or `live`.
     pub component: String,
     /// What is wrong.
     pub message: String,
@@ -164,6 +199,7 @@ impl TaskResult {
             safety_backup: None,
             volume: None,
             db: None,
+            components: None,
             sets: None,
             findings: None,
             restart_required: false,

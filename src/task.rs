@@ -33,6 +33,14 @@ pub struct RawTask {
     #[schemars(with = "VolumeSpec")]
     pub volume: Option<VolumeSpec>,
 
+    /// Several volumes, each a component of its own (stored as `volumes/<name>.tar.gz`):
+    /// `{"docker_volume": NAME}` (named by its compose label `com.docker.compose.volume`, else
+    /// by its full name) or `{"path": DIR, "name": NAME}`. Names must be unique. Not together
+    /// with `volume`.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 64))]
+    pub volumes: Option<Vec<NamedVolumeSpec>>,
+
     /// Access to the Connectware REST API for the database half. Absent: the database half is
     /// skipped.
     #[serde(default)]
@@ -176,6 +184,24 @@ pub struct VolumeSpec {
     pub docker_volume: Option<String>,
 }
 
+/// One of several volumes: exactly one of `path` or `docker_volume`, and a `name` (required
+/// with `path`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedVolumeSpec {
+    /// The volume's directory.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The Docker volume's name, e.g. `connectware_postgresql`.
+    #[serde(default)]
+    pub docker_volume: Option<String>,
+    /// The component's name in the set (`[A-Za-z0-9_-][A-Za-z0-9._-]*`, not `db` or
+    /// `files`); default for a Docker volume: its compose short name, else its full name.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"))]
+    pub name: Option<String>,
+}
+
 /// The upper bounds of the task's numbers (SPEC §6: no value may make the tool panic). Each is
 /// far above any sane setting and far below what a `Duration` or an `Instant` can hold.
 ///
@@ -267,8 +293,8 @@ fn default_poll_interval_s() -> f64 {
 pub struct Task {
     /// The repository directory.
     pub repository: PathBuf,
-    /// The volume, if the volume half is wanted.
-    pub volume: Option<VolumeSource>,
+    /// The volumes, if any: none, the one of `volume`, or the list of `volumes`.
+    pub volumes: Volumes,
     /// The API, if the database half is wanted.
     pub api: Option<ApiConfig>,
     /// Plan only.
@@ -281,7 +307,32 @@ pub struct Task {
     pub op: Op,
 }
 
-/// Where the volume is.
+/// The volumes a task names.
+#[derive(Debug, Clone)]
+pub enum Volumes {
+    /// Neither `volume` nor `volumes`: the volume half is skipped.
+    None,
+    /// `volume`: one volume, the component named `volume` (`volume.tar.gz`).
+    Single(VolumeSource),
+    /// `volumes`: each a component of its own name (`volumes/<name>.tar.gz`).
+    List(Vec<NamedVolume>),
+}
+
+impl Volumes {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Volumes::None)
+    }
+}
+
+/// One of the task's `volumes`.
+#[derive(Debug, Clone)]
+pub struct NamedVolume {
+    /// The name given, if any (a Docker volume is named by its compose label otherwise).
+    pub name: Option<String>,
+    pub source: VolumeSource,
+}
+
+/// Where a volume is.
 #[derive(Debug, Clone)]
 pub enum VolumeSource {
     /// A directory.
@@ -395,6 +446,7 @@ const COMMON_KEYS: &[&str] = &[
     "operation",
     "repository",
     "volume",
+    "volumes",
     "api",
     "dry_run",
     "diff",
@@ -565,26 +617,13 @@ fn check_against_schema(value: &Value) -> Result<()> {
 /// Turns a schema-valid [`RawTask`] into a [`Task`], resolving secrets and checking what the
 /// schema cannot express.
 fn validate(raw: RawTask) -> Result<Task> {
-    let volume = match raw.volume {
-        None => None,
-        Some(VolumeSpec {
-            path: Some(p),
-            docker_volume: None,
-        }) => Some(VolumeSource::Path(absolute(&p)?)),
-        Some(VolumeSpec {
-            path: None,
-            docker_volume: Some(name),
-        }) => {
-            if name.is_empty() {
-                return Err(invalid(
-                    "/volume/docker_volume: the Docker volume name is empty",
-                ));
-            }
-            Some(VolumeSource::Docker(name))
-        }
-        Some(_) => {
+    let volumes = match (raw.volume, raw.volumes) {
+        (None, None) => Volumes::None,
+        (Some(spec), None) => Volumes::Single(volume_source(spec.path, spec.docker_volume, "/volume")?),
+        (None, Some(list)) => Volumes::List(named_volumes(list)?),
+        (Some(_), Some(_)) => {
             return Err(invalid(
-                "/volume: give exactly one of `path` or `docker_volume`, e.g. {\"docker_volume\": \"connectware_service-manager\"}",
+                "/volumes: give `volume` (one volume) or `volumes` (a list), not both",
             ));
         }
     };
@@ -625,21 +664,74 @@ fn validate(raw: RawTask) -> Result<Task> {
             retention.ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
         ),
     };
-    if matches!(op, Op::Backup(_) | Op::Restore(_)) && volume.is_none() && api.is_none() {
+    if matches!(op, Op::Backup(_) | Op::Restore(_)) && volumes.is_none() && api.is_none() {
         return Err(invalid(format!(
-            "{} needs `volume`, `api` or both: there is nothing to {0}",
+            "{} needs `volume` (or `volumes`), `api` or both: there is nothing to {0}",
             raw.operation
         )));
     }
     Ok(Task {
         repository: absolute(&raw.repository)?,
-        volume,
+        volumes,
         api,
         dry_run: raw.dry_run,
         diff: raw.diff,
         wait_for_lock: Duration::from_secs(raw.wait_for_lock_s.min(u64::from(MAX_WAIT_S))),
         op,
     })
+}
+
+/// A volume given as exactly one of `path` or `docker_volume`; `at` is its place in the task.
+fn volume_source(
+    path: Option<PathBuf>,
+    docker_volume: Option<String>,
+    at: &str,
+) -> Result<VolumeSource> {
+    match (path, docker_volume) {
+        (Some(p), None) => Ok(VolumeSource::Path(absolute(&p)?)),
+        (None, Some(name)) if name.is_empty() => Err(invalid(format!(
+            "{at}/docker_volume: the Docker volume name is empty"
+        ))),
+        (None, Some(name)) => Ok(VolumeSource::Docker(name)),
+        _ => Err(invalid(format!(
+            "{at}: give exactly one of `path` or `docker_volume`, e.g. {{\"docker_volume\": \"connectware_service-manager\"}}"
+        ))),
+    }
+}
+
+/// The names a volume component may not have: the other kinds' components.
+const RESERVED_NAMES: &[&str] = &["db", "files"];
+
+/// The task's `volumes`, each checked; names given must be unique and not reserved (the names
+/// of Docker volumes are known, and checked again, once the engine has named them).
+fn named_volumes(list: Vec<NamedVolumeSpec>) -> Result<Vec<NamedVolume>> {
+    let mut out: Vec<NamedVolume> = Vec::with_capacity(list.len());
+    for (i, spec) in list.into_iter().enumerate() {
+        let at = format!("/volumes/{i}");
+        let source = volume_source(spec.path, spec.docker_volume, &at)?;
+        if matches!(source, VolumeSource::Path(_)) && spec.name.is_none() {
+            return Err(invalid(format!(
+                "{at}: a volume given by `path` needs a `name`, e.g. {{\"path\": \"/data/x\", \"name\": \"x\"}}"
+            )));
+        }
+        if let Some(name) = &spec.name {
+            if RESERVED_NAMES.contains(&name.as_str()) {
+                return Err(invalid(format!(
+                    "{at}/name: `{name}` is the name of another kind of component; choose another name"
+                )));
+            }
+            if out.iter().any(|v| v.name.as_ref() == Some(name)) {
+                return Err(invalid(format!(
+                    "{at}/name: two volumes are named `{name}`; names must be unique"
+                )));
+            }
+        }
+        out.push(NamedVolume {
+            name: spec.name,
+            source,
+        });
+    }
+    Ok(out)
 }
 
 /// Paths in results and logs are absolute, whatever directory the task ran from.

@@ -7,13 +7,9 @@
 //! 409/423/429/503 means "busy": wait and try again. Files are streamed both ways. Secrets go
 //! in headers only, never in a URL, a log line or an error message.
 
-pub mod dbfile;
 pub mod tls;
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +19,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::{ApiConfig, Credentials};
-use crate::volume::archive::HashingWriter;
+use crate::hashing::HashingWriter;
 
 /// Longest wait for one try of the TCP and TLS connection (never more than
 /// `api.connect_timeout_s`).
@@ -486,8 +482,10 @@ impl Client {
         )
     }
 
-    /// Starts a database backup on the server, waits for it, and streams the file into `dest`.
-    pub fn backup(&self, dest: &Path) -> Result<Downloaded> {
+    /// Starts a database backup on the server, waits for it, and streams the file into the
+    /// writer `dest` gives (called again, to start over, when a transfer breaks; the writer
+    /// must then replace what the last one wrote).
+    pub fn backup(&self, dest: &mut dyn FnMut() -> Result<Box<dyn Write + Send>>) -> Result<Downloaded> {
         let deadline = crate::clock::deadline_in(self.timeout);
         let before = self.wait_idle(deadline)?;
         self.call("POST /api/maintenance/db/backup", deadline, true, &|| {
@@ -519,9 +517,13 @@ impl Client {
         })
     }
 
-    /// Streams `GET /api/maintenance/db/backup` into `dest` while hashing it; a broken
-    /// transfer starts again from the beginning until the deadline.
-    fn download(&self, dest: &Path, deadline: Instant) -> Result<(String, u64)> {
+    /// Streams `GET /api/maintenance/db/backup` into a writer from `dest` while hashing it; a
+    /// broken transfer starts again from the beginning, into a new writer, until the deadline.
+    fn download(
+        &self,
+        dest: &mut dyn FnMut() -> Result<Box<dyn Write + Send>>,
+        deadline: Instant,
+    ) -> Result<(String, u64)> {
         let mut backoff = Backoff::until(deadline);
         let mut buf = vec![0u8; 256 * 1024];
         let kept_breaking = |why: &str| {
@@ -547,27 +549,37 @@ impl Client {
                 (Err(e), _) => return Err(e),
             };
             let expected = response.content_length();
-            let file = File::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dest)
-                .map_err(|e| Error::repo("cannot create", dest, e))?;
-            let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+            let mut out = HashingWriter::new(dest()?);
+            let mut first = Vec::with_capacity(2);
             let broke = loop {
                 match response.read(&mut buf) {
                     Ok(0) => break None,
-                    Ok(n) => out
-                        .write_all(&buf[..n])
-                        .map_err(|e| Error::io("cannot write", dest, e))?,
+                    Ok(n) => {
+                        if first.len() < 2 {
+                            let more = (2 - first.len()).min(n);
+                            first.extend_from_slice(&buf[..more]);
+                        }
+                        out.write_all(&buf[..n]).map_err(|e| {
+                            Error::new(
+                                if crate::error::is_no_space(&e) {
+                                    ErrorKind::NoSpace
+                                } else {
+                                    ErrorKind::RepositoryError
+                                },
+                                format!("cannot write the database backup into the repository: {e}"),
+                            )
+                        })?
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => break Some(e.to_string()),
                 }
             };
-            let (file, sha256, bytes) = out
-                .finish()
-                .map_err(|e| Error::io("cannot write", dest, e))?;
+            let (_, sha256, bytes) = out.finish().map_err(|e| {
+                Error::new(
+                    ErrorKind::RepositoryError,
+                    format!("cannot write the database backup into the repository: {e}"),
+                )
+            })?;
             let broke = broke.or_else(|| {
                 expected
                     .filter(|n| *n != bytes)
@@ -575,11 +587,7 @@ impl Client {
             });
             match broke {
                 None => {
-                    file.sync_all()
-                        .map_err(|e| Error::io("cannot sync", dest, e))?;
-                    if !dbfile::looks_like_gzip(dest)
-                        .map_err(|e| Error::repo("cannot read", dest, e))?
-                    {
+                    if first != [0x1f, 0x8b] {
                         return Err(Error::new(
                             ErrorKind::ApiProtocolError,
                             format!(
@@ -604,15 +612,22 @@ impl Client {
         }
     }
 
-    /// Uploads `file` to `POST /api/maintenance/db/restore` (streamed) and waits for the
+    /// Uploads a database backup file to `POST /api/maintenance/db/restore` (streamed from the
+    /// reader `open` gives, with its length; called again for each try) and waits for the
     /// restore to finish.
-    pub fn restore(&self, file: &Path) -> Result<OpStatus> {
+    pub fn restore(
+        &self,
+        open: &dyn Fn() -> Result<(Box<dyn Read + Send>, u64)>,
+    ) -> Result<OpStatus> {
         let deadline = crate::clock::deadline_in(self.timeout);
         let before = self.wait_idle(deadline)?;
         self.call("POST /api/maintenance/db/restore", deadline, true, &|| {
-            let form = reqwest::blocking::multipart::Form::new()
-                .file("file", file)
-                .map_err(|e| Error::repo("cannot read", file, e))?;
+            let (stored, length) = open()?;
+            let part = reqwest::blocking::multipart::Part::reader_with_length(stored, length)
+                .file_name("db.tgz")
+                .mime_str("application/gzip")
+                .map_err(|e| Error::new(ErrorKind::InternalError, e.to_string()))?;
+            let form = reqwest::blocking::multipart::Form::new().part("file", part);
             Ok(self
                 .authed(self.http.post(self.url("/api/maintenance/db/restore")))
                 .multipart(form))
@@ -642,6 +657,12 @@ impl Client {
         .detail("status_message", message)
         .detail("restore_started", true))
     }
+}
+
+/// The Connectware version in a database backup id `<version>_<ISO time>`.
+pub fn version_of(backup_id: &str) -> Option<String> {
+    let (version, time) = backup_id.split_once('_')?;
+    (!version.is_empty() && !time.is_empty()).then(|| version.to_string())
 }
 
 /// The version a refusal message names as the last one able to restore the file: the first
@@ -758,5 +779,19 @@ mod tests {
         let raw: RawStatus =
             serde_json::from_str(r#"{"running":true,"backup":{"succeeded":true}}"#).unwrap();
         assert!(OpStatus::from(raw.backup.unwrap()).succeeded);
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn version_from_id() {
+        assert_eq!(
+            version_of("1.0.73_2022-02-16T15:37:19.242Z").as_deref(),
+            Some("1.0.73")
+        );
+        assert_eq!(version_of("nounderscore"), None);
     }
 }

@@ -1,56 +1,98 @@
-//! backup: write a new backup set of the volume and the database, unless nothing changed
-//! since the newest one.
+//! backup: write a new backup set of the task's components (volumes, the database), unless
+//! nothing changed since the newest one.
 //!
-//! Plan: resolve the volume, lock the repository, decide whether a set may be needed (an
-//! existing `backup_id` means no). Apply: the database backup and the volume half start
-//! together on two threads. The volume half first hashes the volume when the newest set can
-//! be compared with (no compression for an unchanged volume), else archives it straight away
-//! (again, while it changes under us). If both halves equal the newest set's, nothing is
-//! written. Otherwise the manifest is written last, every file re-read and checked, the set
-//! published atomically, and retention applied.
+//! Plan: resolve the volumes, lock the repository and each volume, finish any restore a crash
+//! interrupted, and decide per component whether it differs from the newest comparable set
+//! ([`decide`]: a pure function over content digests). An existing `backup_id`, or every
+//! component unchanged, is `changed: false`. The database is only known after a server-side
+//! backup, so it runs first thing, on its own thread, while the volumes are hashed (when the
+//! newest set can be compared with) or archived straight away.
+//!
+//! Apply: every component goes through the layers (tar → compression → hashing) into a new
+//! set of the backend; the manifest is written last, every file re-read and checked before the
+//! set is committed, then retention runs.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
+use super::{LiveVolume, check, db_outcome, set_components};
 use crate::clock;
-use crate::connectware::{self, Client, dbfile};
+use crate::connectware::{self, Client, Downloaded};
 use crate::error::{Error, ErrorKind, Result};
+use crate::layers::Sink;
 use crate::ops::prune;
-use crate::repository::check;
-use crate::repository::manifest::{self, DbComponent, Manifest, VolumeComponent};
-use crate::repository::{self, Repository, Set};
-use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
+use crate::repository::backend::NewSet;
+use crate::repository::check::{Problem, checksums};
+use crate::repository::manifest::{self, Component, DbFile, Kind, Manifest, Tree};
+use crate::repository::{Repository, Set};
+use crate::result::{Diff, SetRef, TaskResult};
 use crate::task::{BackupOptions, Compression, Operation, Task};
 use crate::volume::{self, archive, swap, tree};
 
-/// How often the volume is archived again when it changed while being archived.
+/// How often a volume is archived again when it changed while being archived.
 const CONSISTENCY_ATTEMPTS: u32 = 3;
 /// The database file's name inside a set.
-const DB_FILE: &str = "db.tgz";
+pub const DB_FILE: &str = "db.tgz";
 
-/// File name of the volume archive for a compression.
-fn volume_file(compression: Compression) -> &'static str {
-    match compression {
-        Compression::Gzip => "volume.tar.gz",
-        Compression::Zstd => "volume.tar.zst",
+/// What a backup will do with one component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write it into the new set.
+    Take,
+    /// Equal to the newest set's: a set is written only if another component changed.
+    Same,
+}
+
+/// The plan of a backup: per component, take or keep, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<(String, Action, String)>,
+}
+
+impl Plan {
+    /// Nothing to write: every component equals the newest set's.
+    pub fn is_empty(&self) -> bool {
+        !self.steps.is_empty() && self.steps.iter().all(|(_, a, _)| *a == Action::Same)
     }
 }
 
-/// The volume half's outcome.
-enum VolumeHalf {
-    /// Not asked for.
-    Absent,
-    /// Hashed only: equal to the newest set's.
-    Unchanged,
-    /// Archived into the staged set; when it started.
-    Archived(VolumeComponent, Instant),
+/// Decides per component, from content digests, whether a new set is needed. `newest` is the
+/// newest set that is not a safety set (None: no set, or `force`, or a named `backup_id`);
+/// `live` the task's components with their current content digests (None: not read).
+pub fn decide(newest: Option<&Manifest>, live: &[(&str, Option<&str>)]) -> Plan {
+    let same_names = newest.is_some_and(|m| {
+        m.components.len() == live.len() && live.iter().all(|(n, _)| m.component(n).is_some())
+    });
+    let steps = live
+        .iter()
+        .map(|(name, digest)| {
+            let (action, why) = match (newest, digest) {
+                (None, _) => (Action::Take, "no set to compare with".to_string()),
+                (Some(m), _) if !same_names => (
+                    Action::Take,
+                    format!(
+                        "set {} holds other components ({})",
+                        m.id,
+                        m.names().join(", ")
+                    ),
+                ),
+                (Some(m), None) => (Action::Take, format!("not compared with set {}", m.id)),
+                (Some(m), Some(d)) => match m.component(name) {
+                    Some(c) if c.content_digest == *d => {
+                        (Action::Same, format!("unchanged since set {}", m.id))
+                    }
+                    _ => (Action::Take, format!("changed since set {}", m.id)),
+                },
+            };
+            (name.to_string(), action, why)
+        })
+        .collect();
+    Plan { steps }
 }
 
 pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
-    let volume_dir = super::resolve_volume(task)?;
+    let volumes = super::resolve_volumes(task)?;
     let mut warnings = Vec::new();
     let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
@@ -68,16 +110,21 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         r.clean_staging()?;
     }
     // Backup and restore of one volume exclude each other, whatever repositories they use.
-    let work = volume_dir.as_deref().map(swap::Work::of).transpose()?;
-    let _volume_lock = work
-        .as_ref()
+    let works = volumes
+        .iter()
+        .map(|v| swap::Work::of(&v.dir))
+        .collect::<Result<Vec<_>>>()?;
+    let _volume_locks = works
+        .iter()
         .map(|w| w.lock(Operation::Backup, task.wait_for_lock, task.dry_run))
-        .transpose()?;
+        .collect::<Result<Vec<_>>>()?;
     // A volume left half-swapped by a killed restore is made whole before it is read.
-    if let (Some(w), false) = (&work, task.dry_run) {
-        let (done, more) = w.recover()?;
-        warnings.extend(more);
-        warnings.extend(done.describe(&w.volume));
+    if !task.dry_run {
+        for w in &works {
+            let (done, more) = w.recover()?;
+            warnings.extend(more);
+            warnings.extend(done.describe(&w.volume));
+        }
     }
     let sets = repo
         .as_ref()
@@ -89,39 +136,38 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         && let Some(set) = sets.iter().find(|s| &s.id == id)
     {
         let msg = format!("backup set {id} already exists; nothing to do");
-        let result = unchanged(task, set, volume_dir.as_deref(), msg, warnings);
+        let result = unchanged(task, set, &volumes, msg, warnings);
         return retain(repo.as_ref(), task, opts, result);
     }
     let newest = sets.iter().find(|s| !s.is_safety());
-    // The set an unchanged installation would equal: same halves, and no reason to write anyway.
-    let comparable = newest.filter(|n| {
-        opts.backup_id.is_none()
-            && !opts.force
-            && n.manifest.volume.is_some() == volume_dir.is_some()
-            && n.manifest.db.is_some() == client.is_some()
-    });
-    let newest_volume_digest = comparable
-        .and_then(|n| n.manifest.volume.as_ref())
-        .map(|v| v.content_digest.clone());
+    // The set an unchanged installation would equal: no reason to write anyway.
+    let comparable = newest.filter(|_| opts.backup_id.is_none() && !opts.force);
     let before = json!({"newest_set": newest.map(|s| &s.id)});
 
+    // Without the database, the plan needs only the volumes' digests.
     if client.is_none()
-        && let (Some(set), Some(dir), Some(expected)) =
-            (comparable, &volume_dir, &newest_volume_digest)
-        && &volume::live(dir)?.1 == expected
+        && let Some(set) = comparable
     {
-        let msg = format!(
-            "the volume is unchanged since backup set {}; nothing to do (force writes a new set)",
-            set.id
-        );
-        let result = unchanged(task, set, Some(dir), msg, warnings);
-        return retain(repo.as_ref(), task, opts, result);
+        let digests = volumes
+            .iter()
+            .map(|v| Ok(Some(volume::live_digest(&v.dir)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = decide(Some(&set.manifest), &named(&volumes, &digests));
+        if plan.is_empty() {
+            let msg = format!(
+                "{} unchanged since backup set {}; nothing to do (force writes a new set)",
+                what_is(&volumes, false),
+                set.id
+            );
+            let result = unchanged(task, set, &volumes, msg, warnings);
+            return retain(repo.as_ref(), task, opts, result);
+        }
     }
 
     if task.dry_run {
         let mut msg = "would write a new backup set".to_string();
         if client.is_some() {
-            msg = "would take a database backup and write a new set, unless both halves turn out unchanged".to_string();
+            msg = "would take a database backup and write a new set, unless every component turns out unchanged".to_string();
             warnings.push(
                 "a dry run cannot tell whether the database changed: that needs a server-side backup, which a dry run does not start"
                     .to_string(),
@@ -137,19 +183,71 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         }
         return Ok(result);
     }
-    let repo = repo.expect("a real run created the repository");
-    let result = take_set(
-        &repo,
-        task,
-        opts,
-        volume_dir.as_deref(),
-        client.as_ref(),
+    // Only a dry run may go without a repository; a real run has created it above.
+    let repo = match repo {
+        Some(repo) => repo,
+        None => Repository::create(&task.repository)?,
+    };
+    let taking = Taking {
+        repo: &repo,
+        volumes: &volumes,
+        client: client.as_ref(),
+        compression: opts.compression,
+        verify: opts.verify,
+        id: opts.backup_id.clone(),
         comparable,
-        warnings,
-        before,
-        None,
-    )?;
+    };
+    let result = match taking.take(None, &mut warnings)? {
+        Taken::Unchanged(set, status) => {
+            let msg = format!(
+                "{} and the database are unchanged since backup set {}; nothing to do (force writes a new set)",
+                what_is(&volumes, true),
+                set.id
+            );
+            let mut result = unchanged(task, set, &volumes, msg, warnings);
+            if let (Some(r), Some(s)) = (result.db.as_mut(), status) {
+                r.status_message = Some(s);
+            }
+            result
+        }
+        Taken::Written(set) => {
+            let mut result = TaskResult::ok(
+                Operation::Backup,
+                false,
+                true,
+                format!("wrote backup set {}", set.id),
+            );
+            fill(&mut result, &set, &volumes, true);
+            result.warnings = warnings;
+            if task.diff {
+                result.diff = Some(Diff {
+                    before,
+                    after: json!({"newest_set": set.id}),
+                });
+            }
+            result
+        }
+    };
     retain(Some(&repo), task, opts, result)
+}
+
+/// `the volume is` / `the volumes are` (`the volume` / `the volumes` with `and`).
+fn what_is(volumes: &[LiveVolume], and: bool) -> &'static str {
+    match (volumes.len(), and) {
+        (1, false) => "the volume is",
+        (_, false) => "the volumes are",
+        (1, true) => "the volume",
+        (_, true) => "the volumes",
+    }
+}
+
+/// The volumes' names beside their digests, as [`decide`] takes them.
+fn named<'a>(volumes: &'a [LiveVolume], digests: &'a [Option<String>]) -> Vec<(&'a str, Option<&'a str>)> {
+    volumes
+        .iter()
+        .zip(digests)
+        .map(|(v, d)| (v.name.as_str(), d.as_deref()))
+        .collect()
 }
 
 /// Applies the task's retention, with the repository lock still held, to a successful
@@ -178,242 +276,234 @@ fn retain(
     Ok(result)
 }
 
-/// Takes both halves into a staged set and publishes it (or finds both equal to
-/// `comparable`). Call with the repository and volume locks held and the volume whole (no
-/// interrupted restore pending). Restore uses it for its safety set, handing over the
-/// database backup it already took (`fresh_db`).
-#[allow(clippy::too_many_arguments)]
-pub fn take_set(
-    repo: &Repository,
-    task: &Task,
-    opts: &BackupOptions,
-    volume_dir: Option<&Path>,
-    client: Option<&Client>,
-    comparable: Option<&Set>,
-    mut warnings: Vec<String>,
-    before: serde_json::Value,
-    fresh_db: Option<FreshDb>,
-) -> Result<TaskResult> {
-    let created = SystemTime::now();
-    let staged = repo.stage(&format!("new.{}", std::process::id()))?;
-    let outcome = build(
-        repo,
-        &staged,
-        task,
-        opts,
-        volume_dir,
-        client,
-        comparable,
-        &mut warnings,
-        created,
-        before,
-        fresh_db,
-    );
-    if outcome.is_err() || staged.exists() {
-        let _ = repository::remove_tree(&staged);
-    }
-    outcome
-}
-
-/// A database backup a restore already took through the API (to compare the database's
-/// content with the set's), which its safety set then holds instead of taking another.
-pub struct FreshDb {
-    /// The downloaded file, under the repository's `.staging/` (moved into the set).
-    pub path: std::path::PathBuf,
-    pub downloaded: connectware::Downloaded,
-    pub started: (Instant, String),
+/// A database backup taken into a new set as `db.tgz`.
+pub struct DbTaken {
+    pub downloaded: Downloaded,
+    pub started: Instant,
+    pub started_at: String,
     pub finished_at: String,
+    pub content_digest: String,
 }
 
-/// Takes both halves into `staged` and publishes the set, or finds both unchanged.
-#[allow(clippy::too_many_arguments)]
-fn build(
-    repo: &Repository,
-    staged: &Path,
-    task: &Task,
-    opts: &BackupOptions,
-    volume_dir: Option<&Path>,
-    client: Option<&Client>,
-    comparable: Option<&Set>,
-    warnings: &mut Vec<String>,
-    created: SystemTime,
-    before: serde_json::Value,
-    fresh_db: Option<FreshDb>,
-) -> Result<TaskResult> {
-    let server_version = client.and_then(Client::server_version);
-    let newest_volume_digest = comparable
-        .and_then(|n| n.manifest.volume.as_ref())
-        .map(|v| v.content_digest.as_str());
-    let db_path = staged.join(DB_FILE);
+impl DbTaken {
+    fn component(&self) -> Component {
+        Component {
+            name: manifest::DB.to_string(),
+            file: DB_FILE.to_string(),
+            compression: None,
+            sha256: self.downloaded.sha256.clone(),
+            bytes: self.downloaded.bytes,
+            started_at: self.started_at.clone(),
+            finished_at: self.finished_at.clone(),
+            content_digest: self.content_digest.clone(),
+            kind: Kind::Db(DbFile {
+                backup_id: Some(self.downloaded.backup_id.clone()),
+                status_message: self.downloaded.status_message.clone(),
+            }),
+        }
+    }
+}
 
-    // Both halves start together.
-    let (db, volume_half) = std::thread::scope(|scope| {
-        let db = client.map(|c| {
-            let db_path = &db_path;
-            scope.spawn(move || {
-                crate::test_panic("worker");
-                match fresh_db {
-                    Some(f) => std::fs::rename(&f.path, db_path)
-                        .map_err(|e| {
-                            Error::repo("cannot move the database backup into", db_path, e)
-                        })
-                        .map(|()| (f.downloaded, f.started, f.finished_at)),
-                    None => {
-                        let started = (Instant::now(), clock::now());
-                        c.backup(db_path).map(|d| (d, started, clock::now()))
-                    }
-                }
-            })
+/// Takes a database backup through the API into `set` as `db.tgz`, and reads it back for its
+/// content digest.
+pub fn take_db(client: &Client, set: &dyn NewSet) -> Result<DbTaken> {
+    let started = Instant::now();
+    let started_at = clock::now();
+    let downloaded = client.backup(&mut || set.create(DB_FILE))?;
+    let finished_at = clock::now();
+    let content_digest = set
+        .read(DB_FILE)
+        .and_then(check::db_content_digest)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::ApiProtocolError,
+                format!("the database backup Connectware sent is not a readable .tgz: {e}"),
+            )
+        })?;
+    Ok(DbTaken {
+        downloaded,
+        started,
+        started_at,
+        finished_at,
+        content_digest,
+    })
+}
+
+/// What a backup takes, from where, into which repository.
+pub struct Taking<'a> {
+    pub repo: &'a Repository,
+    pub volumes: &'a [LiveVolume],
+    pub client: Option<&'a Client>,
+    pub compression: Compression,
+    /// Also decompress and read every archive before committing.
+    pub verify: bool,
+    /// The new set's id; None: `<UTC time>-<version or "volume">`, made unique.
+    pub id: Option<String>,
+    /// The set to compare with: if every component equals it, nothing is written.
+    pub comparable: Option<&'a Set>,
+}
+
+/// What taking a set came to.
+pub enum Taken<'a> {
+    /// Every component equals this set's; with the database's status message.
+    Unchanged(&'a Set, Option<String>),
+    /// A new set was written.
+    Written(Box<Set>),
+}
+
+/// A volume's part of a backup: hashed only (equal to the comparable set's), or archived.
+enum VolumeTaken {
+    Same,
+    Archived(Box<Component>, Instant),
+}
+
+impl<'a> Taking<'a> {
+    /// Takes every component into a new set and commits it, or finds all equal to
+    /// `comparable`. Call with the repository and volume locks held and the volumes whole (no
+    /// interrupted restore pending). Restore takes its safety set this way, handing over the
+    /// new set that already holds the database backup it took (`started`).
+    pub fn take(
+        &self,
+        started: Option<(Box<dyn NewSet>, DbTaken)>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Taken<'a>> {
+        let created = SystemTime::now();
+        let (set, fresh_db) = match started {
+            Some((set, db)) => (set, Some(db)),
+            None => (self.repo.create_set()?, None),
+        };
+        let comparable = self.comparable.map(|s| &s.manifest);
+        let server_version = self.client.and_then(Client::server_version);
+
+        // The database first, on its own thread, while the volumes are hashed or archived.
+        let shared: &dyn NewSet = set.as_ref();
+        let (db, volumes) = std::thread::scope(|scope| match (self.client, fresh_db) {
+            (Some(c), None) => {
+                let handle = scope.spawn(move || {
+                    crate::test_panic("worker");
+                    take_db(c, shared)
+                });
+                let volumes = self.volumes_first_pass(shared, comparable, warnings);
+                let db =
+                    crate::error::joined("the database thread", handle.join()).and_then(|r| r);
+                (db.map(Some), volumes)
+            }
+            (_, fresh) => (Ok(fresh), self.volumes_first_pass(shared, comparable, warnings)),
         });
-        let mut volume_warnings = Vec::new();
-        let volume_half = match volume_dir {
-            None => Ok(VolumeHalf::Absent),
-            Some(dir) => (|| {
-                if client.is_some()
-                    && let Some(expected) = newest_volume_digest
-                    && volume::live(dir)?.1 == expected
+        let db = db?;
+        let mut volumes = volumes?;
+
+        let db_component = db.as_ref().map(DbTaken::component);
+        if let Some(base) = self.comparable {
+            let mut live: Vec<(&str, Option<&str>)> = Vec::new();
+            for (v, taken) in self.volumes.iter().zip(&volumes) {
+                let digest = match taken {
+                    VolumeTaken::Same => base.manifest.component(&v.name).map(|c| c.content_digest.as_str()),
+                    VolumeTaken::Archived(c, _) => Some(c.content_digest.as_str()),
+                };
+                live.push((v.name.as_str(), digest));
+            }
+            if let Some(d) = &db_component {
+                live.push((manifest::DB, Some(d.content_digest.as_str())));
+            }
+            if decide(Some(&base.manifest), &live).is_empty() {
+                return Ok(Taken::Unchanged(
+                    base,
+                    db.and_then(|d| d.downloaded.status_message),
+                ));
+            }
+        }
+        // Another component changed: an unchanged volume still belongs in the new set.
+        for (v, taken) in self.volumes.iter().zip(volumes.iter_mut()) {
+            if let VolumeTaken::Same = taken {
+                let start = Instant::now();
+                *taken = VolumeTaken::Archived(
+                    Box::new(archive_volume(v, set.as_ref(), self.compression, warnings)?),
+                    start,
+                );
+            }
+        }
+        let first_volume_start = volumes
+            .iter()
+            .filter_map(|v| match v {
+                VolumeTaken::Archived(_, start) => Some(*start),
+                VolumeTaken::Same => None,
+            })
+            .min();
+        let skew_ms = match (&db, first_volume_start) {
+            (Some(d), Some(v)) => {
+                let skew = if v > d.started { v - d.started } else { d.started - v };
+                Some(skew.as_millis() as u64)
+            }
+            _ => None,
+        };
+        let mut components: Vec<Component> = volumes
+            .into_iter()
+            .filter_map(|v| match v {
+                VolumeTaken::Archived(c, _) => Some(*c),
+                VolumeTaken::Same => None,
+            })
+            .collect();
+        components.extend(db_component);
+        let connectware_version = db
+            .as_ref()
+            .and_then(|d| connectware::version_of(&d.downloaded.backup_id));
+        let id = match &self.id {
+            Some(id) => id.clone(),
+            None => {
+                let label = connectware_version
+                    .clone()
+                    .filter(|v| valid_id_part(v))
+                    .unwrap_or_else(|| "volume".to_string());
+                self.repo
+                    .unique_id(&format!("{}-{label}", clock::id_stamp(created)))?
+            }
+        };
+        let manifest = Manifest {
+            format: manifest::FORMAT.to_string(),
+            id: id.clone(),
+            created_at: clock::rfc3339(created),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            connectware_version,
+            server_version,
+            skew_ms,
+            installation: None,
+            encryption: None,
+            components,
+        };
+        let manifest = test_hook_damage_staged(set.as_ref(), manifest);
+        check_before_commit(set.as_ref(), &manifest, self.verify)?;
+        let text = serde_json::to_vec_pretty(&manifest).expect("a manifest is JSON");
+        let location = set.commit(&id, &text)?;
+        Ok(Taken::Written(Box::new(Set {
+            id,
+            location,
+            manifest,
+        })))
+    }
+
+    /// Each volume: hashed only when the comparable set has it (equal: not archived yet),
+    /// else archived into the new set.
+    fn volumes_first_pass(
+        &self,
+        set: &dyn NewSet,
+        comparable: Option<&Manifest>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<VolumeTaken>> {
+        self.volumes
+            .iter()
+            .map(|v| {
+                if let Some(c) = comparable.and_then(|m| m.component(&v.name))
+                    && volume::live_digest(&v.dir)? == c.content_digest
                 {
-                    return Ok(VolumeHalf::Unchanged);
+                    return Ok(VolumeTaken::Same);
                 }
                 let start = Instant::now();
-                archive_volume(dir, staged, opts.compression, &mut volume_warnings)
-                    .map(|v| VolumeHalf::Archived(v, start))
-            })(),
-        };
-        warnings.extend(volume_warnings);
-        let db = db
-            .map(|h| crate::error::joined("the database thread", h.join()).and_then(|r| r))
-            .transpose();
-        (db, volume_half)
-    });
-    let db = db?;
-    let mut volume_half = volume_half?;
-
-    let db_component = match &db {
-        None => None,
-        Some((d, (_, started_at), finished_at)) => {
-            let content_digest = dbfile::content_digest(&db_path).map_err(|e| {
-                Error::new(
-                    ErrorKind::ApiProtocolError,
-                    format!("the database backup Connectware sent is not a readable .tgz: {e}"),
-                )
-            })?;
-            Some(DbComponent {
-                file: DB_FILE.to_string(),
-                sha256: d.sha256.clone(),
-                bytes: d.bytes,
-                started_at: started_at.clone(),
-                finished_at: finished_at.clone(),
-                backup_id: d.backup_id.clone(),
-                content_digest,
-                status_message: d.status_message.clone(),
+                archive_volume(v, set, self.compression, warnings)
+                    .map(|c| VolumeTaken::Archived(Box::new(c), start))
             })
-        }
-    };
-
-    if let Some(set) = comparable {
-        let volume_same = match &volume_half {
-            VolumeHalf::Absent | VolumeHalf::Unchanged => true,
-            VolumeHalf::Archived(v, _) => Some(v.content_digest.as_str()) == newest_volume_digest,
-        };
-        let db_same = set.manifest.db.as_ref().map(|d| &d.content_digest)
-            == db_component.as_ref().map(|d| &d.content_digest);
-        if volume_same && db_same {
-            let msg = format!(
-                "the volume and the database are unchanged since backup set {}; nothing to do (force writes a new set)",
-                set.id
-            );
-            let mut result = unchanged(task, set, volume_dir, msg, std::mem::take(warnings));
-            if let (Some(r), Some(d)) = (result.db.as_mut(), &db_component) {
-                r.status_message = d.status_message.clone();
-            }
-            return Ok(result);
-        }
+            .collect()
     }
-    // The database changed but the volume did not: it still belongs in the new set.
-    if let (VolumeHalf::Unchanged, Some(dir)) = (&volume_half, volume_dir) {
-        let start = Instant::now();
-        volume_half = VolumeHalf::Archived(
-            archive_volume(dir, staged, opts.compression, warnings)?,
-            start,
-        );
-    }
-    let (volume, volume_start) = match volume_half {
-        VolumeHalf::Archived(v, start) => (Some(v), Some(start)),
-        _ => (None, None),
-    };
-    let skew_ms = match (&db, volume_start) {
-        (Some((_, (db_start, _), _)), Some(v_start)) => {
-            let skew = if v_start > *db_start {
-                v_start - *db_start
-            } else {
-                *db_start - v_start
-            };
-            Some(skew.as_millis() as u64)
-        }
-        _ => None,
-    };
-    let connectware_version = db_component
-        .as_ref()
-        .and_then(|d| dbfile::version_of(&d.backup_id));
-    let id = match &opts.backup_id {
-        Some(id) => id.clone(),
-        None => {
-            let label = connectware_version
-                .clone()
-                .filter(|v| valid_id_part(v))
-                .unwrap_or_else(|| "volume".to_string());
-            repo.unique_id(&format!("{}-{label}", clock::id_stamp(created)))
-        }
-    };
-    let manifest = Manifest {
-        format: manifest::FORMAT.to_string(),
-        id: id.clone(),
-        created_at: clock::rfc3339(created),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        connectware_version,
-        server_version,
-        volume,
-        db: db_component,
-        skew_ms,
-    };
-    let manifest_path = staged.join(manifest::FILE);
-    let text = serde_json::to_vec_pretty(&manifest).expect("a manifest is JSON");
-    repository::write_synced(&manifest_path, &text)
-        .map_err(|e| Error::repo("cannot write", &manifest_path, e))?;
-    let manifest = test_hook_damage_staged(staged, manifest);
-    check_before_publish(staged, &manifest, opts.verify)?;
-    let path = repo.publish(staged, &id)?;
-
-    let mut result = TaskResult::ok(
-        Operation::Backup,
-        false,
-        true,
-        format!("wrote backup set {id}"),
-    );
-    if let (Some(dir), Some(v)) = (volume_dir, &manifest.volume) {
-        result.volume = Some(volume_outcome(dir, v, true));
-    }
-    if let Some(d) = &manifest.db {
-        result.db = Some(DbOutcome {
-            changed: true,
-            backup_id: Some(d.backup_id.clone()),
-            status_message: d.status_message.clone(),
-        });
-    }
-    result.backup = Some(SetRef {
-        id: id.clone(),
-        path: path.display().to_string(),
-        manifest: Some(manifest),
-    });
-    result.warnings = std::mem::take(warnings);
-    if task.diff {
-        result.diff = Some(Diff {
-            before,
-            after: json!({"newest_set": id}),
-        });
-    }
-    Ok(result)
 }
 
 /// Whether a Connectware version can be part of a set id.
@@ -423,30 +513,35 @@ fn valid_id_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// Fills a backup result's set and components from the set and the task's volumes.
+fn fill(result: &mut TaskResult, set: &Set, volumes: &[LiveVolume], changed: bool) {
+    let mut outcomes = Vec::new();
+    for v in volumes {
+        if let Ok((c, _)) = v.component_in(&set.manifest) {
+            outcomes.push(v.outcome(c, changed));
+        }
+    }
+    if let Some(d) = set.manifest.db() {
+        outcomes.push(db_outcome(d, changed, None));
+    }
+    set_components(result, outcomes);
+    result.backup = Some(SetRef {
+        id: set.id.clone(),
+        path: set.location.clone(),
+        manifest: Some(set.manifest.clone()),
+    });
+}
+
 /// The result for a backup that found its work already done.
 fn unchanged(
     task: &Task,
     set: &Set,
-    volume_dir: Option<&Path>,
+    volumes: &[LiveVolume],
     msg: String,
     warnings: Vec<String>,
 ) -> TaskResult {
     let mut result = TaskResult::ok(Operation::Backup, task.dry_run, false, msg);
-    if let (Some(dir), Some(v)) = (volume_dir, &set.manifest.volume) {
-        result.volume = Some(volume_outcome(dir, v, false));
-    }
-    if let Some(d) = &set.manifest.db {
-        result.db = Some(DbOutcome {
-            changed: false,
-            backup_id: Some(d.backup_id.clone()),
-            status_message: d.status_message.clone(),
-        });
-    }
-    result.backup = Some(SetRef {
-        id: set.id.clone(),
-        path: set.path.display().to_string(),
-        manifest: Some(set.manifest.clone()),
-    });
+    fill(&mut result, set, volumes, false);
     result.warnings = warnings;
     if task.diff {
         let same = json!({"newest_set": &set.id});
@@ -458,42 +553,41 @@ fn unchanged(
     result
 }
 
-fn volume_outcome(dir: &Path, v: &VolumeComponent, changed: bool) -> VolumeOutcome {
-    VolumeOutcome {
-        changed,
-        path: dir.display().to_string(),
-        files: v.files,
-        bytes: v.expanded_bytes,
-        content_digest: v.content_digest.clone(),
-    }
-}
-
-/// Archives the volume into `staged`, again while it changes under us: the listing before
+/// Archives a volume into the new set, again while it changes under us: the listing before
 /// and after archiving must be equal, and every file must have kept its size.
 pub fn archive_volume(
-    dir: &Path,
-    staged: &Path,
+    v: &LiveVolume,
+    set: &dyn NewSet,
     compression: Compression,
     warnings: &mut Vec<String>,
-) -> Result<VolumeComponent> {
-    let file_name = volume_file(compression);
-    let path = staged.join(file_name);
+) -> Result<Component> {
+    let dir = &v.dir;
+    let file = v.file(compression);
     for attempt in 1..=CONSISTENCY_ATTEMPTS {
         let started_at = clock::now();
         let before = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
-        let file = std::fs::File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::repo("cannot create", &path, e))?;
-        let written = archive::write_archive(dir, &before, file, compression).map_err(|e| {
+        let out = set.create(&file)?;
+        let mut sink = Sink::new(out, Some(compression))
+            .map_err(|e| Error::io("cannot archive volume", dir, e))?;
+        let written = archive::write_archive(dir, &before, &mut sink).map_err(|e| {
             if crate::error::is_no_space(&e) {
-                Error::io("no space left while writing", &path, e)
+                Error::new(
+                    ErrorKind::NoSpace,
+                    format!("no space left while writing {file} into the repository: {e}"),
+                )
             } else {
                 Error::io("cannot archive volume", dir, e)
             }
+        })?;
+        let stored = sink.finish().map_err(|e| {
+            Error::new(
+                if crate::error::is_no_space(&e) {
+                    ErrorKind::NoSpace
+                } else {
+                    ErrorKind::RepositoryError
+                },
+                format!("cannot write {file} into the repository: {e}"),
+            )
         })?;
         let after = tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
         if !written.changed && before.fingerprint() == after {
@@ -512,17 +606,20 @@ pub fn archive_volume(
                     "{skipped} in the volume is a socket, FIFO or device and was not archived"
                 ));
             }
-            return Ok(VolumeComponent {
-                file: file_name.to_string(),
-                compression,
-                sha256: written.sha256,
-                bytes: written.bytes,
+            return Ok(Component {
+                name: v.name.clone(),
+                file,
+                compression: Some(compression),
+                sha256: stored.sha256,
+                bytes: stored.bytes,
                 started_at,
                 finished_at: clock::now(),
-                files: written.files,
-                expanded_bytes: written.expanded_bytes,
                 content_digest: written.content_digest,
-                source: dir.display().to_string(),
+                kind: Kind::Volume(Tree {
+                    files: written.files,
+                    expanded_bytes: written.expanded_bytes,
+                    source: v.source.clone(),
+                }),
             });
         }
         eprintln!(
@@ -539,24 +636,30 @@ pub fn archive_volume(
 }
 
 /// TEST-ONLY hook, for tests/integration/backup.rs: with `CWBACKUP_TEST_DAMAGE_STAGED` set, damages
-/// the staged set after it is written and before the publish check, to prove that the check
-/// runs. `bytes`: flips one byte in the middle of the volume archive (the checksums differ);
-/// `content`: the archive keeps its checksums but no longer holds what the manifest says
-/// (simulated by changing the content digest the check expects). Not for operators: only debug
-/// builds (the ones the integration tests run) read the variable.
-fn test_hook_damage_staged(staged: &Path, mut manifest: Manifest) -> Manifest {
+/// the new set after it is written and before the check that precedes its commit, to prove
+/// that the check runs. `bytes`: flips one byte in the middle of the first volume archive (the
+/// checksums differ); `content`: the archive keeps its checksums but no longer holds what the
+/// manifest says (simulated by changing the content digest the check expects). Not for
+/// operators: only debug builds (the ones the integration tests run) read the variable.
+fn test_hook_damage_staged(set: &dyn NewSet, mut manifest: Manifest) -> Manifest {
     let how = match std::env::var("CWBACKUP_TEST_DAMAGE_STAGED") {
         Ok(how) if cfg!(debug_assertions) => how,
         _ => return manifest,
     };
-    if let Some(v) = manifest.volume.as_mut() {
+    if let Some(v) = manifest.components.iter_mut().find(|c| c.is_volume()) {
         match how.as_str() {
             "bytes" => {
-                let path = staged.join(&v.file);
-                if let Ok(mut bytes) = std::fs::read(&path) {
+                let mut bytes = Vec::new();
+                if set
+                    .read(&v.file)
+                    .and_then(|mut r| std::io::Read::read_to_end(&mut r, &mut bytes))
+                    .is_ok()
+                    && let Ok(mut out) = set.create(&v.file)
+                {
                     let at = bytes.len() / 2;
                     bytes[at] ^= 0x40;
-                    let _ = std::fs::write(&path, bytes);
+                    let _ = std::io::Write::write_all(&mut out, &bytes)
+                        .and_then(|()| std::io::Write::flush(&mut out));
                 }
             }
             "content" => v.content_digest = format!("sha256:{}", "0".repeat(64)),
@@ -566,15 +669,20 @@ fn test_hook_damage_staged(staged: &Path, mut manifest: Manifest) -> Manifest {
     manifest
 }
 
-/// Re-reads the staged set and compares it with its manifest; with `full`, also decompresses
+/// Re-reads the new set and compares it with its manifest; with `full`, also decompresses
 /// and reads everything.
-fn check_before_publish(staged: &Path, manifest: &Manifest, full: bool) -> Result<()> {
-    let mut problems = check::checksums(staged, manifest);
+fn check_before_commit(set: &dyn NewSet, manifest: &Manifest, full: bool) -> Result<()> {
+    let mut problems: Vec<Problem> = checksums(|file| set.read(file), manifest);
     if full && problems.is_empty() {
-        if manifest.volume.is_some() {
-            problems.extend(check::volume(staged, manifest, None)?.1);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        for c in &manifest.components {
+            match &c.kind {
+                Kind::Volume(t) | Kind::Files(t) => {
+                    problems.extend(check::tree(set.read(&c.file), c, t, None, &stop)?.1)
+                }
+                Kind::Db(_) => problems.extend(check::db(set.read(&c.file), c)),
+            }
         }
-        problems.extend(check::db(staged, manifest));
     }
     match problems.first() {
         None => Ok(()),
@@ -585,5 +693,75 @@ fn check_before_publish(staged: &Path, manifest: &Manifest, full: bool) -> Resul
                 manifest.id, p.component, p.message
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::manifest::Source;
+
+    fn manifest(components: &[(&str, &str)]) -> Manifest {
+        Manifest {
+            format: manifest::FORMAT.into(),
+            id: "base".into(),
+            created_at: "t".into(),
+            tool_version: "0".into(),
+            connectware_version: None,
+            server_version: None,
+            skew_ms: None,
+            installation: None,
+            encryption: None,
+            components: components
+                .iter()
+                .map(|(name, digest)| Component {
+                    name: name.to_string(),
+                    file: format!("volumes/{name}.tar.gz"),
+                    compression: Some(Compression::Gzip),
+                    sha256: String::new(),
+                    bytes: 0,
+                    started_at: String::new(),
+                    finished_at: String::new(),
+                    content_digest: digest.to_string(),
+                    kind: Kind::Volume(Tree {
+                        files: 0,
+                        expanded_bytes: 0,
+                        source: Source::Path("/v".into()),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_installation_plans_nothing_and_any_change_plans_a_set() {
+        let base = manifest(&[("a", "sha256:1"), ("b", "sha256:2")]);
+        let same = decide(Some(&base), &[("a", Some("sha256:1")), ("b", Some("sha256:2"))]);
+        assert!(same.is_empty());
+        assert!(same.steps.iter().all(|(_, _, why)| why.contains("unchanged since set base")));
+        let one = decide(Some(&base), &[("a", Some("sha256:1")), ("b", Some("sha256:9"))]);
+        assert!(!one.is_empty());
+        assert_eq!(one.steps[0].1, Action::Same);
+        assert_eq!(one.steps[1].1, Action::Take);
+        assert!(one.steps[1].2.contains("changed since set base"));
+    }
+
+    #[test]
+    fn other_components_no_set_or_an_unread_digest_take_everything() {
+        let base = manifest(&[("a", "sha256:1")]);
+        // A component more than the newest set has (a volume added to the task).
+        let added = decide(Some(&base), &[("a", Some("sha256:1")), ("b", Some("sha256:2"))]);
+        assert!(added.steps.iter().all(|(_, a, _)| *a == Action::Take));
+        assert!(added.steps[0].2.contains("other components (a)"));
+        // A component fewer.
+        let two = manifest(&[("a", "sha256:1"), ("b", "sha256:2")]);
+        assert!(!decide(Some(&two), &[("a", Some("sha256:1"))]).is_empty());
+        // No set to compare with (or force, or a named backup_id).
+        let none = decide(None, &[("a", Some("sha256:1"))]);
+        assert_eq!(none.steps[0].1, Action::Take);
+        // A digest not read (the database in a dry run) is never assumed equal.
+        assert!(!decide(Some(&base), &[("a", None)]).is_empty());
+        // Nothing at all is not an empty plan.
+        assert!(!decide(None, &[]).is_empty());
     }
 }

@@ -1,7 +1,13 @@
-//! One module per operation, each `run(task, options) -> TaskResult`: plan first, then apply
-//! (a dry run stops after the plan).
+//! One module per operation, each `run(task, options) -> TaskResult`: first a plan (a value:
+//! per component take / skip / restore, and why), then apply it; a dry run reports the plan,
+//! and an empty plan is `changed: false`.
+//!
+//! Operations join the parts below them, which know nothing of each other: the repository
+//! (sets as streams), the volume code (directories), the API client (the database file), and
+//! the layers (compression, hashing) between a component and its stored file.
 
 pub mod backup;
+pub mod check;
 pub mod list;
 pub mod prune;
 pub mod restore;
@@ -10,8 +16,9 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::result::TaskResult;
-use crate::task::{Op, Task, VolumeSource};
+use crate::repository::manifest::{self, Component, Manifest, Source, Tree};
+use crate::result::{ComponentOutcome, TaskResult};
+use crate::task::{Compression, Op, Task, VolumeSource, Volumes};
 use crate::volume;
 
 /// Runs a validated task.
@@ -25,17 +32,202 @@ pub fn run(task: &Task) -> Result<TaskResult> {
     }
 }
 
-/// The task's volume directory (a path, or a Docker volume's mountpoint), refused as
-/// `invalid_task` when it and the repository lie inside one another: a restore would move the
-/// repository away with the old tree, and a backup would archive its own output. Every
-/// operation that has both resolves the volume here, before it locks or writes anything.
-pub fn resolve_volume(task: &Task) -> Result<Option<PathBuf>> {
-    let Some(source) = &task.volume else {
-        return Ok(None);
+/// A volume of the task, found: the component it is, and its live directory.
+#[derive(Debug, Clone)]
+pub struct LiveVolume {
+    /// The component's name: `volume` for the task key `volume`, else the volume's name.
+    pub name: String,
+    /// The live directory.
+    pub dir: PathBuf,
+    /// Where it came from, as the manifest records it.
+    pub source: Source,
+    /// Given with the task key `volumes` (stored under `volumes/`).
+    pub listed: bool,
+}
+
+impl LiveVolume {
+    /// The file of its archive inside a set.
+    pub fn file(&self, compression: Compression) -> String {
+        let ext = match compression {
+            Compression::Gzip => "tar.gz",
+            Compression::Zstd => "tar.zst",
+        };
+        if self.listed {
+            format!("volumes/{}.{ext}", self.name)
+        } else {
+            format!("volume.{ext}")
+        }
+    }
+
+    /// The component of a set this volume reads (restore, verify against_live): for the task
+    /// key `volume`, the component named `volume` or the set's only volume; for `volumes`, the
+    /// component of its name.
+    pub fn component_in<'m>(&self, manifest: &'m Manifest) -> Result<(&'m Component, &'m Tree)> {
+        let found = if self.listed {
+            manifest.component(&self.name).filter(|c| c.is_volume())
+        } else {
+            manifest.single_volume()
+        };
+        found.and_then(|c| c.tree().map(|t| (c, t))).ok_or_else(|| {
+            let volumes: Vec<&str> = manifest.volumes().map(|c| c.name.as_str()).collect();
+            if volumes.is_empty() {
+                Error::new(
+                    ErrorKind::BackupNotFound,
+                    format!(
+                        "backup set {} has no volume half: leave out `volume` to restore its database alone",
+                        manifest.id
+                    ),
+                )
+            } else if self.listed {
+                Error::new(
+                    ErrorKind::BackupNotFound,
+                    format!(
+                        "backup set {} has no volume named `{}`; its volumes are: {}",
+                        manifest.id,
+                        self.name,
+                        volumes.join(", ")
+                    ),
+                )
+            } else {
+                Error::new(
+                    ErrorKind::InvalidTask,
+                    format!(
+                        "backup set {} holds several volumes ({}): name them with `volumes` instead of `volume`",
+                        manifest.id,
+                        volumes.join(", ")
+                    ),
+                )
+                .detail("components", manifest.names())
+            }
+        })
+    }
+
+    /// The outcome of this volume as a component.
+    pub fn outcome(&self, component: &Component, changed: bool) -> ComponentOutcome {
+        let tree = component.tree();
+        ComponentOutcome {
+            name: self.name.clone(),
+            kind: component.kind_name().to_string(),
+            changed,
+            files: tree.map(|t| t.files),
+            bytes: tree.map(|t| t.expanded_bytes),
+            content_digest: Some(component.content_digest.clone()),
+            path: Some(self.dir.display().to_string()),
+            backup_id: None,
+            status_message: None,
+        }
+    }
+}
+
+/// The outcome of a database component.
+pub fn db_outcome(component: &Component, changed: bool, status: Option<String>) -> ComponentOutcome {
+    let db = component.db();
+    ComponentOutcome {
+        name: component.name.clone(),
+        kind: component.kind_name().to_string(),
+        changed,
+        files: None,
+        bytes: Some(component.bytes),
+        content_digest: Some(component.content_digest.clone()),
+        path: None,
+        backup_id: db.and_then(|d| d.backup_id.clone()),
+        status_message: status.or_else(|| db.and_then(|d| d.status_message.clone())),
+    }
+}
+
+/// Fills the result's `components`, and `volume` and `db` for the components of those names
+/// (single-volume playbooks read them).
+pub fn set_components(result: &mut TaskResult, components: Vec<ComponentOutcome>) {
+    for c in &components {
+        match (c.kind.as_str(), c.name.as_str()) {
+            ("volume", manifest::VOLUME) => {
+                result.volume = Some(crate::result::VolumeOutcome {
+                    changed: c.changed,
+                    path: c.path.clone().unwrap_or_default(),
+                    files: c.files.unwrap_or(0),
+                    bytes: c.bytes.unwrap_or(0),
+                    content_digest: c.content_digest.clone().unwrap_or_default(),
+                })
+            }
+            ("db", _) => {
+                result.db = Some(crate::result::DbOutcome {
+                    changed: c.changed,
+                    backup_id: c.backup_id.clone(),
+                    status_message: c.status_message.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+    result.components = Some(components);
+}
+
+/// The task's volumes, found (a path, or a Docker volume's mountpoint), each refused as
+/// `invalid_task` when it and the repository (or two volumes) lie inside one another: a
+/// restore would move the repository away with the old tree, and a backup would archive its
+/// own output. Every operation that has both resolves the volumes here, before it locks or
+/// writes anything.
+pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
+    let given: Vec<(Option<String>, &VolumeSource, bool)> = match &task.volumes {
+        Volumes::None => return Ok(Vec::new()),
+        Volumes::Single(source) => vec![(Some(manifest::VOLUME.to_string()), source, false)],
+        Volumes::List(list) => list.iter().map(|v| (v.name.clone(), &v.source, true)).collect(),
     };
-    let dir = volume::resolve(source)?;
-    check_apart(&task.repository, &dir, source)?;
-    Ok(Some(dir))
+    let mut out: Vec<LiveVolume> = Vec::with_capacity(given.len());
+    for (name, source, listed) in given {
+        let found = volume::resolve(source)?;
+        check_apart(&task.repository, &found.dir, source)?;
+        let (source, docker_name) = match source {
+            VolumeSource::Path(p) => (Source::Path(p.display().to_string()), None),
+            VolumeSource::Docker(n) => (Source::DockerVolume(n.clone()), Some(n.clone())),
+        };
+        let name = name
+            .or(found.compose_name)
+            .or(docker_name)
+            .unwrap_or_default();
+        if listed && !valid_component_name(&name) {
+            return Err(Error::new(
+                ErrorKind::InvalidTask,
+                format!("/volumes: the volume name `{name}` cannot name a component (letters, digits, `._-`, not starting with a dot, not `db` or `files`): give it a `name`"),
+            ));
+        }
+        if out.iter().any(|v| v.name == name) {
+            return Err(Error::new(
+                ErrorKind::InvalidTask,
+                format!("/volumes: two volumes are named `{name}`; give each a unique `name`"),
+            ));
+        }
+        for other in &out {
+            if found.dir.starts_with(&other.dir) || other.dir.starts_with(&found.dir) {
+                return Err(Error::new(
+                    ErrorKind::InvalidTask,
+                    format!(
+                        "/volumes: volumes {} and {} lie inside one another; give each volume once",
+                        other.dir.display(),
+                        found.dir.display()
+                    ),
+                ));
+            }
+        }
+        out.push(LiveVolume {
+            name,
+            dir: found.dir,
+            source,
+            listed,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a name can name a volume component.
+fn valid_component_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && !["db", "files"].contains(&name)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Refuses a repository inside the volume, or a volume inside the repository, comparing

@@ -111,7 +111,7 @@ pub fn summary(set: &Set) -> SetSummary {
         bytes: set.manifest.bytes(),
         connectware_version: set.manifest.connectware_version.clone(),
         age_s: clock::age_s(&set.manifest.created_at),
-        components: set.manifest.components(),
+        components: set.manifest.names(),
     }
 }
 
@@ -126,15 +126,15 @@ mod tests {
             .enumerate()
             .map(|(i, id)| {
                 let manifest: Manifest = serde_json::from_value(serde_json::json!({
-                    "format": "cwbackup/1", "id": id,
+                    "format": "cwbackup/2", "id": id,
                     "created_at": format!("2026-11-{:02}T00:00:00Z", 28 - i),
                     "tool_version": "0.1.0", "connectware_version": null,
-                    "volume": null, "db": null
+                    "components": []
                 }))
                 .unwrap();
                 Set {
                     id: id.to_string(),
-                    path: std::path::PathBuf::from(id),
+                    location: id.to_string(),
                     manifest,
                 }
             })

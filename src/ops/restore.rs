@@ -1,20 +1,22 @@
 //! restore: put a backup set back, so that a failure at any point leaves a working
 //! installation.
 //!
-//! Plan: lock the repository and the volume, finish any swap a crash interrupted, choose the
-//! set, check its checksums, and decide per half whether it differs from the live state (the
-//! volume by content digest, or by its listing alone when that already differs; the database
-//! by content: the digest of a fresh API backup against the set's, never by the server's last
-//! restore id). Nothing differs: `changed: false`, nothing written. The volume is extracted
-//! into the work directory inside it (and checked against the manifest's digest) while the
-//! checksums and the live digest are read: the staged tree is used only once both say so, and
-//! is removed otherwise. Apply, in this order: safety backup of the current state
-//! (`pre-restore-…`, holding the fresh database backup) → check that the volume's listing is
-//! still the one decided on → restore the database → check the listing again → swap the staged
-//! tree in (journaled, see volume/swap.rs; an error is rolled back at once) → run `restart`
-//! (without the API secret in its environment). A failure before the swap leaves the volume
-//! untouched; a failure after the database was restored puts the database back from the
-//! safety set, so the halves stay together, and the error says what became of each.
+//! Plan: lock the repository and every volume, finish any swap a crash interrupted, choose the
+//! set, check its checksums, and decide per component whether it differs from the live state
+//! ([`decide`]: each volume by content digest, or by its listing alone when that already
+//! differs; the database by content: the digest of a fresh API backup against the set's,
+//! never by the server's last restore id). Nothing differs: `changed: false`, nothing written.
+//! Each volume's archive is extracted into the work directory inside that volume (and checked
+//! against the manifest's digest) while the checksums and the live digest are read: a staged
+//! tree is used only once both say so, and is removed otherwise.
+//!
+//! Apply, in this order: safety backup of the current state (`pre-restore-…`, holding the
+//! fresh database backup) → check that every volume's listing is still the one decided on →
+//! restore the database → check the listings again → swap the staged trees in (journaled,
+//! see volume/swap.rs; an error is rolled back at once) → run `restart` (without the API
+//! secret in its environment). A failure before the swap leaves the volumes untouched; a
+//! failure after the database was restored puts the database back from the safety set, so
+//! the halves stay together, and the error says what became of each.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -25,13 +27,16 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use super::backup::{self, DbTaken, Taken, Taking};
+use super::{LiveVolume, check, db_outcome, set_components};
 use crate::clock;
-use crate::connectware::{self, Client, dbfile};
+use crate::connectware::{self, Client};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::backup;
-use crate::repository::{Repository, Set, check};
-use crate::result::{DbOutcome, Diff, SetRef, TaskResult, VolumeOutcome};
-use crate::task::{BackupOptions, Compression, Operation, RestoreOptions, Task};
+use crate::repository::backend::NewSet;
+use crate::repository::manifest::{Component, Tree};
+use crate::repository::{Repository, SAFETY_PREFIX, Set};
+use crate::result::{Diff, SetRef, TaskResult};
+use crate::task::{Compression, Operation, RestoreOptions, Task};
 use crate::volume;
 use crate::volume::digest::{self, Lines};
 use crate::volume::extract::Contents;
@@ -67,25 +72,128 @@ impl Live {
     }
 }
 
+/// What the plan knows of the live database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveDb {
+    /// The task has no `api`.
+    NotAsked,
+    /// A dry run: compared only by a server-side backup, which a dry run does not start.
+    NotCompared,
+    /// The content digest of a fresh backup through the API.
+    Digest(String),
+}
+
+/// The plan of a restore: per component, restore or leave, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Per volume of the task: (name, restore it, why).
+    pub volumes: Vec<(String, bool, String)>,
+    /// The database, if the task asks for it: (restore it, why).
+    pub db: Option<(bool, String)>,
+}
+
+impl Plan {
+    /// Nothing to restore.
+    pub fn is_empty(&self) -> bool {
+        self.volumes.iter().all(|(_, needed, _)| !needed)
+            && self.db.as_ref().is_none_or(|(needed, _)| !needed)
+    }
+
+    fn volume_needed(&self, i: usize) -> bool {
+        self.volumes[i].1
+    }
+
+    fn db_needed(&self) -> bool {
+        self.db.as_ref().is_some_and(|(needed, _)| *needed)
+    }
+
+    /// `the volume and the database`, `the volumes a, b`, …
+    fn describe(&self, single: bool) -> String {
+        let volumes: Vec<&str> = self
+            .volumes
+            .iter()
+            .filter(|(_, needed, _)| *needed)
+            .map(|(n, _, _)| n.as_str())
+            .collect();
+        let volumes = match (volumes.len(), single) {
+            (0, _) => None,
+            (1, true) => Some("the volume".to_string()),
+            (1, false) => Some(format!("the volume {}", volumes[0])),
+            _ => Some(format!("the volumes {}", volumes.join(", "))),
+        };
+        match (volumes, self.db_needed()) {
+            (Some(v), true) => format!("{v} and the database"),
+            (Some(v), false) => v,
+            (None, _) => "the database".to_string(),
+        }
+    }
+}
+
+/// Decides per component whether the restore changes it. `volumes`: each volume's name, the
+/// set's content digest and the live one (None: its listing alone already differs).
+pub fn decide(volumes: &[(&str, &str, Option<&str>)], db: (&LiveDb, Option<&str>), force: bool) -> Plan {
+    let volumes = volumes
+        .iter()
+        .map(|(name, set, live)| {
+            let (needed, why) = match live {
+                _ if force => (true, "force".to_string()),
+                None => (true, "its listing differs from the set's".to_string()),
+                Some(l) if l == set => (false, "already equal to the set's".to_string()),
+                Some(_) => (true, "its content differs from the set's".to_string()),
+            };
+            (name.to_string(), needed, why)
+        })
+        .collect();
+    let db = match db {
+        (LiveDb::NotAsked, _) => None,
+        (_, _) if force => Some((true, "force".to_string())),
+        (LiveDb::NotCompared, _) => Some((
+            true,
+            "not compared: that needs a server-side backup, which a dry run does not start"
+                .to_string(),
+        )),
+        (LiveDb::Digest(live), Some(set)) if live == set => {
+            Some((false, "already equal to the set's".to_string()))
+        }
+        (LiveDb::Digest(_), _) => Some((true, "its content differs from the set's".to_string())),
+    };
+    Plan { volumes, db }
+}
+
+/// One volume of the restore, with the component of the set it is restored from.
+struct Target<'s> {
+    live: LiveVolume,
+    component: &'s Component,
+    tree: &'s Tree,
+    work: Work,
+}
+
 pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
-    let volume_dir = super::resolve_volume(task)?;
+    let volumes = super::resolve_volumes(task)?;
+    let single = !volumes.iter().any(|v| v.listed);
     let mut warnings = Vec::new();
     let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
     let repo = Repository::open(&task.repository)?;
     let _repo_lock = repo.lock(Operation::Restore, task.wait_for_lock)?;
-    let work = volume_dir.as_deref().map(Work::of).transpose()?;
-    let _volume_lock = work
-        .as_ref()
+    let works = volumes
+        .iter()
+        .map(|v| Work::of(&v.dir))
+        .collect::<Result<Vec<_>>>()?;
+    let _volume_locks = works
+        .iter()
         .map(|w| w.lock(Operation::Restore, task.wait_for_lock, task.dry_run))
-        .transpose()?;
+        .collect::<Result<Vec<_>>>()?;
     if !task.dry_run {
         repo.clean_staging()?;
     }
-    if let Some(w) = &work {
+    for w in &works {
         if task.dry_run {
             if w.pending() {
-                warnings.push("an interrupted restore will be finished first".to_string());
+                warnings.push(format!(
+                    "an interrupted restore into {} will be finished first",
+                    w.volume.display()
+                ));
             }
         } else {
             let (done, more) = w.recover()?;
@@ -95,59 +203,73 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     }
 
     let set = choose(&repo, opts)?;
-    if volume_dir.is_some() && set.manifest.volume.is_none() {
-        return Err(Error::new(
-            ErrorKind::BackupNotFound,
-            format!(
-                "backup set {} has no volume half: leave out `volume` to restore its database alone",
-                set.id
-            ),
-        ));
+    let mut targets = Vec::with_capacity(volumes.len());
+    for (live, work) in volumes.into_iter().zip(works) {
+        let (component, tree) = live.component_in(&set.manifest)?;
+        targets.push(Target {
+            live,
+            component,
+            tree,
+            work,
+        });
     }
-    if client.is_some() && set.manifest.db.is_none() {
-        return Err(Error::new(
-            ErrorKind::BackupNotFound,
-            format!(
-                "backup set {} has no database half: leave out `api` to restore its volume alone",
-                set.id
-            ),
-        ));
-    }
-    // Three independent reads at once: the set's checksums, the live volume's digest, and the
-    // extraction of the set's volume into staging, which the restore needs if the volume
-    // differs. The staged tree is only a candidate until the checksums match and the plan
-    // needs it; a plan that does not calls the extraction off and removes what it wrote.
-    let set_volume_digest = set
-        .manifest
-        .volume
-        .as_ref()
-        .map(|v| v.content_digest.clone());
-    // The listing the plan decides on (its fingerprint: a second listing of a large volume
-    // would double restore's memory): the swap happens only while the volume still has it.
-    let decided = volume_dir.as_deref().map(volume::fingerprint).transpose()?;
-    let speculate = match (&work, &volume_dir) {
-        (Some(w), Some(dir)) if !task.dry_run => Some((w, dir.as_path())),
-        _ => None,
-    };
-    let stop = AtomicBool::new(false);
-    let (problems, live, volume_needed, staged) = std::thread::scope(|scope| {
-        let sums = scope.spawn(|| check::checksums(&set.path, &set.manifest));
-        let staging =
-            speculate.map(|(w, dir)| scope.spawn(|| Staged::extract(w, &set, dir, &stop)));
-        let live = volume_dir
-            .as_deref()
-            .map(|dir| live_state(dir, &set, task.diff))
-            .transpose();
-        let problems = crate::error::joined("the checksum thread", sums.join());
-        // The plan for the volume: restore it if it differs (or `force`).
-        let volume_needed =
-            matches!(&live, Ok(Some(l)) if opts.force || l.digest() != set_volume_digest.as_ref());
-        if !(volume_needed && problems.as_ref().is_ok_and(Vec::is_empty)) {
-            stop.store(true, Ordering::Relaxed);
+    // The database half: the API and the set's database file, together.
+    let db_target = match (&client, set.manifest.db()) {
+        (None, _) => None,
+        (Some(c), Some(d)) => Some((c, d)),
+        (Some(_), None) => {
+            return Err(Error::new(
+                ErrorKind::BackupNotFound,
+                format!(
+                    "backup set {} has no database half: leave out `api` to restore its volume alone",
+                    set.id
+                ),
+            ));
         }
-        let staged =
-            staging.map(|h| crate::error::joined("the staging thread", h.join()).and_then(|r| r));
-        (problems, live, volume_needed, staged)
+    };
+    if targets.len() > 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidTask,
+            "/volumes: a restore of several volumes at once is not available yet; restore them one at a time with `volume`",
+        ));
+    }
+
+    // The listing each volume's plan decides on (its fingerprint: a second listing of a large
+    // volume would double restore's memory): the swap happens only while the volume still
+    // has it.
+    let decided = targets
+        .iter()
+        .map(|t| volume::fingerprint(&t.live.dir))
+        .collect::<Result<Vec<_>>>()?;
+    // Independent reads at once: the set's checksums (one thread for the whole set), and per
+    // volume its live digest and the extraction of the set's archive into its staging, which
+    // the restore needs if the volume differs. A staged tree is only a candidate until the
+    // checksums match and the plan needs it; a plan that does not calls the extraction off
+    // and removes what it wrote.
+    let (problems, read) = std::thread::scope(|scope| {
+        let sums = scope.spawn(|| crate::repository::check::checksums(repo.opener(&set), &set.manifest));
+        let read: Vec<Result<(Live, Option<Staged>)>> = targets
+            .iter()
+            .map(|t| {
+                let stop = AtomicBool::new(false);
+                std::thread::scope(|inner| {
+                    let staging = (!task.dry_run)
+                        .then(|| inner.spawn(|| Staged::extract(&t.work, &repo, &set, t, &stop)));
+                    let live = live_state(&t.live.dir, t.tree, task.diff);
+                    let needed = matches!(&live, Ok(l) if opts.force || l.digest() != Some(&t.component.content_digest));
+                    if !needed {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    let staged = staging
+                        .map(|h| crate::error::joined("the staging thread", h.join()).and_then(|r| r));
+                    let live = live?;
+                    // Called off (and so an error) when not needed: dropping it removes it.
+                    let staged = if needed { staged.transpose()? } else { None };
+                    Ok((live, staged))
+                })
+            })
+            .collect();
+        (crate::error::joined("the checksum thread", sums.join()), read)
     });
     let problems = problems?;
     if let Some(p) = problems.first() {
@@ -159,41 +281,63 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             ),
         ));
     }
+    let mut live = Vec::with_capacity(read.len());
+    let mut staged = Vec::with_capacity(read.len());
+    for r in read {
+        let (l, s) = r?;
+        live.push(l);
+        staged.push(s);
+    }
 
-    // The plan.
-    let live = live?;
-    // Called off (and so an error) when not needed: dropping it removes it.
-    let staged = if volume_needed {
-        staged.transpose()?
-    } else {
-        None
-    };
     // The database, by content: a fresh backup through the API (which the safety set then
     // holds) compared with the set's. A dry run sends no POST, so it cannot compare.
-    let set_db_digest = set.manifest.db.as_ref().map(|d| d.content_digest.clone());
-    let mut fresh_db = None;
-    let mut live_db_digest = None;
-    let db_needed = match &client {
-        None => false,
-        Some(_) if opts.force => true,
-        Some(_) if task.dry_run => {
-            warnings.push("the database is reported as to be restored: its content was not compared with the set's, which needs a server-side backup that a dry run does not start".to_string());
-            true
-        }
+    let set_db = set.manifest.db();
+    let mut fresh_db: Option<(Box<dyn NewSet>, DbTaken)> = None;
+    let live_db = match &client {
+        None => LiveDb::NotAsked,
+        Some(_) if task.dry_run => LiveDb::NotCompared,
         Some(c) => {
-            let fresh = FreshDbFile::take(&repo, c)?;
-            live_db_digest = Some(fresh.content_digest.clone());
-            let needed = live_db_digest != set_db_digest;
-            fresh_db = Some(fresh);
-            needed
+            let new_set = repo.create_set()?;
+            let taken = backup::take_db(c, new_set.as_ref())?;
+            let digest = taken.content_digest.clone();
+            fresh_db = Some((new_set, taken));
+            LiveDb::Digest(digest)
         }
     };
-
-    let before = json!({
-        "volume_digest": live.as_ref().and_then(Live::digest),
-        "db_content_digest": live_db_digest,
-    });
-    if !volume_needed && !db_needed {
+    let plan = decide(
+        &targets
+            .iter()
+            .zip(&live)
+            .map(|(t, l)| {
+                (
+                    t.live.name.as_str(),
+                    t.component.content_digest.as_str(),
+                    l.digest().map(String::as_str),
+                )
+            })
+            .collect::<Vec<_>>(),
+        (&live_db, set_db.map(|d| d.content_digest.as_str())),
+        opts.force,
+    );
+    if live_db == LiveDb::NotCompared && !opts.force {
+        warnings.push("the database is reported as to be restored: its content was not compared with the set's, which needs a server-side backup that a dry run does not start".to_string());
+    }
+    let live_db_digest = match &live_db {
+        LiveDb::Digest(d) => Some(d.clone()),
+        _ => None,
+    };
+    let before = if single {
+        json!({
+            "volume_digest": live.first().and_then(Live::digest),
+            "db_content_digest": live_db_digest,
+        })
+    } else {
+        json!({
+            "volume_digests": targets.iter().zip(&live).map(|(t, l)| (t.live.name.clone(), json!(l.digest()))).collect::<serde_json::Map<_, _>>(),
+            "db_content_digest": live_db_digest,
+        })
+    };
+    if plan.is_empty() {
         let mut result = TaskResult::ok(
             Operation::Restore,
             task.dry_run,
@@ -204,13 +348,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             ),
         );
         result.warnings = warnings;
-        fill(
-            &mut result,
-            &set,
-            volume_dir.as_deref(),
-            false,
-            client.as_ref().map(|_| false),
-        );
+        fill(&mut result, &set, &targets, &plan);
         if task.diff {
             result.diff = Some(Diff {
                 before: before.clone(),
@@ -222,36 +360,19 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     if let Some(c) = &client {
         check_versions(c, &set, opts.force, &mut warnings)?;
     }
-    let halves = match (volume_needed, db_needed) {
-        (true, true) => "the volume and the database",
-        (true, false) => "the volume",
-        _ => "the database",
-    };
+    let what = plan.describe(single);
     if task.dry_run {
         let mut result = TaskResult::ok(
             Operation::Restore,
             true,
             true,
-            format!("would restore {halves} from backup set {}", set.id),
+            format!("would restore {what} from backup set {}", set.id),
         );
         result.warnings = warnings;
         result.restart_required = opts.restart.is_none();
-        fill(
-            &mut result,
-            &set,
-            volume_dir.as_deref(),
-            volume_needed,
-            client.as_ref().map(|_| db_needed),
-        );
+        fill(&mut result, &set, &targets, &plan);
         if task.diff {
-            result.diff = Some(plan_diff(
-                &set,
-                live.as_ref(),
-                volume_needed,
-                db_needed,
-                before,
-                None,
-            )?);
+            result.diff = Some(plan_diff(&repo, &set, &targets, &live, &plan, before, &staged)?);
         }
         return Ok(result);
     }
@@ -260,10 +381,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let safety = if opts.safety_backup {
         Some(safety_backup(
             &repo,
-            task,
-            volume_dir.as_deref(),
+            &targets,
             client.as_ref(),
-            fresh_db.as_mut().and_then(FreshDbFile::hand_over),
+            fresh_db.take(),
             &mut warnings,
         )?)
     } else {
@@ -271,65 +391,51 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     };
     drop(fresh_db);
     let diff = if task.diff {
-        Some(plan_diff(
-            &set,
-            live.as_ref(),
-            volume_needed,
-            db_needed,
-            before,
-            staged.as_ref().map(|s| &s.contents),
-        )?)
+        Some(plan_diff(&repo, &set, &targets, &live, &plan, before, &staged)?)
     } else {
         None
     };
-    // The volume must still be the one the plan (and the safety set) saw; a failure here
-    // drops `staged`, which removes it: the volume was not touched.
-    if let (Some(dir), Some(decided), Some(_)) = (&volume_dir, &decided, &staged) {
-        still_as_decided(dir, decided, &set, safety.as_ref())?;
+    // Every volume must still be the one the plan (and the safety set) saw; a failure here
+    // drops the staged trees, which removes them: no volume was touched.
+    for (i, t) in targets.iter().enumerate() {
+        if staged[i].is_some() {
+            still_as_decided(&t.live.dir, &decided[i], &set, safety.as_ref())?;
+        }
     }
-    if db_needed {
-        let db_file = set
-            .path
-            .join(&set.manifest.db.as_ref().expect("checked above").file);
+    let restoring: Vec<usize> = (0..targets.len()).filter(|i| staged[*i].is_some()).collect();
+    if let (true, Some((c, db))) = (plan.db_needed(), db_target) {
         // The journal says, before the database may change, that it does: a crash from here
-        // on is recovered by completing the volume from the staged tree (complete and synced
+        // on is recovered by completing the volumes from the staged trees (complete and synced
         // by now), so the halves stay together.
-        if let (Some(w), Some(_)) = (&work, &staged) {
-            w.before_database(swap::DbHalf {
+        for &i in &restoring {
+            targets[i].work.before_database(swap::DbHalf {
                 restored_from: set.id.clone(),
                 safety_set: safety.as_ref().map(|s| s.id.clone()),
-                staged_digest: staged_digest(&set),
+                staged_digest: targets[i].component.content_digest.clone(),
             })?;
         }
-        // A failure here drops `staged`, which removes it: the volume was not touched.
-        let restored = client
-            .as_ref()
-            .expect("db_needed implies api")
-            .restore(&db_file);
-        if let Err(e) = restored {
-            if let Some(w) = &work {
-                w.forget_database()?;
+        // A failure here drops the staged trees, which removes them: no volume was touched.
+        if let Err(e) = c.restore(&|| open_db(&repo, &set, db)) {
+            for &i in &restoring {
+                targets[i].work.forget_database()?;
             }
             return Err(database_may_have_changed(e, safety.as_ref()));
         }
     }
-    if let (Some(staged), Some(dir), Some(decided)) = (staged, &volume_dir, &decided) {
+    for (i, staged) in staged.into_iter().enumerate() {
+        let Some(staged) = staged else { continue };
+        let t = &targets[i];
+        let dir = &t.live.dir;
         let swapped = (|| {
             test_pause();
-            let specials = still_as_decided(dir, decided, &set, safety.as_ref())?;
-            let kept = special_files(
-                dir,
-                &specials,
-                &staged.work.staged(),
-                &set.id,
-                &mut warnings,
-            );
+            let specials = still_as_decided(dir, &decided[i], &set, safety.as_ref())?;
+            let kept = special_files(dir, &specials, &t.work.staged(), &set.id, &mut warnings);
             staged.swap_in(&set.id, &kept)
         })();
         match swapped {
             Ok(more) => warnings.extend(more),
             Err(e) => {
-                let w = work.as_ref().expect("a staged tree has a work directory");
+                let w = &t.work;
                 // A check before the swap failed: the volume was not touched.
                 if let Err(again) = w.forget_database() {
                     return Err(Error {
@@ -337,7 +443,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                         ..e
                     });
                 }
-                return Err(match (db_needed, &client, w.next()) {
+                return Err(match (plan.db_needed(), &client, w.next()) {
                     // The journal left behind completes the volume from the set: the database
                     // stays as restored.
                     (true, Some(_), swap::Next::RollForward) => Error {
@@ -351,6 +457,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                     },
                     (true, Some(c), next) => {
                         let (e, put_back) = put_database_back(
+                            &repo,
                             c,
                             e,
                             &set,
@@ -373,20 +480,18 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         }
     }
 
-    let mut msg = format!("restored {halves} from backup set {}", set.id);
+    let mut msg = format!("restored {what} from backup set {}", set.id);
     if let Some(s) = &safety {
         msg = format!("{msg}; the state before is in {}", s.id);
     }
     warnings.push(BROWSER_SESSIONS.to_string());
     let mut result = TaskResult::ok(Operation::Restore, false, true, msg);
-    fill(
-        &mut result,
-        &set,
-        volume_dir.as_deref(),
-        volume_needed,
-        client.as_ref().map(|_| db_needed),
-    );
-    result.safety_backup = safety;
+    fill(&mut result, &set, &targets, &plan);
+    result.safety_backup = safety.map(|s| SetRef {
+        id: s.id,
+        path: s.location,
+        manifest: Some(s.manifest),
+    });
     result.diff = diff;
     result.restart_required = true;
     if let Some(argv) = &opts.restart {
@@ -404,6 +509,21 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     Ok(result)
 }
 
+/// The set's database file, streamed, with its length (for the upload).
+fn open_db(
+    repo: &Repository,
+    set: &Set,
+    db: &Component,
+) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
+    let reader = repo.read(set, &db.file).map_err(|e| {
+        Error::new(
+            ErrorKind::RepositoryError,
+            format!("cannot read {}: {e}", repo.file_location(set, &db.file)),
+        )
+    })?;
+    Ok((reader, db.bytes))
+}
+
 /// The set to restore: the named one, or the newest that is not a safety set.
 fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
     let (sets, broken) = repo.scan()?;
@@ -418,7 +538,7 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
         None => sets.into_iter().find(|s| !s.is_safety()).ok_or_else(|| {
             Error::new(
                 ErrorKind::BackupNotFound,
-                format!("repository {} holds no complete backup set to restore (safety sets are only restored by name)", repo.root.display()),
+                format!("repository {} holds no complete backup set to restore (safety sets are only restored by name)", repo.location()),
             )
         }),
     }
@@ -426,10 +546,11 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
 
 /// Reads the live volume; unless `every_file` (for a diff), stops at the listing when that
 /// already differs from the set's.
-fn live_state(dir: &Path, set: &Set, every_file: bool) -> Result<Live> {
-    let hashed = match (&set.manifest.volume, every_file) {
-        (Some(v), false) => volume::live_unless_counts_differ(dir, v.files, v.expanded_bytes)?,
-        _ => Some(volume::live(dir)?),
+fn live_state(dir: &Path, tree: &Tree, every_file: bool) -> Result<Live> {
+    let hashed = if every_file {
+        Some(volume::live(dir)?)
+    } else {
+        volume::live_unless_counts_differ(dir, tree.files, tree.expanded_bytes)?
     };
     Ok(
         hashed.map_or(Live::Differs, |(entries, digest)| Live::Hashed {
@@ -480,79 +601,97 @@ fn version_key(v: &str) -> Option<Vec<u64>> {
 /// Before and after, with counts of the files a restore adds, removes and changes.
 /// `staged` is what staging extracted; without it (a dry run), the archive is read here.
 fn plan_diff(
+    repo: &Repository,
     set: &Set,
-    live: Option<&Live>,
-    volume_needed: bool,
-    db_needed: bool,
+    targets: &[Target<'_>],
+    live: &[Live],
+    plan: &Plan,
     before: Value,
-    staged: Option<&Contents>,
+    staged: &[Option<Staged<'_>>],
 ) -> Result<Diff> {
     let mut after = before.clone();
-    if db_needed {
-        after["db_content_digest"] = json!(set.manifest.db.as_ref().map(|d| &d.content_digest));
+    if plan.db_needed() {
+        after["db_content_digest"] = json!(set.manifest.db().map(|d| &d.content_digest));
     }
-    if let (true, Some(Live::Hashed { entries, .. })) = (volume_needed, live) {
+    let single = targets.len() == 1 && !targets[0].live.listed;
+    for (i, t) in targets.iter().enumerate() {
+        let (true, Live::Hashed { entries, .. }) = (plan.volume_needed(i), &live[i]) else {
+            continue;
+        };
         let read;
-        let contents = match staged {
-            Some(contents) => contents,
+        let contents = match &staged[i] {
+            Some(s) => &s.contents,
             None => {
-                read = check::volume(&set.path, &set.manifest, None)?.0;
+                read = check::tree(
+                    repo.read(set, &t.component.file),
+                    t.component,
+                    t.tree,
+                    None,
+                    &AtomicBool::new(false),
+                )?
+                .0;
                 &read
             }
         };
         let changes = digest::changes(entries, &contents.entries);
-        after["volume_digest"] = json!(contents.content_digest);
-        after["files_added"] = json!(changes.added.len());
-        after["files_removed"] = json!(changes.removed.len());
-        after["files_changed"] = json!(changes.changed.len());
+        let counts = json!({
+            "files_added": changes.added.len(),
+            "files_removed": changes.removed.len(),
+            "files_changed": changes.changed.len(),
+        });
+        if single {
+            after["volume_digest"] = json!(contents.content_digest);
+            for (k, v) in counts.as_object().into_iter().flatten() {
+                after[k] = v.clone();
+            }
+        } else {
+            after["volume_digests"][&t.live.name] = json!(contents.content_digest);
+            after["volume_changes"][&t.live.name] = counts;
+        }
     }
     Ok(Diff { before, after })
 }
 
-/// The safety set of the current state, written before anything changes.
+/// The safety set of the current state, written before anything changes: every volume of the
+/// task and, with `api`, the database backup already taken (in `fresh_db`'s new set).
 fn safety_backup(
     repo: &Repository,
-    task: &Task,
-    volume_dir: Option<&Path>,
+    targets: &[Target<'_>],
     client: Option<&Client>,
-    fresh_db: Option<backup::FreshDb>,
+    fresh_db: Option<(Box<dyn NewSet>, DbTaken)>,
     warnings: &mut Vec<String>,
-) -> Result<SetRef> {
+) -> Result<Set> {
     let id = repo.unique_id(&format!(
-        "{}{}",
-        crate::repository::SAFETY_PREFIX,
+        "{SAFETY_PREFIX}{}",
         clock::id_stamp(SystemTime::now())
-    ));
-    let opts = BackupOptions {
-        backup_id: Some(id),
-        force: true,
-        retention: None,
-        verify: false,
-        compression: Compression::default(),
-    };
-    let taken = backup::take_set(
+    ))?;
+    let volumes: Vec<LiveVolume> = targets.iter().map(|t| t.live.clone()).collect();
+    let taking = Taking {
         repo,
-        task,
-        &opts,
-        volume_dir,
+        volumes: &volumes,
         client,
-        None,
-        Vec::new(),
-        Value::Null,
-        fresh_db,
-    )
-    .map_err(|e| Error {
+        compression: Compression::default(),
+        verify: false,
+        id: Some(id),
+        comparable: None,
+    };
+    let mut more = Vec::new();
+    let taken = taking.take(fresh_db, &mut more).map_err(|e| Error {
         message: format!(
             "the safety backup before the restore failed, so nothing was restored: {}",
             e.message
         ),
         ..e
     })?;
-    warnings.extend(taken.warnings);
-    Ok(taken.backup.expect("a written set is named"))
+    warnings.extend(more);
+    // With nothing to compare with, a set is always written.
+    Ok(match taken {
+        Taken::Written(set) => *set,
+        Taken::Unchanged(set, _) => set.clone(),
+    })
 }
 
-/// The set's volume extracted into the work directory inside the volume, checked against the
+/// A set's volume extracted into the work directory inside the volume, checked against the
 /// manifest and synced. Dropping it removes it, unless it was swapped in.
 struct Staged<'a> {
     work: &'a Work,
@@ -563,13 +702,31 @@ struct Staged<'a> {
 
 impl<'a> Staged<'a> {
     /// Extracts until done or `stop` is set (then an error).
-    fn extract(work: &'a Work, set: &Set, dir: &Path, stop: &AtomicBool) -> Result<Staged<'a>> {
+    fn extract(
+        work: &'a Work,
+        repo: &Repository,
+        set: &Set,
+        target: &Target<'_>,
+        stop: &AtomicBool,
+    ) -> Result<Staged<'a>> {
         let staged = work.fresh_staged()?;
-        let outcome = check::volume_until(&set.path, &set.manifest, Some(&staged), stop).and_then(|(contents, problems)| match problems.first() {
+        let outcome = check::tree(
+            repo.read(set, &target.component.file),
+            target.component,
+            target.tree,
+            Some(&staged),
+            stop,
+        )
+        .and_then(|(contents, problems)| match problems.first() {
             None => swap::sync_filesystem(&staged).map(|()| contents),
             Some(p) => Err(Error::new(
                 ErrorKind::IntegrityError,
-                format!("backup set {} does not extract as its manifest says ({}); the volume {} was not touched", set.id, p.message, dir.display()),
+                format!(
+                    "backup set {} does not extract as its manifest says ({}); the volume {} was not touched",
+                    set.id,
+                    p.message,
+                    target.live.dir.display()
+                ),
             )),
         });
         match outcome {
@@ -602,6 +759,126 @@ impl Drop for Staged<'_> {
     }
 }
 
+/// Names the set and what the plan did (or would do) to each component.
+fn fill(result: &mut TaskResult, set: &Set, targets: &[Target<'_>], plan: &Plan) {
+    result.backup = Some(SetRef {
+        id: set.id.clone(),
+        path: set.location.clone(),
+        manifest: Some(set.manifest.clone()),
+    });
+    let mut outcomes: Vec<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t.live.outcome(t.component, plan.volume_needed(i)))
+        .collect();
+    if let (Some(d), Some((needed, _))) = (set.manifest.db(), &plan.db) {
+        let mut outcome = db_outcome(d, *needed, None);
+        outcome.status_message = None;
+        outcomes.push(outcome);
+    }
+    set_components(result, outcomes);
+}
+
+/// Refuses to swap when the volume's listing (names, types, sizes, modes, times, inodes)
+/// differs from the one the plan decided on: something wrote to it meanwhile. Returns the
+/// relative paths of the volume's sockets, FIFOs and devices.
+fn still_as_decided(
+    dir: &Path,
+    decided: &tree::Fingerprint,
+    set: &Set,
+    safety: Option<&Set>,
+) -> Result<Vec<Vec<u8>>> {
+    let (now, specials) = volume::fingerprint_and_specials(dir)?;
+    if now == *decided {
+        return Ok(specials);
+    }
+    let kept = safety.map_or(String::new(), |s| {
+        format!(" (safety set {} was kept)", s.id)
+    });
+    Err(Error::new(
+        ErrorKind::ConsistencyError,
+        format!(
+            "the volume {} was written to while the restore of set {} was prepared (an entry was added, removed or changed); the volume was not touched{kept}: run the restore again when no service is being (de)commissioned",
+            dir.display(),
+            set.id
+        ),
+    ))
+}
+
+/// After the database was restored and the volume could not be: puts the database back from
+/// the safety set, and says in the error what became of each half; true if it was put back.
+/// `volume_as_before` says whether the volume holds its old tree again; if its rollback failed,
+/// the journal left behind puts the old tree back in the next task on the volume.
+fn put_database_back(
+    repo: &Repository,
+    client: &Client,
+    error: Error,
+    set: &Set,
+    safety: Option<&Set>,
+    volume_as_before: bool,
+) -> (Error, bool) {
+    let safety_db = safety.and_then(|s| s.manifest.db().map(|d| (s, d)));
+    let mut put_back = false;
+    let message = match safety_db {
+        Some((s, d)) => {
+            let file = repo.file_location(s, &d.file);
+            match client
+                .restore(&|| open_db(repo, s, d))
+                .inspect(|_| put_back = true)
+            {
+                Ok(_) if volume_as_before => format!(
+                    "{}; the database, already restored from set {}, was put back from safety set {}, so both halves are as before the restore",
+                    error.message, set.id, s.id
+                ),
+                Ok(_) => format!(
+                    "{}; the database, already restored from set {}, was put back from safety set {}; the volume is not yet as before: the next task on it moves its old entries back (or do it by hand as said above)",
+                    error.message, set.id, s.id
+                ),
+                Err(again) => format!(
+                    "{}; the database was restored from set {} and putting it back from safety set {} failed too ({}): the halves are out of step, restore the database from {file} by hand (see README) or run the restore again",
+                    error.message, set.id, s.id, again.message
+                ),
+            }
+        }
+        None => format!(
+            "{}; the database was restored from set {} and the volume was not (no safety set to put it back from): the halves are out of step, run the restore again",
+            error.message, set.id
+        ),
+    };
+    let mut error = Error { message, ..error };
+    if let Some(s) = safety {
+        error = error.detail("safety_set", s.id.clone());
+    }
+    (error, put_back)
+}
+
+/// A failed database restore: if the server had accepted it (`restore_started` in the
+/// error's details), the database may have changed, and the error names the safety set that
+/// holds it as it was.
+fn database_may_have_changed(e: Error, safety: Option<&Set>) -> Error {
+    if !e.details.contains_key("restore_started") {
+        return e;
+    }
+    let before = match safety {
+        Some(s) => format!(
+            "safety set {} holds it as it was before: restore that set (or its db.tgz by hand, see README) if Connectware does not work",
+            s.id
+        ),
+        None => "no safety set was written (safety_backup was false)".to_string(),
+    };
+    let mut e = Error {
+        message: format!(
+            "{}; Connectware had accepted the restore request, so the database may have changed; the volume was not touched; {before}",
+            e.message
+        ),
+        ..e
+    };
+    if let Some(s) = safety {
+        e = e.detail("safety_set", s.id.clone());
+    }
+    e
+}
+
 /// Runs the operator's restart command; its output goes to stderr (stdout is the result's).
 /// The API secret's environment variable (`password_env`) is removed from its environment.
 fn restart(argv: &[String], secret_env: Option<&str>) -> Result<()> {
@@ -626,113 +903,6 @@ fn restart(argv: &[String], secret_env: Option<&str>) -> Result<()> {
         .detail("restart", argv));
     }
     Ok(())
-}
-
-/// Names the set and what happened to each half.
-/// `db_changed` is None when the task did not ask for the database half.
-fn fill(
-    result: &mut TaskResult,
-    set: &Set,
-    volume_dir: Option<&Path>,
-    volume_changed: bool,
-    db_changed: Option<bool>,
-) {
-    result.backup = Some(SetRef {
-        id: set.id.clone(),
-        path: set.path.display().to_string(),
-        manifest: Some(set.manifest.clone()),
-    });
-    if let (Some(dir), Some(v)) = (volume_dir, &set.manifest.volume) {
-        result.volume = Some(VolumeOutcome {
-            changed: volume_changed,
-            path: dir.display().to_string(),
-            files: v.files,
-            bytes: v.expanded_bytes,
-            content_digest: v.content_digest.clone(),
-        });
-    }
-    if let (Some(d), Some(changed)) = (&set.manifest.db, db_changed) {
-        result.db = Some(DbOutcome {
-            changed,
-            backup_id: Some(d.backup_id.clone()),
-            status_message: None,
-        });
-    }
-}
-
-/// A fresh database backup taken through the API to compare with the set's, kept under the
-/// repository's `.staging/` until the safety set takes it over; removed otherwise.
-struct FreshDbFile {
-    dir: PathBuf,
-    content_digest: String,
-    taken: Option<backup::FreshDb>,
-}
-
-impl FreshDbFile {
-    fn take(repo: &Repository, client: &Client) -> Result<FreshDbFile> {
-        let dir = repo.stage(&format!("restore-db.{}", std::process::id()))?;
-        let path = dir.join("db.tgz");
-        let fresh = (|| {
-            let started = (std::time::Instant::now(), clock::now());
-            let downloaded = client.backup(&path)?;
-            let content_digest = dbfile::content_digest(&path).map_err(|e| {
-                Error::new(
-                    ErrorKind::ApiProtocolError,
-                    format!("the database backup Connectware sent is not a readable .tgz: {e}"),
-                )
-            })?;
-            Ok(FreshDbFile {
-                dir: dir.clone(),
-                content_digest,
-                taken: Some(backup::FreshDb {
-                    path: path.clone(),
-                    downloaded,
-                    started,
-                    finished_at: clock::now(),
-                }),
-            })
-        })();
-        if fresh.is_err() {
-            let _ = crate::repository::remove_tree(&dir);
-        }
-        fresh
-    }
-
-    fn hand_over(&mut self) -> Option<backup::FreshDb> {
-        self.taken.take()
-    }
-}
-
-impl Drop for FreshDbFile {
-    fn drop(&mut self) {
-        let _ = crate::repository::remove_tree(&self.dir);
-    }
-}
-
-/// Refuses to swap when the volume's listing (names, types, sizes, modes, times, inodes)
-/// differs from the one the plan decided on: something wrote to it meanwhile. Returns the
-/// relative paths of the volume's sockets, FIFOs and devices.
-fn still_as_decided(
-    dir: &Path,
-    decided: &tree::Fingerprint,
-    set: &Set,
-    safety: Option<&SetRef>,
-) -> Result<Vec<Vec<u8>>> {
-    let (now, specials) = volume::fingerprint_and_specials(dir)?;
-    if now == *decided {
-        return Ok(specials);
-    }
-    let kept = safety.map_or(String::new(), |s| {
-        format!(" (safety set {} was kept)", s.id)
-    });
-    Err(Error::new(
-        ErrorKind::ConsistencyError,
-        format!(
-            "the volume {} was written to while the restore of set {} was prepared (an entry was added, removed or changed); the volume was not touched{kept}: run the restore again when no service is being (de)commissioned",
-            dir.display(),
-            set.id
-        ),
-    ))
 }
 
 /// The live volume's sockets, FIFOs and devices, which backups skip: those at the root that
@@ -766,91 +936,6 @@ fn special_files(
     kept
 }
 
-/// After the database was restored and the volume could not be: puts the database back from
-/// the safety set, and says in the error what became of each half; true if it was put back.
-/// `volume_as_before` says whether the volume holds its old tree again; if its rollback failed,
-/// the journal left behind puts the old tree back in the next task on the volume.
-fn put_database_back(
-    client: &Client,
-    error: Error,
-    set: &Set,
-    safety: Option<&SetRef>,
-    volume_as_before: bool,
-) -> (Error, bool) {
-    let safety_db = safety.and_then(|s| {
-        s.manifest
-            .as_ref()
-            .and_then(|m| m.db.as_ref())
-            .map(|d| (s, Path::new(&s.path).join(&d.file)))
-    });
-    let mut put_back = false;
-    let message = match safety_db {
-        Some((s, file)) => match client.restore(&file).inspect(|_| put_back = true) {
-            Ok(_) if volume_as_before => format!(
-                "{}; the database, already restored from set {}, was put back from safety set {}, so both halves are as before the restore",
-                error.message, set.id, s.id
-            ),
-            Ok(_) => format!(
-                "{}; the database, already restored from set {}, was put back from safety set {}; the volume is not yet as before: the next task on it moves its old entries back (or do it by hand as said above)",
-                error.message, set.id, s.id
-            ),
-            Err(again) => format!(
-                "{}; the database was restored from set {} and putting it back from safety set {} failed too ({}): the halves are out of step, restore the database from {} by hand (see README) or run the restore again",
-                error.message,
-                set.id,
-                s.id,
-                again.message,
-                file.display()
-            ),
-        },
-        None => format!(
-            "{}; the database was restored from set {} and the volume was not (no safety set to put it back from): the halves are out of step, run the restore again",
-            error.message, set.id
-        ),
-    };
-    let mut error = Error { message, ..error };
-    if let Some(s) = safety {
-        error = error.detail("safety_set", s.id.clone());
-    }
-    (error, put_back)
-}
-
-/// The staged tree's expected content digest: the set's volume digest, which staging checked.
-fn staged_digest(set: &Set) -> String {
-    set.manifest
-        .volume
-        .as_ref()
-        .map(|v| v.content_digest.clone())
-        .unwrap_or_default()
-}
-
-/// A failed database restore: if the server had accepted it (`restore_started` in the
-/// error's details), the database may have changed, and the error names the safety set that
-/// holds it as it was.
-fn database_may_have_changed(e: Error, safety: Option<&SetRef>) -> Error {
-    if !e.details.contains_key("restore_started") {
-        return e;
-    }
-    let before = match safety {
-        Some(s) => format!(
-            "safety set {} holds it as it was before: restore that set (or its db.tgz by hand, see README) if Connectware does not work",
-            s.id
-        ),
-        None => "no safety set was written (safety_backup was false)".to_string(),
-    };
-    let mut e = Error {
-        message: format!(
-            "{}; Connectware had accepted the restore request, so the database may have changed; the volume was not touched; {before}",
-            e.message
-        ),
-        ..e
-    };
-    if let Some(s) = safety {
-        e = e.detail("safety_set", s.id.clone());
-    }
-    e
-}
-
 /// See [`TEST_PAUSE_BEFORE_SWAP`].
 fn test_pause() {
     if !cfg!(debug_assertions) {
@@ -866,5 +951,51 @@ fn test_pause() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !file.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_volumes_and_database_plan_nothing() {
+        let plan = decide(
+            &[("a", "sha256:1", Some("sha256:1")), ("b", "sha256:2", Some("sha256:2"))],
+            (&LiveDb::Digest("sha256:d".into()), Some("sha256:d")),
+            false,
+        );
+        assert!(plan.is_empty(), "{plan:?}");
+        assert!(plan.volumes.iter().all(|(_, _, why)| why.contains("already equal")));
+    }
+
+    #[test]
+    fn each_component_is_decided_on_its_own() {
+        let plan = decide(
+            &[("a", "sha256:1", Some("sha256:1")), ("b", "sha256:2", None)],
+            (&LiveDb::Digest("sha256:x".into()), Some("sha256:d")),
+            false,
+        );
+        assert!(!plan.volume_needed(0));
+        assert!(plan.volume_needed(1));
+        assert!(plan.volumes[1].2.contains("listing differs"));
+        assert!(plan.db_needed());
+        assert_eq!(plan.describe(false), "the volume b and the database");
+    }
+
+    #[test]
+    fn force_restores_everything_and_a_dry_run_never_assumes_the_database_equal() {
+        let forced = decide(
+            &[("volume", "sha256:1", Some("sha256:1"))],
+            (&LiveDb::Digest("sha256:d".into()), Some("sha256:d")),
+            true,
+        );
+        assert!(forced.volume_needed(0) && forced.db_needed());
+        assert_eq!(forced.describe(true), "the volume and the database");
+        let dry = decide(&[], (&LiveDb::NotCompared, Some("sha256:d")), false);
+        assert!(dry.db_needed());
+        assert!(dry.db.unwrap().1.contains("not compared"));
+        let no_api = decide(&[("volume", "sha256:1", Some("sha256:1"))], (&LiveDb::NotAsked, None), false);
+        assert!(no_api.db.is_none() && no_api.is_empty());
     }
 }

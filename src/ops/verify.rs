@@ -4,10 +4,13 @@
 //! `against_live` reports how the live volume drifted from the named set, or else from the newest
 //! set that is not a safety set (as warnings).
 
-use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
+use super::{LiveVolume, check};
 use crate::error::{Error, ErrorKind, Result};
-use crate::repository::{self, Repository, Set, check};
+use crate::fsutil::remove_tree;
+use crate::repository::manifest::Kind;
+use crate::repository::{Repository, Set};
 use crate::result::{Finding, Level, TaskResult};
 use crate::task::{Operation, Task, VerifyOptions};
 use crate::volume;
@@ -57,7 +60,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
             ErrorKind::BackupNotFound,
             format!(
                 "repository {} holds no complete backup set to verify",
-                repo.root.display()
+                repo.location()
             ),
         ));
     }
@@ -69,7 +72,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         .iter()
         .position(|s| opts.backup_id.is_some() || !s.is_safety())
         .or(if chosen.is_empty() { None } else { Some(0) });
-    let mut newest_entries = None;
+    let mut newest_entries = Vec::new();
     for (i, set) in chosen.iter().enumerate() {
         let entries = check_set(&repo, set, opts.deep, &mut findings)?;
         if Some(i) == live_target {
@@ -77,22 +80,35 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         }
     }
     if opts.against_live {
-        let Some(dir) = super::resolve_volume(task)? else {
+        let volumes = super::resolve_volumes(task)?;
+        if volumes.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidTask,
-                "/against_live: needs `volume` to compare with",
+                "/against_live: needs `volume` (or `volumes`) to compare with",
             ));
-        };
-        match (live_target.map(|i| chosen[i]), newest_entries) {
-            (Some(set), Some(set_entries)) => drift(set, &dir, &set_entries, &mut findings)?,
-            (Some(set), None) => findings.push(Finding {
-                level: Level::Warning,
-                set: set.id.clone(),
-                component: "live".into(),
-                message: "no drift report: the set's volume half could not be read or is absent"
-                    .into(),
-            }),
-            (None, _) => {}
+        }
+        if let Some(set) = live_target.map(|i| chosen[i]) {
+            for v in &volumes {
+                let read = v.component_in(&set.manifest).ok().and_then(|(c, _)| {
+                    newest_entries
+                        .iter()
+                        .find(|(name, _)| *name == c.name)
+                        .map(|(_, entries)| (c, entries))
+                });
+                match read {
+                    Some((c, entries)) => drift(set, v, &c.content_digest, entries, &mut findings)?,
+                    None => findings.push(Finding {
+                        level: Level::Warning,
+                        set: set.id.clone(),
+                        component: "live".into(),
+                        message: format!(
+                            "no drift report for {}: the set's volume {} could not be read or is absent",
+                            v.dir.display(),
+                            v.name
+                        ),
+                    }),
+                }
+            }
         }
     }
 
@@ -132,13 +148,13 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
     Ok(result)
 }
 
-/// Checks one set; returns the digest lines of its volume archive when it could be read.
+/// Checks one set; returns the digest lines of each volume archive that could be read.
 fn check_set(
     repo: &Repository,
     set: &Set,
     deep: bool,
     findings: &mut Vec<Finding>,
-) -> Result<Option<Lines>> {
+) -> Result<Vec<(String, Lines)>> {
     let mut add = |component: &str, message: String| {
         findings.push(Finding {
             level: Level::Error,
@@ -147,86 +163,85 @@ fn check_set(
             message,
         })
     };
-    // With `deep`, the one read of the archive extracts it into a scratch directory.
-    let scratch = match (&set.manifest.volume, deep) {
-        (Some(_), true) => Some(repo.stage(&format!("verify-{}", set.id))?),
-        _ => None,
-    };
-    // The checksums and the full read of the archive are independent: one core each.
-    let (sums, read) = std::thread::scope(|scope| {
+    let stop = AtomicBool::new(false);
+    // The checksums (and the database file's digest) and the full read of the archives are
+    // independent: one core each.
+    let (sums, reads) = std::thread::scope(|scope| -> Result<_> {
         let sums = scope.spawn(|| {
             crate::test_panic("worker");
-            let mut problems = check::checksums(&set.path, &set.manifest);
-            problems.extend(check::db(&set.path, &set.manifest));
+            let mut problems = crate::repository::check::checksums(repo.opener(set), &set.manifest);
+            for c in set.manifest.components.iter().filter(|c| c.db().is_some()) {
+                problems.extend(check::db(repo.read(set, &c.file), c));
+            }
             problems
         });
-        let read = set
-            .manifest
-            .volume
-            .as_ref()
-            .map(|_| check::volume(&set.path, &set.manifest, scratch.as_deref()));
-        (
-            crate::error::joined("the checksum thread", sums.join()),
-            read,
-        )
-    });
+        let mut reads = Vec::new();
+        for c in &set.manifest.components {
+            let (Kind::Volume(tree) | Kind::Files(tree)) = &c.kind else {
+                continue;
+            };
+            // With `deep`, the one read of the archive extracts it into a scratch directory.
+            let scratch = if deep {
+                Some(repo.scratch(&format!("verify-{}-{}", set.id, c.name))?)
+            } else {
+                None
+            };
+            let read = check::tree(repo.read(set, &c.file), c, tree, scratch.as_deref(), &stop);
+            reads.push((c, scratch, read));
+        }
+        Ok((crate::error::joined("the checksum thread", sums.join()), reads))
+    })?;
     for p in sums? {
-        add(p.component, p.message);
+        add(&p.component, p.message);
     }
-    let entries = match read {
-        None => None,
-        Some(Ok((contents, problems))) => {
-            for p in problems {
-                add(p.component, p.message);
+    let mut entries = Vec::new();
+    let mut no_space = None;
+    for (c, scratch, read) in reads {
+        match read {
+            Ok((contents, problems)) => {
+                for p in problems {
+                    add(&p.component, p.message);
+                }
+                if let Some(scratch) = &scratch {
+                    // The digest of the tree as it landed on disk, computed afresh.
+                    match volume::live_digest(scratch) {
+                        Ok(extracted) if extracted == c.content_digest => {}
+                        Ok(extracted) => add(
+                            &c.name,
+                            format!(
+                                "the extracted tree's digest is {extracted}, the manifest says {}",
+                                c.content_digest
+                            ),
+                        ),
+                        Err(e) => add(&c.name, format!("deep check: {}", e.message)),
+                    }
+                }
+                entries.push((c.name.clone(), contents.entries));
             }
-            Some(contents.entries)
+            Err(e) if e.kind == ErrorKind::NoSpace => no_space = Some(e),
+            Err(e) => add(&c.name, e.message),
         }
-        Some(Err(e)) if e.kind == ErrorKind::NoSpace => {
-            if let Some(scratch) = &scratch {
-                let _ = repository::remove_tree(scratch);
-            }
-            return Err(e);
+        if let Some(scratch) = scratch {
+            let _ = remove_tree(&scratch);
         }
-        Some(Err(e)) => {
-            add("volume", e.message);
-            None
-        }
-    };
-    if let Some(scratch) = scratch {
-        // The digest of the tree as it landed on disk, computed afresh from the files.
-        if entries.is_some() {
-            let expected = &set
-                .manifest
-                .volume
-                .as_ref()
-                .expect("volume present")
-                .content_digest;
-            match volume::live_digest(&scratch) {
-                Ok(extracted) if &extracted == expected => {}
-                Ok(extracted) => add(
-                    "volume",
-                    format!(
-                        "the extracted tree's digest is {extracted}, the manifest says {expected}"
-                    ),
-                ),
-                Err(e) => add("volume", format!("deep check: {}", e.message)),
-            }
-        }
-        let _ = repository::remove_tree(&scratch);
     }
-    Ok(entries)
+    match no_space {
+        Some(e) => Err(e),
+        None => Ok(entries),
+    }
 }
 
-/// Compares the set's entries with the live volume and reports differences as warnings.
-fn drift(set: &Set, dir: &Path, set_entries: &Lines, findings: &mut Vec<Finding>) -> Result<()> {
-    let (live, live_digest_value) = volume::live(dir)?;
-    let expected = &set
-        .manifest
-        .volume
-        .as_ref()
-        .expect("volume present")
-        .content_digest;
-    if &live_digest_value == expected {
+/// Compares the set's entries of a volume with the live volume and reports differences as
+/// warnings.
+fn drift(
+    set: &Set,
+    v: &LiveVolume,
+    expected: &str,
+    set_entries: &Lines,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let (live, live_digest_value) = volume::live(&v.dir)?;
+    if live_digest_value == expected {
         return Ok(());
     }
     let digest::Changes {
@@ -247,7 +262,8 @@ fn drift(set: &Set, dir: &Path, set_entries: &Lines, findings: &mut Vec<Finding>
         set: set.id.clone(),
         component: "live".into(),
         message: format!(
-            "the live volume drifted from the set: {} added [{}], {} removed [{}], {} changed [{}]",
+            "the live volume {}drifted from the set: {} added [{}], {} removed [{}], {} changed [{}]",
+            if v.listed { format!("{} ", v.name) } else { String::new() },
             added.len(),
             examples(&added),
             removed.len(),

@@ -15,23 +15,12 @@ use tar::{EntryType, Header};
 
 use super::digest::{self, DigestHasher, LineRef};
 use super::extract::symlink_target_is_safe;
-use super::pgzip::ParGzWriter;
 use super::tree::{self, EntryRef, Kind, Listing, Opener};
 use super::xattr;
 use crate::progress::Progress;
 use crate::safe_open::Refused;
-use crate::task::Compression;
 use std::os::fd::{AsFd, BorrowedFd};
 
-/// gzip level (libdeflate's, see `pgzip`). Level 6, as `tar czf` uses: on the benchmark's
-/// 391 MiB of YAML it writes 66.8 MB in 2.8 s of CPU where GNU `gzip -6` writes 68.9 MB in 7.1 s;
-/// on half-random data it matches `gzip -6` within 0.01 %
-/// (`cargo run --release --example levels -- FILE` measures it).
-const GZIP_LEVEL: i32 = 6;
-/// zstd level: zstd's default.
-const ZSTD_LEVEL: i32 = 3;
-/// Bytes per zstd worker job.
-const ZSTD_JOB: u32 = 2 << 20;
 /// Buffer between the tar framing and the compressor, and between compressor and file.
 const BUF: usize = 1 << 20;
 
@@ -55,51 +44,15 @@ pub struct Written {
     pub sparse: Vec<(String, u64)>,
     /// Symlinks archived whose targets could leave the volume: a restore refuses them.
     pub escaping_links: Vec<String>,
-    /// The archive file's sha256 (hex) and size.
-    pub sha256: String,
-    pub bytes: u64,
 }
 
-/// Archives `entries` (a listing of `root`) into `file`, compressed, and syncs the file.
-pub fn write_archive(
-    root: &Path,
-    entries: &Listing,
-    file: File,
-    compression: Compression,
-) -> io::Result<Written> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let hashed = HashingWriter::new(BufWriter::with_capacity(BUF, file));
-    let (mut written, hashed) = match compression {
-        Compression::Gzip => {
-            let gzip = ParGzWriter::new(hashed, GZIP_LEVEL, threads)?;
-            tar_into(root, entries, gzip, ParGzWriter::finish)?
-        }
-        Compression::Zstd => {
-            let mut zstd = zstd::stream::write::Encoder::new(hashed, ZSTD_LEVEL)?;
-            zstd.multithread(threads as u32)?;
-            // zstd's default job (4 windows, 8 MiB) per worker pushed peak RSS past 64 MiB.
-            zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
-            tar_into(root, entries, zstd, zstd::stream::write::Encoder::finish)?
-        }
-    };
-    let (file, sha256, bytes) = hashed.finish()?;
-    file.sync_all()?;
-    written.sha256 = sha256;
-    written.bytes = bytes;
-    Ok(written)
-}
-
-/// Writes the tar stream through `encoder`, then ends the encoder with `finish`.
-fn tar_into<E: Write, F>(
-    root: &Path,
-    entries: &Listing,
-    encoder: E,
-    finish: impl FnOnce(E) -> io::Result<F>,
-) -> io::Result<(Written, F)> {
-    let mut tar = BufWriter::with_capacity(BUF, encoder);
+/// Archives `entries` (a listing of `root`) as a tar stream into `out` (the layers of a set's
+/// file: compression, hashing, the backend), buffered.
+pub fn write_archive(root: &Path, entries: &Listing, out: impl Write) -> io::Result<Written> {
+    let mut tar = BufWriter::with_capacity(BUF, out);
     let written = write_tar(root, entries, &mut tar)?;
-    let encoder = tar.into_inner().map_err(|e| e.into_error())?;
-    Ok((written, finish(encoder)?))
+    tar.flush()?;
+    Ok(written)
 }
 
 /// Writes the tar stream (uncompressed) for `entries` to `out`.
@@ -124,8 +77,6 @@ pub fn write_tar(root: &Path, entries: &Listing, out: &mut impl Write) -> io::Re
         skipped: Vec::new(),
         sparse: Vec::new(),
         escaping_links: Vec::new(),
-        sha256: String::new(),
-        bytes: 0,
     };
     let mut buf = vec![0u8; 256 * 1024];
     let mut progress = Progress::new("archiving");
@@ -360,43 +311,6 @@ fn pad(out: &mut impl Write, len: u64) -> io::Result<()> {
         out.write_all(&[0u8; 512][..512 - rem])?;
     }
     Ok(())
-}
-
-/// A writer that hashes and counts what passes through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-}
-
-impl HashingWriter<BufWriter<File>> {
-    /// Flushes and returns the file, the hex sha256 and the byte count.
-    pub fn finish(self) -> io::Result<(File, String, u64)> {
-        let file = self.inner.into_inner().map_err(|e| e.into_error())?;
-        Ok((file, digest::hex(&self.hasher.finalize()), self.count))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.hasher.update(&data[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

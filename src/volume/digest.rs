@@ -4,12 +4,13 @@
 //! `"sha256:" + hex(sha256(L))`, where L joins, for every entry below the root sorted by
 //! relative path as bytes, the line `TYPE MODE SIZE HASH PATH\n`.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::tree::{EntryRef, Kind, Listing, Opener};
+use crate::hashing::{hex, hex_into, sha256_reader};
 use crate::safe_open::Refused;
 
 /// One line of the digest, as stored in [`Lines`]: fixed size, its path in the arena.
@@ -166,38 +167,7 @@ impl DigestHasher {
     }
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    hex_into(bytes, &mut out);
-    String::from_utf8(out).expect("hex digits are ASCII")
-}
 
-fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 15) as usize]);
-    }
-}
-
-/// sha256 of everything `reader` yields.
-pub fn sha256_reader(mut reader: impl Read) -> io::Result<([u8; 32], u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hasher.finalize().into(), total))
-}
 
 /// The kind and hash of a listed entry's digest line, given its content hash (for a file).
 pub fn entry_kind_hash(

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -24,11 +24,9 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::digest::Lines;
-use super::pgzip;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::safe_open;
-use crate::task::Compression;
 
 /// The most an archive may hold, from its manifest.
 #[derive(Debug, Clone, Copy)]
@@ -50,18 +48,6 @@ pub struct Contents {
     pub content_digest: String,
     /// The digest lines, sorted by path.
     pub entries: Lines,
-}
-
-/// Opens a compressed volume archive for reading.
-/// Decompression runs on a thread of its own, ahead of the reader.
-pub fn open(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
-    let file = BufReader::with_capacity(1 << 20, crate::safe_open::open_repo_file(path)?);
-    Ok(match compression {
-        Compression::Gzip => Box::new(pgzip::reader(file)),
-        Compression::Zstd => Box::new(pgzip::read_ahead(zstd::stream::read::Decoder::with_buffer(
-            file,
-        )?)),
-    })
 }
 
 fn unsafe_entry(path: &[u8], why: &str) -> Error {

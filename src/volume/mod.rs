@@ -93,14 +93,25 @@ fn hash_listed(dir: &Path, listing: &tree::Listing) -> Result<(digest::Lines, St
     Ok((lines, hasher.finish()))
 }
 
+/// A volume found: its directory, and for a Docker volume its compose short name (label
+/// `com.docker.compose.volume`), if it has one.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub dir: PathBuf,
+    pub compose_name: Option<String>,
+}
+
 /// Finds the volume's directory: a path as given, or a Docker volume's mountpoint.
-pub fn resolve(source: &VolumeSource) -> Result<PathBuf> {
-    let dir = match source {
-        VolumeSource::Path(path) => path.clone(),
+pub fn resolve(source: &VolumeSource) -> Result<Found> {
+    let found = match source {
+        VolumeSource::Path(path) => Found {
+            dir: path.clone(),
+            compose_name: None,
+        },
         VolumeSource::Docker(name) => docker_mountpoint(name)?,
     };
-    check_dir(&dir)?;
-    Ok(dir)
+    check_dir(&found.dir)?;
+    Ok(found)
 }
 
 /// Refuses anything but an existing directory (a symlink to one is refused: we would archive
@@ -122,10 +133,16 @@ pub fn check_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Asks the Docker engine where a named volume's data lives.
-fn docker_mountpoint(name: &str) -> Result<PathBuf> {
+/// Asks the Docker engine where a named volume's data lives, and its compose short name.
+fn docker_mountpoint(name: &str) -> Result<Found> {
     let output = Command::new("docker")
-        .args(["volume", "inspect", "--format", "{{ .Mountpoint }}", name])
+        .args([
+            "volume",
+            "inspect",
+            "--format",
+            "{{ .Mountpoint }}\t{{ index .Labels \"com.docker.compose.volume\" }}",
+            name,
+        ])
         .output()
         .map_err(|e| {
             Error::new(
@@ -144,12 +161,19 @@ fn docker_mountpoint(name: &str) -> Result<PathBuf> {
         )
         .detail("docker_volume", name));
     }
-    let mountpoint = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (mountpoint, label) = text.trim_end().split_once('\t').unwrap_or((text.trim(), ""));
+    let compose_name = Some(label.trim())
+        .filter(|l| !l.is_empty() && *l != "<no value>")
+        .map(str::to_string);
     if mountpoint.is_empty() {
         return Err(Error::new(
             ErrorKind::VolumeNotFound,
             format!("Docker reports no mountpoint for volume {name}: give `volume.path` instead"),
         ));
     }
-    Ok(PathBuf::from(mountpoint))
+    Ok(Found {
+        dir: PathBuf::from(mountpoint),
+        compose_name,
+    })
 }

@@ -65,7 +65,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repository::{self, fsync_dir, lock};
+use crate::fsutil::{self, fsync_dir};
+use crate::lockfile as lock;
 use crate::task::Operation;
 
 use super::WORK_DIR;
@@ -373,7 +374,7 @@ impl Work {
         }
         let fd = open_dir(&self.root(), parent)?;
         let at = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
-        repository::remove_tree(&at).map_err(|e| Error::io("cannot remove", path, e))
+        fsutil::remove_tree(&at).map_err(|e| Error::io("cannot remove", path, e))
     }
 
     fn holder(&self) -> PathBuf {
@@ -1181,7 +1182,7 @@ fn sync_dirs(dirs: &[&Path]) -> Result<()> {
 /// Removes a tree of the work directory (nothing if it is missing; a symlink is removed,
 /// never followed).
 fn remove_tree(path: &Path) -> Result<()> {
-    repository::remove_tree(path).map_err(|e| Error::io("cannot remove", path, e))
+    fsutil::remove_tree(path).map_err(|e| Error::io("cannot remove", path, e))
 }
 
 /// Flushes every file system buffer of the file system holding `path` (one call instead of

@@ -81,13 +81,13 @@ fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
     assert!(r.changed);
     let set = r.backup.unwrap();
     let manifest = set.manifest.unwrap();
-    let db = manifest.db.as_ref().unwrap();
+    let db = manifest.db().unwrap().db().unwrap();
     assert_eq!(manifest.connectware_version.as_deref(), Some("1.10.2"));
     assert_eq!(manifest.server_version.as_deref(), Some("1.10.2"));
     assert!(set.id.ends_with("-1.10.2"), "{}", set.id);
-    assert!(db.backup_id.starts_with("1.10.2_"));
+    assert!(db.backup_id.as_deref().unwrap().starts_with("1.10.2_"));
     assert!(manifest.skew_ms.is_some());
-    assert!(manifest.volume.is_some());
+    assert!(manifest.single_volume().is_some());
     let ours = fs::read(std::path::Path::new(&set.path).join("db.tgz")).unwrap();
     assert_eq!(
         ours,
@@ -96,7 +96,7 @@ fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
     );
     let r_db = r.db.unwrap();
     assert!(r_db.changed);
-    assert_eq!(r_db.backup_id.as_deref(), Some(db.backup_id.as_str()));
+    assert_eq!(r_db.backup_id.as_deref(), db.backup_id.as_deref());
     run_ok(&json!({"operation": "verify", "repository": a.f.repo}));
 }
 
@@ -121,7 +121,7 @@ fn an_unchanged_installation_writes_no_second_set() {
     a.emu.set_db(db);
     let third = run_ok(&a.task("backup"));
     assert!(third.changed);
-    assert!(third.backup.unwrap().manifest.unwrap().volume.is_some());
+    assert!(third.backup.unwrap().manifest.unwrap().single_volume().is_some());
     // A volume change alone does too.
     write(&a.f.vol.join("services/new.yml"), b"x", 0o644);
     assert!(run_ok(&a.task("backup")).changed);

@@ -30,7 +30,7 @@ fn live_archive_and_extracted_digests_are_equal() {
     let f = Fixture::sample();
     let r = run_ok(&f.task("backup"));
     let manifest = r.backup.unwrap().manifest.unwrap();
-    let recorded = manifest.volume.unwrap().content_digest;
+    let recorded = manifest.single_volume().unwrap().content_digest.clone();
     // The live tree, digested by an independent implementation of SPEC §5.
     assert_eq!(recorded, spec_digest(&f.vol));
     // The tree GNU tar extracts.
@@ -50,15 +50,18 @@ fn manifest_records_the_volume_half() {
     let set = only_set(&f.repo);
     let m: cwbackup::repository::manifest::Manifest =
         serde_json::from_slice(&fs::read(set.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(m.format, "cwbackup/1");
+    assert_eq!(m.format, "cwbackup/2");
+    assert_eq!(m.names(), ["volume"]);
     assert_eq!(m.id, r.backup.as_ref().unwrap().id);
     assert!(m.id.ends_with("-volume"), "{}", m.id);
     assert_eq!(m.connectware_version, None);
-    let v = m.volume.unwrap();
+    let v = m.single_volume().unwrap();
+    assert_eq!(v.name, "volume");
+    let t = v.tree().unwrap();
     let live = listing(&f.vol);
-    assert_eq!(v.files, live.len() as u64);
+    assert_eq!(t.files, live.len() as u64);
     assert_eq!(
-        v.expanded_bytes,
+        t.expanded_bytes,
         live.values()
             .filter(|e| e.kind == 'f')
             .map(|e| e.size)
@@ -330,9 +333,10 @@ fn zstd_archives_extract_with_gnu_tar_and_every_reader_follows_the_manifest() {
     let mut task = f.task("backup");
     task["compression"] = json!("zstd");
     let r = run_ok(&task);
-    let v = r.backup.unwrap().manifest.unwrap().volume.unwrap();
+    let m = r.backup.unwrap().manifest.unwrap();
+    let v = m.single_volume().unwrap();
     assert_eq!(v.file, "volume.tar.zst");
-    assert_eq!(v.compression, cwbackup::task::Compression::Zstd);
+    assert_eq!(v.compression, Some(cwbackup::task::Compression::Zstd));
     let out = f.path("x");
     gnu_tar_extract(&only_set(&f.repo).join("volume.tar.zst"), &out, &["--zstd"]);
     assert_eq!(listing(&out), listing(&f.vol));

@@ -123,7 +123,8 @@ fn real_set() -> (std::path::PathBuf, Value) {
         }
         let m: Value =
             serde_json::from_slice(&fs::read(copy.join("manifest.json")).unwrap()).unwrap();
-        assert!(m["volume"].is_object() && m["db"].is_object(), "{m}");
+        assert_eq!(m["components"][0]["kind"], "volume", "{m}");
+        assert_eq!(m["components"][1]["kind"], "db", "{m}");
         (keep, copy, m)
     });
     (dir.clone(), m.clone())
@@ -132,7 +133,8 @@ fn real_set() -> (std::path::PathBuf, Value) {
 /// Every refusal of the set `id` in `repo` by the code that reads sets, as messages: parsing,
 /// the repository scan, the checksums, the full read of the volume archive, the database file.
 fn refusals_of(repo: &std::path::Path, dir: &std::path::Path, id: &str) -> Vec<String> {
-    use cwbackup::repository::{Repository, check};
+    use cwbackup::ops::check;
+    use cwbackup::repository::{Repository, check::checksums, manifest::Kind};
     let mut out = Vec::new();
     let manifest = match Manifest::from_slice(&fs::read(dir.join("manifest.json")).unwrap()) {
         Ok(m) => m,
@@ -143,18 +145,23 @@ fn refusals_of(repo: &std::path::Path, dir: &std::path::Path, id: &str) -> Vec<S
     if !sets.iter().any(|s| s.id == id) && out.is_empty() {
         out.push(String::new()); // refused without a message: caught by the caller
     }
-    out.extend(
-        check::checksums(dir, &manifest)
-            .into_iter()
-            .map(|p| p.message),
-    );
-    if manifest.volume.is_some() {
-        match check::volume(dir, &manifest, None) {
-            Ok((_, problems)) => out.extend(problems.into_iter().map(|p| p.message)),
-            Err(e) => out.push(e.message),
+    let open = |file: &str| -> std::io::Result<Box<dyn Read + Send>> {
+        if !cwbackup::repository::manifest::safe_file_name(file) {
+            return Err(std::io::Error::other(format!("unsafe file name {file:?}")));
+        }
+        Ok(Box::new(fs::File::open(dir.join(file))?))
+    };
+    out.extend(checksums(open, &manifest).into_iter().map(|p| p.message));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    for c in &manifest.components {
+        match &c.kind {
+            Kind::Volume(t) | Kind::Files(t) => match check::tree(open(&c.file), c, t, None, &stop) {
+                Ok((_, problems)) => out.extend(problems.into_iter().map(|p| p.message)),
+                Err(e) => out.push(e.message),
+            },
+            Kind::Db(_) => out.extend(check::db(open(&c.file), c).into_iter().map(|p| p.message)),
         }
     }
-    out.extend(check::db(dir, &manifest).into_iter().map(|p| p.message));
     out
 }
 
@@ -177,43 +184,50 @@ enum Mutation {
     Digest(&'static [&'static str], String),
 }
 
-/// Required (non-optional) keys of a manifest with both halves.
+/// Required (non-optional) keys of a manifest with a volume (component 0) and the database
+/// (component 1).
 const REQUIRED: &[&[&str]] = &[
     &["format"],
     &["id"],
     &["created_at"],
     &["tool_version"],
-    &["volume", "file"],
-    &["volume", "compression"],
-    &["volume", "sha256"],
-    &["volume", "bytes"],
-    &["volume", "started_at"],
-    &["volume", "finished_at"],
-    &["volume", "files"],
-    &["volume", "expanded_bytes"],
-    &["volume", "content_digest"],
-    &["volume", "source"],
-    &["db", "file"],
-    &["db", "sha256"],
-    &["db", "bytes"],
-    &["db", "started_at"],
-    &["db", "finished_at"],
-    &["db", "backup_id"],
-    &["db", "content_digest"],
+    &["components"],
+    &["components", "0", "name"],
+    &["components", "0", "kind"],
+    &["components", "0", "file"],
+    &["components", "0", "sha256"],
+    &["components", "0", "bytes"],
+    &["components", "0", "started_at"],
+    &["components", "0", "finished_at"],
+    &["components", "0", "files"],
+    &["components", "0", "expanded_bytes"],
+    &["components", "0", "content_digest"],
+    &["components", "0", "source"],
+    &["components", "1", "name"],
+    &["components", "1", "kind"],
+    &["components", "1", "file"],
+    &["components", "1", "sha256"],
+    &["components", "1", "bytes"],
+    &["components", "1", "started_at"],
+    &["components", "1", "finished_at"],
+    &["components", "1", "content_digest"],
 ];
 /// Keys whose value the checks compare with the set (a wrong value is found).
 const CHECKED: &[&[&str]] = &[
-    &["volume", "bytes"],
-    &["volume", "files"],
-    &["volume", "expanded_bytes"],
-    &["db", "bytes"],
+    &["components", "0", "bytes"],
+    &["components", "0", "files"],
+    &["components", "0", "expanded_bytes"],
+    &["components", "1", "bytes"],
 ];
 
 impl Mutation {
     /// Applies the mutation; returns a description.
     fn apply(&self, m: &mut Value) -> String {
         fn at<'v>(m: &'v mut Value, path: &[&str]) -> &'v mut Value {
-            path.iter().fold(m, |v, k| &mut v[*k])
+            path.iter().fold(m, |v, k| match k.parse::<usize>() {
+                Ok(i) => &mut v[i],
+                Err(_) => &mut v[*k],
+            })
         }
         match self {
             Mutation::WrongType(path, v) | Mutation::Number(path, v) => *at(m, path) = v.clone(),
@@ -222,7 +236,10 @@ impl Mutation {
                 at(m, parent).as_object_mut().unwrap().remove(*last);
             }
             Mutation::Id(id) => m["id"] = json!(id),
-            Mutation::File(half, name) => m[*half]["file"] = json!(name),
+            Mutation::File(half, name) => {
+                let i = usize::from(*half == "db");
+                m["components"][i]["file"] = json!(name)
+            }
             Mutation::Format(f) => m["format"] = json!(f),
             Mutation::Digest(path, d) => *at(m, path) = json!(d),
         }
@@ -236,12 +253,13 @@ fn manifest_mutation() -> impl Strategy<Value = Mutation> {
     // A value of another type than each required key holds (strings, or numbers for the sizes).
     let wrong_type = (required.clone(), 0..5usize).prop_map(|(path, pick)| {
         let is_number = matches!(path.last(), Some(&"bytes" | &"files" | &"expanded_bytes"));
+        let is_list = path == ["components"];
         let others = [
             json!(null),
             json!(true),
             json!([1, 2]),
             json!({"x": 1}),
-            if is_number { json!("12") } else { json!(12) },
+            if is_number || is_list { json!("12") } else { json!(12) },
         ];
         Mutation::WrongType(path, others[pick].clone())
     });
@@ -273,6 +291,8 @@ fn manifest_mutation() -> impl Strategy<Value = Mutation> {
             Just("../volume.tar.gz".to_string()),
             Just("/etc/passwd".to_string()),
             Just("sub/volume.tar.gz".to_string()),
+            Just("volumes/../volume.tar.gz".to_string()),
+            Just("volumes/".to_string()),
             Just(".hidden".to_string()),
             Just(String::new()),
             Just("manifest.json".to_string()),
@@ -290,18 +310,19 @@ fn manifest_mutation() -> impl Strategy<Value = Mutation> {
             Mutation::File(half, name)
         });
     let format = prop_oneof![
-        Just("cwbackup/2".to_string()),
+        Just("cwbackup/3".to_string()),
+        Just("cwbackup/1".to_string()),
         Just(String::new()),
         "\\PC{0,30}"
     ]
-    .prop_filter("another format", |f| f != "cwbackup/1")
+    .prop_filter("another format", |f| f != "cwbackup/2")
     .prop_map(Mutation::Format);
     let digest = (
         prop::sample::select(vec![
-            &["volume", "content_digest"][..],
-            &["volume", "sha256"],
-            &["db", "sha256"],
-            &["db", "content_digest"],
+            &["components", "0", "content_digest"][..],
+            &["components", "0", "sha256"],
+            &["components", "1", "sha256"],
+            &["components", "1", "content_digest"],
         ]),
         prop_oneof![
             Just(String::new()),

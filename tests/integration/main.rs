@@ -14,3 +14,4 @@ mod prune;
 mod restore;
 mod swapped;
 mod verify;
+mod volumes;

@@ -40,9 +40,10 @@ fn a_modified_volume_is_brought_back_exactly() {
         .unwrap()
         .manifest
         .unwrap()
-        .volume
+        .single_volume()
         .unwrap()
-        .content_digest;
+        .content_digest
+        .clone();
     modify(&f.vol);
     let modified_digest = spec_digest(&f.vol);
     let r = run_ok(&volume_only(&f, json!({"diff": true})));
@@ -62,7 +63,7 @@ fn a_modified_volume_is_brought_back_exactly() {
     let safety = r.safety_backup.unwrap();
     assert!(safety.id.starts_with("pre-restore-"));
     assert_eq!(
-        safety.manifest.unwrap().volume.unwrap().content_digest,
+        safety.manifest.unwrap().single_volume().unwrap().content_digest,
         modified_digest
     );
     nothing_of_the_tool_is_left(&f);
@@ -217,7 +218,7 @@ fn both_halves_are_restored_and_a_second_restore_sends_no_request() {
     assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 1);
     let safety = r.safety_backup.unwrap().manifest.unwrap();
     assert!(
-        safety.db.is_some() && safety.volume.is_some(),
+        safety.db().is_some() && safety.single_volume().is_some(),
         "the safety set holds both halves"
     );
 
@@ -617,8 +618,10 @@ fn a_truncated_archive_is_an_integrity_error() {
 
 // ---- crashes during the swap --------------------------------------------------------------
 
+/// 3000 entries: a swap long enough (~80 ms here) that the test's last kill (40 ms after the
+/// journal appears, plus a loaded machine's wake-up delay) still lands in it.
 fn tree_a(vol: &Path) {
-    for i in 0..1500 {
+    for i in 0..3000 {
         write(
             &vol.join(format!("a{i:04}.yml")),
             format!("old {i}").as_bytes(),
@@ -628,7 +631,7 @@ fn tree_a(vol: &Path) {
 }
 
 fn tree_b(vol: &Path) {
-    for i in 0..1500 {
+    for i in 0..3000 {
         write(
             &vol.join(format!("b{i:04}.yml")),
             format!("new {i}").as_bytes(),

@@ -81,7 +81,7 @@ fn a_manifest_that_lies_about_the_content_is_caught_by_reading_the_archive() {
     let set = only_set(&f.repo);
     let path = set.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    m["volume"]["content_digest"] = json!("sha256:0000");
+    m["components"][0]["content_digest"] = json!("sha256:0000");
     fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
     let r = verify(&f);
     assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
@@ -145,11 +145,11 @@ fn deep_verify_finds_what_the_shallow_verify_misses() {
 
     let path = set.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    m["volume"]["sha256"] = json!(hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
-    m["volume"]["bytes"] = json!(bytes.len());
-    m["volume"]["files"] = json!(1);
-    m["volume"]["expanded_bytes"] = json!(content.len());
-    m["volume"]["content_digest"] = json!(stream_digest);
+    m["components"][0]["sha256"] = json!(hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+    m["components"][0]["bytes"] = json!(bytes.len());
+    m["components"][0]["files"] = json!(1);
+    m["components"][0]["expanded_bytes"] = json!(content.len());
+    m["components"][0]["content_digest"] = json!(stream_digest);
     fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
 
     let shallow = verify(&f);

@@ -105,7 +105,7 @@ fn main() {
     );
     let emulator = Emulator::start(config).unwrap_or_else(|e| die(&e.to_string()));
     if let Some(path) = &cert_out {
-        std::fs::write(&path, &emulator.trust_pem).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+        std::fs::write(path.as_str(), &emulator.trust_pem).unwrap_or_else(|e| die(&format!("{path}: {e}")));
     }
     println!("listening on {}", emulator.url);
     println!("basic auth: user {} password {}", username, password);

@@ -55,6 +55,23 @@ options:
       docker_volume:
         description: The Docker volume's name, for example V(connectware_service-manager).
         type: str
+  volumes:
+    description:
+      - Several volumes, each a component of its own in the set (C(volumes/<name>.tar.gz)). Not together with O(volume).
+      - Each item gives exactly one of O(volumes[].path) or O(volumes[].docker_volume); O(volumes[].name) is required with O(volumes[].path).
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: The volume's directory.
+        type: path
+      docker_volume:
+        description: The Docker volume's name, for example V(connectware_postgresql).
+        type: str
+      name:
+        description:
+          - The component's name in the set; default for a Docker volume its compose short name (label C(com.docker.compose.volume)), else its full name.
+        type: str
   api:
     description:
       - Access to the Connectware REST API for the database half. Absent, the database half is skipped.
@@ -239,6 +256,12 @@ volume:
   description: What happened to the volume half (C(changed), C(path), C(files), C(bytes), C(content_digest)).
   returned: when the volume half was involved
   type: dict
+components:
+  description:
+    - One entry per component touched or checked (C(name), C(kind), C(changed), C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message)).
+  returned: backup, restore
+  type: list
+  elements: dict
 db:
   description: What happened to the database half (C(changed), C(backup_id), C(status_message)).
   returned: when the database half was involved
@@ -293,6 +316,18 @@ def argument_spec():
             mutually_exclusive=[('path', 'docker_volume')],
             required_one_of=[('path', 'docker_volume')],
         ),
+        volumes=dict(
+            type='list',
+            elements='dict',
+            options=dict(
+                path=dict(type='path'),
+                docker_volume=dict(type='str'),
+                name=dict(type='str'),
+            ),
+            mutually_exclusive=[('path', 'docker_volume')],
+            required_one_of=[('path', 'docker_volume')],
+            required_by={'path': 'name'},
+        ),
         api=dict(
             type='dict',
             options=dict(
@@ -337,6 +372,8 @@ def without_defaults(params, spec):
             continue
         if option.get('type') == 'dict' and isinstance(value, dict):
             value = without_defaults(value, option.get('options', {}))
+        elif option.get('type') == 'list' and option.get('elements') == 'dict':
+            value = [without_defaults(item, option.get('options', {})) for item in value]
         elif 'default' in option and value == option['default']:
             continue
         kept[name] = value
@@ -376,7 +413,11 @@ def interpret(rc, stdout, stderr):
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=[('volume', 'volumes')],
+        supports_check_mode=True,
+    )
     binary = module.params['binary_path'] or module.get_bin_path('cwbackup', required=True)
     task = build_task(module.params, module.check_mode, module._diff)
     rc, stdout, stderr = module.run_command([binary], data=json.dumps(task), binary_data=True)

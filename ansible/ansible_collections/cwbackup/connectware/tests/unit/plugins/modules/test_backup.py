@@ -70,12 +70,15 @@ def check_options(schema, properties, spec, where):
         assert option.get('required', False) == (name in schema_required(schema, where)), '%s.%s: required' % (where, name)
         if option['type'] == 'dict':
             check_options(schema, prop['properties'], option['options'], name)
+        if option['type'] == 'list' and option.get('elements') == 'dict':
+            item = resolve(schema, prop['items'])
+            check_options(schema, item['properties'], option['options'], name)
 
 
 def schema_required(schema, where):
     if where == 'task':
         return set(schema.get('required', []))
-    return set(schema['$defs'][{'volume': 'VolumeSpec', 'api': 'ApiSpec'}[where]].get('required', []))
+    return set(schema['$defs'][{'volume': 'VolumeSpec', 'volumes': 'NamedVolumeSpec', 'api': 'ApiSpec'}[where]].get('required', []))
 
 
 def test_options_are_the_task_schema():
@@ -103,6 +106,14 @@ def test_nested_options_keep_what_is_set():
     task = backup.build_task(params, False, False)
     assert task['api'] == {'url': 'https://c', 'password': 'pw', 'ca_file': '/ca.pem', 'poll_interval_s': 0.5}
     assert 'binary_path' not in task
+
+
+def test_volumes_items_keep_what_is_set():
+    params = {'operation': 'backup', 'repository': '/r',
+              'volumes': [{'docker_volume': 'p_postgresql', 'path': None, 'name': None},
+                          {'docker_volume': None, 'path': '/data/x', 'name': 'x'}]}
+    task = backup.build_task(params, False, False)
+    assert task['volumes'] == [{'docker_volume': 'p_postgresql'}, {'path': '/data/x', 'name': 'x'}]
 
 
 def test_a_result_becomes_the_module_result():

@@ -13,7 +13,7 @@
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,6 @@ pub struct Holder {
 #[derive(Debug)]
 pub struct Lock {
     _file: File,
-    pub path: PathBuf,
 }
 
 /// Opens (creating, 0600) a lock file, never through a symlink and without blocking.
@@ -94,7 +93,6 @@ pub fn acquire(path: &Path, what: &str, operation: Operation, wait: Duration) ->
     .map_err(|e| Error::repo("cannot write lock file", path, e))?;
     Ok(Lock {
         _file: file,
-        path: path.to_path_buf(),
     })
 }
 
@@ -144,7 +142,6 @@ fn after_dir_lock(
     match outcome {
         Ok(true) => Ok(Lock {
             _file: file,
-            path: dir.to_path_buf(),
         }),
         Ok(false) => {
             let text = read_small(holder_file).unwrap_or_default();
@@ -216,7 +213,6 @@ fn acquire_fallback(path: &Path, holder_file: &Path, what: &str, wait: Duration)
             Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) && now.is_file() => {
                 return Ok(Lock {
                     _file: file,
-                    path: path.to_path_buf(),
                 });
             }
             // Replaced (or removed) between the open and the lock: lock what is there now.
@@ -338,7 +334,13 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-            assert_eq!(held.path, fallback);
+            let locked = held._file.metadata().unwrap();
+            let file = std::fs::metadata(&fallback).unwrap();
+            assert_eq!(
+                (locked.dev(), locked.ino()),
+                (file.dev(), file.ino()),
+                "the fallback file is the one locked"
+            );
             assert!(std::fs::symlink_metadata(&fallback).unwrap().is_file());
             let e = after_dir_lock(
                 open(),

@@ -1,0 +1,249 @@
+//! The task key `volumes`: several volumes in one set, each a component of its own
+//! (`volumes/<name>.tar.gz`), through every operation; and sets written by the first release
+//! (`cwbackup/1`), which every operation still reads.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cwbackup::error::ErrorKind;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// Two volumes, `a` (the sample tree) and `b` (a few files), beside a repository.
+struct Two {
+    f: Fixture,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+impl Two {
+    fn new() -> Two {
+        let f = Fixture::empty();
+        let a = f.path("a");
+        let b = f.path("b");
+        fs::create_dir(&a).unwrap();
+        sample_tree(&a);
+        write(&b.join("postgresql.conf"), b"max_connections = 100\n", 0o600);
+        write(&b.join("base/1/1259"), &[7u8; 70_000], 0o600);
+        Two { f, a, b }
+    }
+
+    fn task(&self, operation: &str) -> Value {
+        json!({"operation": operation, "repository": self.f.repo, "volumes": [
+            {"path": self.a, "name": "a"},
+            {"path": self.b, "name": "b"},
+        ]})
+    }
+}
+
+#[test]
+fn backup_of_volumes_writes_one_archive_per_volume_and_gnu_tar_reads_each() {
+    let t = Two::new();
+    let r = run_ok(&t.task("backup"));
+    assert!(r.changed);
+    let components = r.components.as_ref().unwrap();
+    assert_eq!(
+        components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert!(components.iter().all(|c| c.changed && c.kind == "volume"));
+    assert!(r.volume.is_none(), "`volume` is for the component named volume");
+    let m = r.backup.unwrap().manifest.unwrap();
+    assert_eq!(m.format, "cwbackup/2");
+    let set = only_set(&t.f.repo);
+    for (name, dir) in [("a", &t.a), ("b", &t.b)] {
+        let c = m.component(name).unwrap();
+        assert_eq!(c.file, format!("volumes/{name}.tar.gz"));
+        assert_eq!(c.content_digest, spec_digest(dir), "{name}");
+        let out = t.f.path(&format!("x-{name}"));
+        gnu_tar_extract(&set.join(&c.file), &out, &["-z"]);
+        assert_eq!(listing(&out), listing(dir), "{name}");
+    }
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&set.join("volumes")), 0o700);
+    assert_eq!(mode(&set.join("volumes/a.tar.gz")), 0o600);
+}
+
+#[test]
+fn an_unchanged_set_of_volumes_is_not_written_again_and_one_change_writes_all() {
+    let t = Two::new();
+    let first = run_ok(&t.task("backup"));
+    let again = run_ok(&t.task("backup"));
+    assert!(!again.changed, "{}", again.msg);
+    assert!(again.msg.contains("the volumes are unchanged"), "{}", again.msg);
+    assert_eq!(again.backup.unwrap().id, first.backup.unwrap().id);
+    write(&t.b.join("postgresql.conf"), b"max_connections = 200\n", 0o600);
+    let changed = run_ok(&t.task("backup"));
+    assert!(changed.changed);
+    let m = changed.backup.unwrap().manifest.unwrap();
+    assert_eq!(m.names(), ["a", "b"], "an unchanged volume still belongs in the new set");
+    // A volume added to the task is a change too.
+    let c = t.f.path("c");
+    write(&c.join("f"), b"x", 0o644);
+    let mut task = t.task("backup");
+    task["volumes"].as_array_mut().unwrap().push(json!({"path": c, "name": "c"}));
+    let added = run_ok(&task);
+    assert!(added.changed);
+    assert_eq!(added.backup.unwrap().manifest.unwrap().names(), ["a", "b", "c"]);
+}
+
+#[test]
+fn verify_deep_and_against_live_read_every_volume() {
+    let t = Two::new();
+    run_ok(&t.task("backup"));
+    let mut task = t.task("verify");
+    task["deep"] = json!(true);
+    task["against_live"] = json!(true);
+    let clean = run_ok(&task);
+    assert!(clean.findings.unwrap().is_empty());
+    write(&t.b.join("new-table"), b"rows", 0o600);
+    let drift = run_ok(&task);
+    let findings = drift.findings.unwrap();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].message.contains("live volume b drifted"), "{findings:?}");
+    assert!(findings[0].message.contains("1 added [new-table]"), "{findings:?}");
+    // A damaged archive of one volume is found and named.
+    let set = only_set(&t.f.repo);
+    let path = set.join("volumes/b.tar.gz");
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let damaged = run(&json!({"operation": "verify", "repository": t.f.repo}));
+    assert_eq!(damaged.result.error.unwrap().kind, ErrorKind::IntegrityError);
+    assert!(
+        damaged.result.findings.unwrap().iter().any(|f| f.component == "b"),
+        "{}",
+        damaged.stdout
+    );
+}
+
+#[test]
+fn list_and_prune_see_the_components() {
+    let t = Two::new();
+    run_ok(&t.task("backup"));
+    write(&t.a.join("more"), b"x", 0o644);
+    run_ok(&t.task("backup"));
+    let list = run_ok(&json!({"operation": "list", "repository": t.f.repo}));
+    let sets = list.sets.unwrap();
+    assert_eq!(sets.len(), 2);
+    assert_eq!(sets[0].components, ["a", "b"]);
+    let pruned = run_ok(&json!({"operation": "prune", "repository": t.f.repo, "keep_last": 1}));
+    assert_eq!(pruned.sets.unwrap().len(), 1);
+    assert_eq!(t.f.set_ids().len(), 1);
+}
+
+#[test]
+fn volumes_are_refused_when_names_repeat_or_trees_nest() {
+    let t = Two::new();
+    let mut task = t.task("backup");
+    task["volumes"][1]["name"] = json!("a");
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(e.message.contains("two volumes are named `a`"), "{}", e.message);
+    let mut task = t.task("backup");
+    task["volumes"][1] = json!({"path": t.a.join("sub"), "name": "sub"});
+    fs::create_dir_all(t.a.join("sub")).unwrap();
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(e.message.contains("inside one another"), "{}", e.message);
+    let mut task = t.task("backup");
+    task["volumes"][0] = json!({"path": t.a});
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(e.message.contains("needs a `name`"), "{}", e.message);
+    let mut task = t.task("backup");
+    task["volume"] = json!({"path": t.a});
+    let e = run(&task).result.error.unwrap();
+    assert!(e.message.contains("not both"), "{}", e.message);
+}
+
+#[test]
+fn the_key_volume_reads_a_set_of_one_named_volume_and_refuses_a_set_of_several() {
+    let t = Two::new();
+    run_ok(&json!({"operation": "backup", "repository": t.f.repo,
+                   "volumes": [{"path": t.a, "name": "a"}]}));
+    // One volume in the set: `volume` reads it, whatever its name.
+    let live = run_ok(&json!({"operation": "verify", "repository": t.f.repo, "against_live": true,
+                              "volume": {"path": t.a}}));
+    assert!(live.findings.unwrap().is_empty());
+    write(&t.a.join("more"), b"x", 0o644);
+    run_ok(&t.task("backup"));
+    let e = run(&json!({"operation": "restore", "repository": t.f.repo, "volume": {"path": t.a}}))
+        .result
+        .error
+        .unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(e.message.contains("holds several volumes (a, b)"), "{}", e.message);
+}
+
+/// The set in `tests/fixtures/v1-set/`, made by the first release (format `cwbackup/1`), copied
+/// into a fresh repository; returns its id.
+fn plant_v1_set(repo: &Path) -> String {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-set");
+    let item = fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|i| i.unwrap())
+        .find(|i| i.file_type().unwrap().is_dir())
+        .unwrap();
+    let id = item.file_name().into_string().unwrap();
+    let dest = repo.join(&id);
+    fs::create_dir_all(&dest).unwrap();
+    for file in fs::read_dir(item.path()).unwrap() {
+        let file = file.unwrap();
+        fs::copy(file.path(), dest.join(file.file_name())).unwrap();
+    }
+    let m: Value = serde_json::from_slice(&fs::read(dest.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["format"], "cwbackup/1", "the fixture is a first-release set");
+    id
+}
+
+#[test]
+fn a_set_written_by_the_first_release_is_listed_verified_and_restored() {
+    let f = Fixture::empty();
+    let id = plant_v1_set(&f.repo);
+    let list = run_ok(&json!({"operation": "list", "repository": f.repo}));
+    let sets = list.sets.unwrap();
+    assert_eq!(sets[0].id, id);
+    assert_eq!(sets[0].components, ["volume", "db"]);
+    let verified = run_ok(&json!({"operation": "verify", "repository": f.repo, "deep": true}));
+    assert!(verified.findings.unwrap().is_empty());
+    // Restore its volume into an empty directory: the tree the first release archived.
+    let r = run_ok(&f.task("restore"));
+    assert!(r.changed && r.volume.as_ref().unwrap().changed, "{}", r.msg);
+    let m = r.backup.unwrap().manifest.unwrap();
+    assert_eq!(m.format, "cwbackup/1");
+    assert_eq!(spec_digest(&f.vol), m.single_volume().unwrap().content_digest);
+    assert!(fs::read(f.vol.join("services/opcua.yml")).is_ok());
+    // A backup of the restored volume into the same repository writes format 2 beside it.
+    let again = run_ok(&f.task("backup"));
+    assert_eq!(again.backup.unwrap().manifest.unwrap().format, "cwbackup/2");
+    let v = run_ok(&json!({"operation": "verify", "repository": f.repo}));
+    assert!(v.findings.unwrap().is_empty());
+}
+
+#[test]
+fn the_database_of_a_first_release_set_is_restored_through_the_api() {
+    let a = crate::api::Api::default();
+    fs::remove_dir_all(&a.f.vol).unwrap();
+    fs::create_dir(&a.f.vol).unwrap();
+    let id = plant_v1_set(&a.f.repo);
+    // A database that differs from the set's, so that the restore has to send it.
+    a.emu
+        .set_db(json!({"users": [{"name": "changed-since"}], "roles": [], "permissions": []}));
+    let r = run_ok(&a.task("restore"));
+    assert!(r.changed, "{}", r.msg);
+    assert!(r.db.as_ref().unwrap().changed && r.volume.as_ref().unwrap().changed);
+    assert_eq!(r.backup.unwrap().id, id);
+    assert_eq!(
+        a.emu.count("POST", "/api/maintenance/db/restore"),
+        1,
+        "the first release's db.tgz went to the server"
+    );
+    let again = run_ok(&a.task("restore"));
+    assert!(!again.changed, "{}", again.msg);
+}
