@@ -20,19 +20,19 @@
 //!   [`progress`], [`secrets`].
 //! - [`result`] and [`error`]: the output types, the wire format in one place.
 
-pub mod clock;
-pub mod connectware;
+mod clock;
+mod connectware;
 pub mod error;
-pub mod fsutil;
-pub mod hashing;
-pub mod layers;
-pub mod lockfile;
+mod fsutil;
+mod hashing;
+mod layers;
+mod lockfile;
 pub mod ops;
-pub mod progress;
+mod progress;
 pub mod repository;
 pub mod result;
-pub mod safe_open;
-pub mod secrets;
+mod safe_open;
+mod secrets;
 pub mod task;
 pub mod volume;
 

@@ -122,36 +122,6 @@ pub fn open_repo_file(path: &Path) -> io::Result<File> {
         .map_err(|r| r.into_io(path))
 }
 
-/// Reads a whole small file of the repository (a manifest), refusing one larger than `cap`
-/// bytes before reading it.
-pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let (file, meta) = open_regular(path, None).map_err(|r| r.into_io(path))?;
-    if meta.len() > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} holds {} bytes, more than the {cap} a manifest may hold",
-                path.display(),
-                meta.len()
-            ),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // `take` bounds it even if the file grows after the fstat.
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} holds more than the {cap} bytes a manifest may hold",
-                path.display()
-            ),
-        ));
-    }
-    Ok(bytes)
-}
-
 fn clear_nonblock(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on an fd we own, with integer arguments only.
@@ -226,10 +196,5 @@ mod tests {
             open_regular(&file, Some((m.dev(), m.ino() + 1))),
             Err(Refused::NotRegular(_))
         ));
-        let big = tmp.path().join("big");
-        std::fs::write(&big, vec![b' '; 100]).unwrap();
-        assert!(read_capped(&big, 99).is_err());
-        assert!(read_capped(&fifo, 99).is_err());
-        assert_eq!(read_capped(&big, 100).unwrap().len(), 100);
     }
 }

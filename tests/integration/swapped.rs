@@ -166,7 +166,7 @@ fn pax_headers_and_gnu_long_names_over_1_mib_are_unsafe_archives() {
 }
 
 #[test]
-fn a_manifest_over_16_mib_is_refused_unread() {
+fn a_manifest_over_16_mib_is_refused_and_read_no_further() {
     let f = Fixture::sample();
     run_ok(&f.task("backup"));
     let manifest = only_set(&f.repo).join("manifest.json");
