@@ -140,6 +140,22 @@ impl Error {
             .detail("path", path.display().to_string())
     }
 
+    /// A failure writing `what` into the repository through its backend (no path to name);
+    /// ENOSPC becomes `no_space`, anything else `repository_error`.
+    pub fn storing(what: &str, err: io::Error) -> Error {
+        if is_no_space(&err) {
+            Error::new(
+                ErrorKind::NoSpace,
+                format!("no space left while writing {what} into the repository: {err}: free some space and run again"),
+            )
+        } else {
+            Error::new(
+                ErrorKind::RepositoryError,
+                format!("cannot write {what} into the repository: {err}"),
+            )
+        }
+    }
+
     /// An I/O failure in the repository; ENOSPC still becomes `no_space`.
     pub fn repo(what: &str, path: &Path, err: io::Error) -> Error {
         let e = Error::io(what, path, err);

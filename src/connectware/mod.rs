@@ -559,27 +559,16 @@ impl Client {
                             let more = (2 - first.len()).min(n);
                             first.extend_from_slice(&buf[..more]);
                         }
-                        out.write_all(&buf[..n]).map_err(|e| {
-                            Error::new(
-                                if crate::error::is_no_space(&e) {
-                                    ErrorKind::NoSpace
-                                } else {
-                                    ErrorKind::RepositoryError
-                                },
-                                format!("cannot write the database backup into the repository: {e}"),
-                            )
-                        })?
+                        out.write_all(&buf[..n])
+                            .map_err(|e| Error::storing("the database backup", e))?
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => break Some(e.to_string()),
                 }
             };
-            let (_, sha256, bytes) = out.finish().map_err(|e| {
-                Error::new(
-                    ErrorKind::RepositoryError,
-                    format!("cannot write the database backup into the repository: {e}"),
-                )
-            })?;
+            let (_, sha256, bytes) = out
+                .finish()
+                .map_err(|e| Error::storing("the database backup", e))?;
             let broke = broke.or_else(|| {
                 expected
                     .filter(|n| *n != bytes)

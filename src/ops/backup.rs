@@ -571,24 +571,12 @@ pub fn archive_volume(
             .map_err(|e| Error::io("cannot archive volume", dir, e))?;
         let written = archive::write_archive(dir, &before, &mut sink).map_err(|e| {
             if crate::error::is_no_space(&e) {
-                Error::new(
-                    ErrorKind::NoSpace,
-                    format!("no space left while writing {file} into the repository: {e}"),
-                )
+                Error::storing(&file, e)
             } else {
                 Error::io("cannot archive volume", dir, e)
             }
         })?;
-        let stored = sink.finish().map_err(|e| {
-            Error::new(
-                if crate::error::is_no_space(&e) {
-                    ErrorKind::NoSpace
-                } else {
-                    ErrorKind::RepositoryError
-                },
-                format!("cannot write {file} into the repository: {e}"),
-            )
-        })?;
+        let stored = sink.finish().map_err(|e| Error::storing(&file, e))?;
         let after = tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
         if !written.changed && before.fingerprint() == after {
             for link in &written.escaping_links {
