@@ -115,11 +115,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
     let errors = findings.iter().filter(|f| f.level == Level::Error).count();
     let warnings = findings.len() - errors;
     let checked = chosen.len();
-    if errors > 0 {
-        let first = findings
-            .iter()
-            .find(|f| f.level == Level::Error)
-            .expect("an error finding");
+    if let Some(first) = findings.iter().find(|f| f.level == Level::Error) {
         let error = Error::new(
             ErrorKind::IntegrityError,
             format!(
