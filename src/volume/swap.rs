@@ -2811,4 +2811,602 @@ mod tests {
         assert!(!e.is_empty());
         assert!(victim.join("old/precious").exists());
     }
+
+    // ----- Groups -----
+
+    /// Two volumes, p (old tree a1, a2/f) and q (old tree c1, c2/f), with staged trees
+    /// (p: b1, b2/f; q: d1, d2/f), and the group of both (p is the leader).
+    fn two_volumes() -> (tempfile::TempDir, Vec<PathBuf>, Group) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut volumes = Vec::new();
+        for (v, old, new) in [
+            ("p", ["a1", "a2"], ["b1", "b2"]),
+            ("q", ["c1", "c2"], ["d1", "d2"]),
+        ] {
+            let volume = tmp.path().join(v);
+            fs::create_dir(&volume).unwrap();
+            let staged = Work::of(&volume).unwrap().fresh_staged().unwrap();
+            fs::write(volume.join(old[0]), "old").unwrap();
+            fs::create_dir(volume.join(old[1])).unwrap();
+            fs::write(volume.join(old[1]).join("f"), "old").unwrap();
+            fs::write(staged.join(new[0]), "new").unwrap();
+            fs::create_dir(staged.join(new[1])).unwrap();
+            fs::write(staged.join(new[1]).join("f"), "new").unwrap();
+            volumes.push(volume);
+        }
+        // The caller's order is q, p: the group sorts its members itself.
+        let group = Group::new(vec![
+            Work::of(&volumes[1]).unwrap(),
+            Work::of(&volumes[0]).unwrap(),
+        ])
+        .unwrap();
+        (tmp, volumes, group)
+    }
+
+    /// Every path below `dir` (the work directory left out at the root) with the content of
+    /// its files.
+    fn tree(dir: &Path) -> Vec<(String, String)> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
+            for name in names(dir) {
+                let path = dir.join(&name);
+                let rel = format!("{prefix}{name}");
+                if path.is_dir() {
+                    out.push((format!("{rel}/"), String::new()));
+                    walk(&path, &format!("{rel}/"), out);
+                } else {
+                    out.push((rel, fs::read_to_string(&path).unwrap_or_default()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, "", &mut out);
+        out
+    }
+
+    fn expected(a: &str, b: &str, content: &str) -> Vec<(String, String)> {
+        vec![
+            (a.to_string(), content.to_string()),
+            (format!("{b}/"), String::new()),
+            (format!("{b}/f"), content.to_string()),
+        ]
+    }
+
+    /// "old" when both volumes hold their old trees, "new" when both hold the staged ones,
+    /// else what they hold.
+    fn side(volumes: &[PathBuf]) -> String {
+        let (p, q) = (tree(&volumes[0]), tree(&volumes[1]));
+        if p == expected("a1", "a2", "old") && q == expected("c1", "c2", "old") {
+            "old".into()
+        } else if p == expected("b1", "b2", "new") && q == expected("d1", "d2", "new") {
+            "new".into()
+        } else {
+            format!("mixed: p {p:?}, q {q:?}")
+        }
+    }
+
+    /// Nothing of a swap is left in either volume's work directory.
+    fn nothing_left(volumes: &[PathBuf]) {
+        for v in volumes {
+            let work = Work::of(v).unwrap();
+            for path in [
+                work.journal(),
+                work.group_record(),
+                work.old(),
+                work.staged(),
+            ] {
+                assert!(!path.exists(), "{} is left", path.display());
+            }
+        }
+    }
+
+    /// The side the group's record (and journals) on disk decide for the next task.
+    fn decided(volumes: &[PathBuf]) -> &'static str {
+        let leader = Work::of(&volumes[0]).unwrap();
+        let record = read_json::<GroupRecord>(&leader.group_record()).ok();
+        let cleanup = volumes.iter().any(|v| {
+            Work::of(v)
+                .unwrap()
+                .read_journal()
+                .is_ok_and(|j| j.phase == Phase::Cleanup)
+        });
+        let journals = volumes
+            .iter()
+            .any(|v| Work::of(v).unwrap().journal().exists());
+        match record.map(|r| r.decision) {
+            Some(Decision::Committed | Decision::Database) => "new",
+            _ if cleanup => "new",
+            // Nothing left to recover: the swap had finished, only its last removal was done.
+            None if !journals => "new",
+            _ => "old",
+        }
+    }
+
+    fn digest(dir: &Path) -> String {
+        crate::volume::live(dir).unwrap().1
+    }
+
+    fn halves(group: &Group) -> Vec<DbHalf> {
+        group
+            .members()
+            .iter()
+            .map(|w| DbHalf {
+                restored_from: "set".into(),
+                safety_set: Some("pre-restore-1".into()),
+                staged_digest: digest(&w.staged()),
+            })
+            .collect()
+    }
+
+    /// Runs `f` with a simulated crash after `steps` steps; whether it crashed.
+    fn crashing<T>(steps: usize, f: impl FnOnce() -> T) -> Option<T> {
+        CRASH_AFTER.with(|c| c.set(Some(steps)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        CRASH_AFTER.with(|c| c.set(None));
+        outcome.ok()
+    }
+
+    #[test]
+    fn a_group_swaps_every_volume_and_leaves_nothing_of_its_own() {
+        let (_tmp, volumes, group) = two_volumes();
+        assert_eq!(group.members()[0].volume, volumes[1], "the caller's order");
+        let warnings = group.swap("set", &[vec![], vec![]]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(side(&volumes), "new");
+        nothing_left(&volumes);
+        assert_eq!(group.next(), Next::Nothing);
+        assert!(!group.pending());
+    }
+
+    #[test]
+    fn an_error_in_the_second_volume_rolls_back_both() {
+        // q's own entry cannot move out (phase moving-old of the second member), and then
+        // q's staged entry cannot move in (moving-new of the second member, after p's new
+        // tree was in completely).
+        for stuck_in_staged in [false, true] {
+            let (_tmp, volumes, group) = two_volumes();
+            let q = Work::of(&volumes[1]).unwrap();
+            let stuck = if stuck_in_staged {
+                q.staged().join("d2")
+            } else {
+                volumes[1].join("c2")
+            };
+            assert!(chattr("+i", &stuck), "chattr needs root");
+            let swapped = group.swap("set", &[vec![], vec![]]);
+            chattr("-i", &stuck);
+            let e = swapped.unwrap_err();
+            assert!(e.message.contains("rolled back"), "{}", e.message);
+            assert!(
+                e.message.contains(&*volumes[0].to_string_lossy())
+                    && e.message.contains(&*volumes[1].to_string_lossy()),
+                "{}",
+                e.message
+            );
+            assert_eq!(side(&volumes), "old", "stuck in staged: {stuck_in_staged}");
+            assert_eq!(
+                group.next(),
+                Next::Nothing,
+                "the journal is for crashes only"
+            );
+            for v in &volumes {
+                let w = Work::of(v).unwrap();
+                assert!(!w.journal().exists() && !w.group_record().exists());
+                assert!(!w.old().exists());
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_rollback_that_fails_too_leaves_the_journals_and_the_next_task_rolls_all_back() {
+        let (_tmp, volumes, group) = two_volumes();
+        let works = &group.works;
+        // Both members journaled, p's new tree in completely; then q fails, and p's old
+        // entries cannot leave its old/ (immutable).
+        let mut touched = Vec::new();
+        for (i, w) in works.iter().enumerate() {
+            let names = Names {
+                group: Some(group.group.clone()),
+                ..Names::default()
+            };
+            w.start_move("set", &names).unwrap();
+            touched.push((i, Phase::MovingOld, names));
+        }
+        works[0]
+            .move_rest("set", &mut touched[0].2)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        touched[0].1 = Phase::MovingNew;
+        assert!(chattr("+i", &works[0].old()), "chattr needs root");
+        let e = roll_back_members(
+            works,
+            &group.group,
+            &touched,
+            Error::new(ErrorKind::IoError, "cannot move an entry of q"),
+            "set",
+        );
+        chattr("-i", &works[0].old());
+        assert!(e.message.contains("failed too"), "{}", e.message);
+        assert!(
+            e.message.contains(&*works[0].old().to_string_lossy()),
+            "{}",
+            e.message
+        );
+        assert_eq!(group.next(), Next::RollBack);
+        assert!(group.pending());
+        // The next task, on q alone, brings p back too.
+        let (done, warnings) = Work::of(&volumes[1]).unwrap().recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()), "{warnings:?}");
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_a_group_swap_leaves_all_old_or_all_new() {
+        for database in [false, true] {
+            let mut seen = Vec::new();
+            for steps in 0.. {
+                let (_tmp, volumes, group) = two_volumes();
+                let halves = halves(&group);
+                let finished = crashing(steps, || {
+                    if database {
+                        group.before_database(&halves).unwrap();
+                    }
+                    group.swap("set", &[vec![], vec![]]).unwrap()
+                });
+                if finished.is_some() {
+                    assert_eq!(side(&volumes), "new");
+                    nothing_left(&volumes);
+                    break;
+                }
+                let want = decided(&volumes);
+                // What the caller is told the next task does agrees with what it does (with
+                // the database half, a member being moved back says RollBack, as for one
+                // volume: the caller then puts the database back and says so with
+                // database_put_back).
+                let next = group.next();
+                assert!(
+                    match (want, database) {
+                        ("new", false) => matches!(next, Next::RollForward | Next::Nothing),
+                        ("new", true) => {
+                            next != Next::RollBack
+                                || volumes.iter().any(|v| {
+                                    Work::of(v).unwrap().read_journal().is_ok_and(|j| {
+                                        matches!(j.phase, Phase::MovingOld | Phase::UndoingNew)
+                                    })
+                                })
+                        }
+                        _ => next == Next::RollBack,
+                    },
+                    "step {steps}: next {next:?}, the record says {want}"
+                );
+                // The next task recovers one of the volumes: sometimes p, sometimes q.
+                let by = &volumes[steps % 2];
+                let (done, warnings) = Work::of(by).unwrap().recover().unwrap();
+                let got = side(&volumes);
+                assert_eq!(
+                    got,
+                    want,
+                    "database {database}, crash after {steps} steps, recovered by {}: {done:?} {warnings:?}",
+                    by.display()
+                );
+                if database && want == "new" {
+                    assert!(
+                        matches!(
+                            done,
+                            Recovered::Finished(_)
+                                | Recovered::RolledForward(_)
+                                | Recovered::CleanedUp(_)
+                                // killed after its very last step
+                                | Recovered::Nothing
+                        ),
+                        "{done:?}"
+                    );
+                }
+                // The other volume's outcome is said too.
+                if done != Recovered::Nothing {
+                    assert!(
+                        warnings
+                            .iter()
+                            .any(|w| w.contains(&*volumes[(steps + 1) % 2].to_string_lossy())),
+                        "{warnings:?}"
+                    );
+                }
+                nothing_left(&volumes);
+                seen.push(got);
+            }
+            assert!(seen.contains(&"old".to_string()) && seen.contains(&"new".to_string()));
+            // Old up to the commit point (or the database record), new from there on.
+            let first_new = seen.iter().position(|s| s == "new").unwrap();
+            assert!(seen[first_new..].iter().all(|s| s == "new"), "{seen:?}");
+            if database {
+                // Only the two db-restoring journals come before the database record.
+                assert_eq!(first_new, 2, "{seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_during_the_recovery_of_a_group_is_recovered_to_the_same_side() {
+        for database in [false, true] {
+            for steps in (0..).step_by(3) {
+                let (_tmp, volumes, group) = two_volumes();
+                let halves = halves(&group);
+                let finished = crashing(steps, || {
+                    if database {
+                        group.before_database(&halves).unwrap();
+                    }
+                    group.swap("set", &[vec![], vec![]]).unwrap()
+                });
+                if finished.is_some() {
+                    break;
+                }
+                let want = decided(&volumes);
+                let snapshot = _tmp.path().join("snapshot");
+                copy_tree(_tmp.path(), &snapshot, &["snapshot"]);
+                for again in 0.. {
+                    // Back to the state the first crash left.
+                    for v in ["p", "q"] {
+                        let _ = fs::remove_dir_all(_tmp.path().join(v));
+                        copy_tree(&snapshot.join(v), &_tmp.path().join(v), &[]);
+                    }
+                    let by = &volumes[again % 2];
+                    let recovered = crashing(again, || Work::of(by).unwrap().recover().unwrap());
+                    if recovered.is_some() {
+                        assert_eq!(side(&volumes), want);
+                        break;
+                    }
+                    let (done, warnings) = Work::of(&volumes[(again + 1) % 2])
+                        .unwrap()
+                        .recover()
+                        .unwrap();
+                    Work::of(by).unwrap().recover().unwrap();
+                    assert_eq!(
+                        side(&volumes),
+                        want,
+                        "database {database}, swap crashed after {steps}, recovery after {again}: {done:?} {warnings:?}"
+                    );
+                    nothing_left(&volumes);
+                }
+            }
+        }
+    }
+
+    /// Copies a tree of plain files and directories (`skip`: root names left out).
+    fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
+        fs::create_dir_all(to).unwrap();
+        for item in fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let name = item.file_name();
+            if skip.iter().any(|s| name == *s) {
+                continue;
+            }
+            let (src, dst) = (item.path(), to.join(&name));
+            if item.file_type().unwrap().is_dir() {
+                copy_tree(&src, &dst, &[]);
+            } else {
+                fs::copy(&src, &dst).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn recovering_one_volume_of_a_group_locks_the_others_or_says_which_is_busy() {
+        let (_tmp, volumes, group) = two_volumes();
+        // Crash while q's new tree moves in: p is all new, q half.
+        let mut steps = 0;
+        loop {
+            let (_t, v, g) = two_volumes();
+            drop(crashing(steps, || {
+                g.swap("set", &[vec![], vec![]]).unwrap()
+            }));
+            let q = Work::of(&v[1]).unwrap();
+            if q.read_journal().is_ok_and(|j| j.phase == Phase::MovingNew)
+                && q.staged().join("d2").exists()
+            {
+                break;
+            }
+            steps += 1;
+        }
+        drop(crashing(steps, || {
+            group.swap("set", &[vec![], vec![]]).unwrap()
+        }));
+        let before = (tree(&volumes[0]), tree(&volumes[1]));
+        assert_eq!(before.0, expected("b1", "b2", "new"));
+        // Another task holds q.
+        let other = Work::of(&volumes[1]).unwrap();
+        let held = other
+            .lock(Operation::Backup, Duration::ZERO, false)
+            .unwrap();
+        let p = Work::of(&volumes[0]).unwrap();
+        let _p_lock = p
+            .lock(Operation::Backup, Duration::from_millis(300), false)
+            .unwrap();
+        let started = std::time::Instant::now();
+        let e = p.recover().unwrap_err();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "it waits as lock() was told"
+        );
+        assert_eq!(e.kind, ErrorKind::Busy);
+        assert!(
+            e.message.contains(&*volumes[1].to_string_lossy()),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            (tree(&volumes[0]), tree(&volumes[1])),
+            before,
+            "nothing moved"
+        );
+        drop(held);
+        let (done, warnings) = p.recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()), "{warnings:?}");
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+    }
+
+    #[test]
+    fn a_journal_written_before_groups_is_recovered_and_a_group_of_one_writes_none_else() {
+        // A journal exactly as the single-volume code wrote it before groups existed.
+        let (_tmp, work) = interrupted(Phase::MovingNew, 2);
+        fs::write(
+            work.journal(),
+            r#"{"phase":"moving-new","set":"set","kept":[],"incoming":[[98,49],[98,50],[98,51],[98,52]]}"#,
+        )
+        .unwrap();
+        let group = Group::new(vec![Work::of(&work.volume).unwrap()]).unwrap();
+        assert_eq!(group.next(), Next::RollForward);
+        let (done, _) = group.recover().unwrap();
+        assert_eq!(
+            done,
+            vec![(work.volume.clone(), Recovered::RolledForward("set".into()))]
+        );
+        assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"]);
+        assert!(!work.pending());
+
+        // A group of one journals exactly as the single-volume swap: no group, no record.
+        let (_tmp, work) = interrupted(Phase::MovingOld, 0);
+        fs::remove_file(work.journal()).unwrap();
+        fs::remove_dir(work.old()).unwrap();
+        let group = Group::new(vec![Work::of(&work.volume).unwrap()]).unwrap();
+        drop(crashing(1, || group.swap("set", &[vec![]]).unwrap()));
+        let text = fs::read_to_string(work.journal()).unwrap();
+        assert!(
+            text.starts_with(r#"{"phase":"moving-old","set":"set","kept":[],"incoming":[]"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("group") && !work.group_record().exists(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_group_of_one_crashes_and_recovers_exactly_as_the_single_volume_swap() {
+        for database in [false, true] {
+            for steps in 0.. {
+                let mut outcomes = Vec::new();
+                for as_group in [false, true] {
+                    let (_tmp, work) = interrupted(Phase::MovingOld, 0);
+                    fs::remove_file(work.journal()).unwrap();
+                    fs::remove_dir(work.old()).unwrap();
+                    let half = DbHalf {
+                        restored_from: "set".into(),
+                        safety_set: None,
+                        staged_digest: digest(&work.staged()),
+                    };
+                    let group = Group::new(vec![Work::of(&work.volume).unwrap()]).unwrap();
+                    let finished = crashing(steps, || {
+                        if as_group {
+                            if database {
+                                group.before_database(&[half]).unwrap();
+                            }
+                            group.swap("set", &[vec![]]).unwrap()
+                        } else {
+                            if database {
+                                work.before_database(half).unwrap();
+                            }
+                            work.swap("set", &[]).unwrap()
+                        }
+                    });
+                    let journal = fs::read(work.journal()).ok();
+                    let next = if as_group { group.next() } else { work.next() };
+                    let recovered = work.recover().unwrap();
+                    outcomes.push((finished, journal, next, recovered, names(&work.volume)));
+                }
+                assert_eq!(
+                    outcomes[0], outcomes[1],
+                    "database {database}, crash after {steps}"
+                );
+                if outcomes[0].0.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_whose_database_restore_started_is_completed_or_rolled_back_as_a_whole() {
+        // Crashed during the database restore: completed from the staged trees.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        assert_eq!(group.next(), Next::RollForward);
+        let (done, warnings) = Work::of(&volumes[1]).unwrap().recover().unwrap();
+        assert_eq!(done, Recovered::Finished("set".into()));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("both halves") && w.contains(&*volumes[0].to_string_lossy())),
+            "{warnings:?}"
+        );
+        assert_eq!(side(&volumes), "new");
+        nothing_left(&volumes);
+
+        // One staged tree lost a file meanwhile: no volume is completed, and the warning
+        // names the safety set.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        fs::remove_file(Work::of(&volumes[1]).unwrap().staged().join("d1")).unwrap();
+        let (done, warnings) = Work::of(&volumes[0]).unwrap().recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("out of step") && w.contains("pre-restore-1")),
+            "{warnings:?}"
+        );
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+
+        // The database restore failed: forgetting leaves nothing for the next task.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        group.forget_database().unwrap();
+        assert_eq!(group.next(), Next::Nothing);
+        assert!(!group.pending());
+        assert_eq!(side(&volumes), "old");
+
+        // The database was put back after a failed swap whose rollback is left for the next
+        // task: it rolls every volume back, never forward from the set.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        let mut names = Names {
+            group: Some(group.group.clone()),
+            ..Names::default()
+        };
+        group.works[0]
+            .move_in("set", &mut names)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert_eq!(group.next(), Next::RollForward);
+        group.works[0].undo_new("set", &names).unwrap();
+        assert_eq!(
+            group.next(),
+            Next::RollBack,
+            "moving back: the caller puts the database back"
+        );
+        group.database_put_back().unwrap();
+        assert_eq!(group.next(), Next::RollBack);
+        let (done, _) = group.recover().unwrap();
+        assert!(
+            done.iter()
+                .all(|(_, d)| *d == Recovered::RolledBack("set".into())),
+            "{done:?}"
+        );
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+    }
+
+    #[test]
+    fn a_volume_inside_another_cannot_be_in_its_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outer = tmp.path().join("outer");
+        fs::create_dir_all(outer.join("inner")).unwrap();
+        let e = Group::new(vec![
+            Work::of(&outer).unwrap(),
+            Work::of(&outer.join("inner")).unwrap(),
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidTask);
+        assert!(e.message.contains("inside"), "{}", e.message);
+    }
 }
