@@ -1869,7 +1869,7 @@ fn recover_group(
             !(ours[*i]
                 && fs::symlink_metadata(w.staged()).is_ok_and(|m| m.is_dir())
                 && record.db.get(*i).is_some_and(|d| {
-                    crate::volume::live(&w.staged()).is_ok_and(|(_, got)| got == d.staged_digest)
+                    crate::volume::live_digest(&w.staged()).is_ok_and(|got| got == d.staged_digest)
                 }))
         });
         match incomplete {
