@@ -78,6 +78,14 @@
 //! - A crash while the first journals are written (before every member has one) leaves
 //!   nothing moved: the members are old; a member whose journal was written is cleaned by its
 //!   own next task.
+//! - The database half as for one volume: [`Group::next`] says `RollBack` while a member is
+//!   being moved back under the `database` record (its rollback failed); the caller then puts
+//!   the database back and calls [`Group::database_put_back`], which removes the record, so
+//!   the next task rolls every member back. [`Group::forget_database`] removes the record,
+//!   then the `db-restoring` journals, as long as nothing moved.
+//! - Once [`Group::swap`] started, every member's `staged/` belongs to the journal (recovery
+//!   may complete it from there): the caller must not remove it. Volumes inside one another
+//!   cannot be in one group (moving the outer's entries would move the inner).
 //!
 //! Before this layout, the work directory was `<parent>/.cwbackup-<name>/`. A swap that a crash
 //! interrupted there is still recovered (same journal), then that directory is removed.
