@@ -3005,46 +3005,58 @@ mod tests {
 
     #[test]
     fn a_group_rollback_that_fails_too_leaves_the_journals_and_the_next_task_rolls_all_back() {
-        let (_tmp, volumes, group) = two_volumes();
-        let works = &group.works;
-        // Both members journaled, p's new tree in completely; then q fails, and p's old
-        // entries cannot leave its old/ (immutable).
-        let mut touched = Vec::new();
-        for (i, w) in works.iter().enumerate() {
-            let names = Names {
-                group: Some(group.group.clone()),
-                ..Names::default()
+        // With the database half, the journals left complete both volumes from their staged
+        // trees instead (the caller did not put the database back), so those must be intact.
+        for database in [false, true] {
+            let (_tmp, volumes, group) = two_volumes();
+            if database {
+                group.before_database(&halves(&group)).unwrap();
+            }
+            let works = &group.works;
+            // Both members journaled, p's new tree in completely; then q fails, and p's old
+            // entries cannot leave its old/ (immutable).
+            let mut touched = Vec::new();
+            for (i, w) in works.iter().enumerate() {
+                let names = Names {
+                    group: Some(group.group.clone()),
+                    ..Names::default()
+                };
+                w.start_move("set", &names).unwrap();
+                touched.push((i, Phase::MovingOld, names));
+            }
+            works[0]
+                .move_rest("set", &mut touched[0].2)
+                .map_err(|(e, _)| e)
+                .unwrap();
+            touched[0].1 = Phase::MovingNew;
+            assert!(chattr("+i", &works[0].old()), "chattr needs root");
+            let e = roll_back_members(
+                works,
+                &group.group,
+                &touched,
+                Error::new(ErrorKind::IoError, "cannot move an entry of q"),
+                "set",
+            );
+            chattr("-i", &works[0].old());
+            assert!(e.message.contains("failed too"), "{}", e.message);
+            assert!(
+                e.message.contains(&*works[0].old().to_string_lossy()),
+                "{}",
+                e.message
+            );
+            assert_eq!(group.next(), Next::RollBack);
+            assert!(group.pending());
+            // The next task, on q alone, brings p to the same side.
+            let (done, warnings) = Work::of(&volumes[1]).unwrap().recover().unwrap();
+            let (want_done, want) = if database {
+                (Recovered::Finished("set".into()), "new")
+            } else {
+                (Recovered::RolledBack("set".into()), "old")
             };
-            w.start_move("set", &names).unwrap();
-            touched.push((i, Phase::MovingOld, names));
+            assert_eq!(done, want_done, "{warnings:?}");
+            assert_eq!(side(&volumes), want);
+            nothing_left(&volumes);
         }
-        works[0]
-            .move_rest("set", &mut touched[0].2)
-            .map_err(|(e, _)| e)
-            .unwrap();
-        touched[0].1 = Phase::MovingNew;
-        assert!(chattr("+i", &works[0].old()), "chattr needs root");
-        let e = roll_back_members(
-            works,
-            &group.group,
-            &touched,
-            Error::new(ErrorKind::IoError, "cannot move an entry of q"),
-            "set",
-        );
-        chattr("-i", &works[0].old());
-        assert!(e.message.contains("failed too"), "{}", e.message);
-        assert!(
-            e.message.contains(&*works[0].old().to_string_lossy()),
-            "{}",
-            e.message
-        );
-        assert_eq!(group.next(), Next::RollBack);
-        assert!(group.pending());
-        // The next task, on q alone, brings p back too.
-        let (done, warnings) = Work::of(&volumes[1]).unwrap().recover().unwrap();
-        assert_eq!(done, Recovered::RolledBack("set".into()), "{warnings:?}");
-        assert_eq!(side(&volumes), "old");
-        nothing_left(&volumes);
     }
 
     #[test]
