@@ -48,6 +48,45 @@
 //! at the volume's root that backups skip and the set does not hold) are named in the journal
 //! and left in place.
 //!
+//! Several volumes swapped by one restore form a [`Group`], under one journal: after an error
+//! every member holds its old tree again before the task returns, and after a crash the next
+//! task that recovers any member brings every member to the same side, never some. A group of
+//! one member is exactly the swap above (same journal, nothing more). For more members:
+//! - Each member keeps its own journal and phases as above, plus `group`: the group's id and
+//!   every member's volume directory (canonical, sorted). The first is the leader.
+//! - One atomic record decides for all: `group.json` in the leader's work directory (written
+//!   like the journal: synced temporary file, rename, directory synced). No record of the
+//!   group: it did not commit, every member is rolled back (a member in `moving-new` too).
+//!   `database` (written after every member's `db-restoring` journal, before the database
+//!   restore starts): every member is completed from its staged tree if each still has its
+//!   recorded digest, else all are rolled back and a warning names the safety set
+//!   (`out-of-step` is written first, so that a crash keeps the warning). `committed`
+//!   (written once every member finished `moving-new` and synced): the commit point; only
+//!   cleanup is left (a member journal in `cleanup` is evidence of it too).
+//! - A swap writes every member's `moving-old` journal before the first entry moves, so any
+//!   member's next task finds the group; then moves the members one after the other, keeping
+//!   every `old/` until the record says `committed`. A failure rolls every member back (the
+//!   journals stay until all are back, so a failed rollback leaves all of them for the next
+//!   task). After the commit, each member's `old/`, `staged/` and journal go, and the record
+//!   last, only once no member's journal is left.
+//! - Recovery of one member (a [`Work::recover`] of a single-volume task too) locks the
+//!   group's other volumes itself, in sorted order, waiting as long as [`Work::lock`] was told
+//!   to (`wait_for_lock_s`); a volume still busy after that is a `busy` error naming it, with
+//!   nothing moved. Two tasks holding one member each may both wait and fail `busy`, never
+//!   deadlock. [`Group::recover`] expects every member locked by the caller
+//!   ([`Group::lock`] takes them in sorted order).
+//! - A crash while the first journals are written (before every member has one) leaves
+//!   nothing moved: the members are old; a member whose journal was written is cleaned by its
+//!   own next task.
+//! - The database half as for one volume: [`Group::next`] says `RollBack` while a member is
+//!   being moved back under the `database` record (its rollback failed); the caller then puts
+//!   the database back and calls [`Group::database_put_back`], which removes the record, so
+//!   the next task rolls every member back. [`Group::forget_database`] removes the record,
+//!   then the `db-restoring` journals, as long as nothing moved.
+//! - Once [`Group::swap`] started, every member's `staged/` belongs to the journal (recovery
+//!   may complete it from there): the caller must not remove it. Volumes inside one another
+//!   cannot be in one group (moving the outer's entries would move the inner).
+//!
 //! Before this layout, the work directory was `<parent>/.cwbackup-<name>/`. A swap that a crash
 //! interrupted there is still recovered (same journal), then that directory is removed.
 
@@ -82,6 +121,9 @@ pub struct Work {
     /// before each destructive step it must still be that directory, so that a symlink (or
     /// another directory) a container swapped in is refused, never followed.
     seen: OnceLock<(u64, u64)>,
+    /// How long [`Work::lock`] was told to wait: recovering a group waits as long for the
+    /// locks of the group's other volumes.
+    wait: OnceLock<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +154,10 @@ struct Journal {
     /// restore starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     db: Option<DbHalf>,
+    /// The group this volume is swapped with (several volumes under one journal); absent for
+    /// a swap of one volume, as in journals written before groups existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<GroupRef>,
 }
 
 /// What the journal records about a restore's database half, so that recovery keeps the
@@ -133,6 +179,20 @@ struct Names {
     kept: Vec<OsString>,
     incoming: Vec<OsString>,
     db: Option<DbHalf>,
+    group: Option<GroupRef>,
+}
+
+impl Names {
+    /// The names a journal records.
+    fn of(journal: &Journal) -> Names {
+        let names = |v: &[Vec<u8>]| v.iter().cloned().map(OsString::from_vec).collect();
+        Names {
+            kept: names(&journal.kept),
+            incoming: names(&journal.incoming),
+            db: journal.db.clone(),
+            group: journal.group.clone(),
+        }
+    }
 }
 
 /// What the journal on disk says the next task on this volume will do with it.
@@ -185,6 +245,9 @@ impl Recovered {
     }
 }
 
+/// What recovery did to each volume it recovered (one, or every volume of a group).
+pub type Outcomes = Vec<(PathBuf, Recovered)>;
+
 /// The volume's lock; dropping it removes the work directory (unless a crash-recovery
 /// journal or reported conflicts must stay) and then releases the OS lock.
 #[derive(Debug)]
@@ -226,6 +289,7 @@ impl Work {
             volume: volume.to_path_buf(),
             dir: volume.join(WORK_DIR),
             seen: OnceLock::new(),
+            wait: OnceLock::new(),
         })
     }
 
@@ -240,6 +304,7 @@ impl Work {
             volume: self.volume.clone(),
             dir: parent.join(work_name),
             seen: OnceLock::new(),
+            wait: OnceLock::new(),
         })
     }
 
@@ -319,6 +384,7 @@ impl Work {
     /// the work directory with the holder record in it. A backup of a read-only volume needs
     /// only the OS lock: there is no holder record then.
     pub fn lock(&self, operation: Operation, wait: Duration, dry_run: bool) -> Result<VolumeLock> {
+        let _ = self.wait.set(wait);
         let what = format!("volume {}", self.volume.display());
         let held = lock::acquire_dir(
             &self.volume,
@@ -419,7 +485,10 @@ impl Work {
     /// journal waits for recovery; `conflicts/` is kept (it was reported), and so is `lock`
     /// (the fallback lock file, still held).
     fn release(&self) {
-        if self.journal_here() || self.guard(&[&self.staged(), &self.old()]).is_err() {
+        if self.journal_here()
+            || self.group_record_here()
+            || self.guard(&[&self.staged(), &self.old()]).is_err()
+        {
             return;
         }
         for path in [
@@ -427,6 +496,7 @@ impl Work {
             self.old(),
             self.holder(),
             self.dir.join("journal.json.tmp"),
+            self.dir.join(format!("{GROUP_RECORD}.tmp")),
         ] {
             let _ = self.remove(&path);
         }
@@ -472,9 +542,8 @@ impl Work {
         match self.read_journal() {
             Ok(j) if j.db.is_some() => {
                 let names = Names {
-                    kept: j.kept.into_iter().map(OsString::from_vec).collect(),
-                    incoming: j.incoming.into_iter().map(OsString::from_vec).collect(),
                     db: None,
+                    ..Names::of(&j)
                 };
                 self.write_journal(j.phase, &j.set, &names)
             }
@@ -497,7 +566,27 @@ impl Work {
     /// Finishes or rolls back a swap that a crash interrupted (here or in the old work
     /// directory beside the volume). Call with the volume lock held. Returns what was done and
     /// warnings about entries moved aside (or leftovers that could not be removed).
+    ///
+    /// If the interrupted swap was one of several volumes swapped together (a [`Group`]),
+    /// the group's other volumes are locked here too (waiting as long as [`Work::lock`] was
+    /// told to) and brought to the same side; their outcomes come back as warnings.
     pub fn recover(&self) -> Result<(Recovered, Vec<String>)> {
+        let (list, mut warnings) = self.recover_with(&[self])?;
+        let mut mine = Recovered::Nothing;
+        for (volume, done) in list {
+            if same_dir(&volume, &self.volume) {
+                mine = done;
+            } else {
+                warnings.extend(done.describe(&volume));
+            }
+        }
+        Ok((mine, warnings))
+    }
+
+    /// [`Work::recover`], where the volumes in `held` are locked by the caller already; one
+    /// outcome per volume recovered (this one, and the other members of its group if it was
+    /// swapped in a group).
+    fn recover_with(&self, held: &[&Work]) -> Result<(Outcomes, Vec<String>)> {
         let mut warnings = Vec::new();
         if let Some(legacy) = self.legacy().filter(Work::journal_here) {
             let (done, more) = legacy.recover_here().map_err(interrupted)?;
@@ -511,15 +600,29 @@ impl Work {
             let _ = fs::remove_file(legacy.dir.join("lock"));
             let _ = fs::remove_dir(&legacy.dir);
         }
-        let (done, more) = self.recover_here().map_err(interrupted)?;
-        warnings.extend(more);
-        if self.conflicts().exists() {
-            warnings.push(format!(
-                "{} holds entries that stood in the way of an interrupted restore: compare them with the volume, then delete it",
-                self.conflicts().display()
-            ));
+        let list = match self.pending_group()? {
+            Some(group) => {
+                let (list, more) =
+                    recover_group(&group, held, self.lock_wait()).map_err(interrupted)?;
+                warnings.extend(more);
+                list
+            }
+            None => {
+                let (done, more) = self.recover_here().map_err(interrupted)?;
+                warnings.extend(more);
+                vec![(self.volume.clone(), done)]
+            }
+        };
+        for (volume, _) in &list {
+            let conflicts = volume.join(WORK_DIR).join("conflicts");
+            if conflicts.exists() {
+                warnings.push(format!(
+                    "{} holds entries that stood in the way of an interrupted restore: compare them with the volume, then delete it",
+                    conflicts.display()
+                ));
+            }
         }
-        Ok((done, warnings))
+        Ok((list, warnings))
     }
 
     fn recover_here(&self) -> Result<(Recovered, Vec<String>)> {
@@ -568,6 +671,7 @@ impl Work {
                 .map(OsString::from_vec)
                 .collect(),
             db: journal.db.clone(),
+            group: None,
         };
         let set = journal.set;
         let conflicts = self.conflicts();
@@ -653,6 +757,7 @@ impl Work {
                 kept,
                 incoming: Vec::new(),
                 db: Some(db.clone()),
+                group: None,
             };
             match self.swap_with(set, names) {
                 Ok(more) => {
@@ -702,15 +807,57 @@ impl Work {
                 kept: kept.to_vec(),
                 incoming: Vec::new(),
                 db,
+                group: None,
             },
         )
     }
 
     fn swap_with(&self, set: &str, mut names: Names) -> Result<Vec<String>> {
+        match self.move_in(set, &mut names) {
+            Ok(()) => {}
+            Err((e, None)) => return Err(e),
+            Err((e, Some(reached))) => return Err(self.roll_back(e, reached, set, &names)),
+        }
+        // Committed: every new entry is in and synced. From here on nothing is undone.
+        let mut warnings = Vec::new();
+        if let Err(e) = self.write_journal(Phase::Cleanup, set, &names) {
+            warnings.push(format!(
+                "set {set} was swapped in completely, but {}; the leftovers are removed by the next task",
+                e.message
+            ));
+        }
+        warnings.extend(self.finish());
+        Ok(warnings)
+    }
+
+    /// The moves of a swap, journaled: phase `moving-old` (the volume's entries go to
+    /// `old/`), then `moving-new` (the staged entries come in), each synced before the next
+    /// phase is written. On an error, the phase reached (None: nothing was journaled or moved
+    /// yet), for the caller to roll back; `old/` and the journal are left for it.
+    fn move_in(
+        &self,
+        set: &str,
+        names: &mut Names,
+    ) -> std::result::Result<(), (Error, Option<Phase>)> {
+        self.start_move(set, names).map_err(|e| (e, None))?;
+        self.move_rest(set, names)
+    }
+
+    /// The start of a swap: no `old/`, and the journal in phase `moving-old` (nothing moved).
+    fn start_move(&self, set: &str, names: &Names) -> Result<()> {
         let old = self.old();
         self.guard(&[&old, &self.staged()])?;
         self.remove(&old)?;
-        self.write_journal(Phase::MovingOld, set, &names)?;
+        self.write_journal(Phase::MovingOld, set, names)
+    }
+
+    /// The moves of a swap after [`Work::start_move`]; on an error, the phase reached.
+    fn move_rest(
+        &self,
+        set: &str,
+        names: &mut Names,
+    ) -> std::result::Result<(), (Error, Option<Phase>)> {
+        let old = self.old();
         let mut reached = Phase::MovingOld;
         let kept = names.kept.clone();
         let outcome = (|| -> Result<()> {
@@ -729,7 +876,7 @@ impl Work {
             )?;
             sync_dirs(&[&self.volume, &old])?;
             names.incoming = root_names(&self.staged())?;
-            self.write_journal(Phase::MovingNew, set, &names)?;
+            self.write_journal(Phase::MovingNew, set, names)?;
             reached = Phase::MovingNew;
             self.guard(&[&self.staged()])?;
             move_entries(
@@ -744,19 +891,7 @@ impl Work {
             )?;
             sync_dirs(&[&self.volume, &self.staged()])
         })();
-        if let Err(e) = outcome {
-            return Err(self.roll_back(e, reached, set, &names));
-        }
-        // Committed: every new entry is in and synced. From here on nothing is undone.
-        let mut warnings = Vec::new();
-        if let Err(e) = self.write_journal(Phase::Cleanup, set, &names) {
-            warnings.push(format!(
-                "set {set} was swapped in completely, but {}; the leftovers are removed by the next task",
-                e.message
-            ));
-        }
-        warnings.extend(self.finish());
-        Ok(warnings)
+        outcome.map_err(|e| (e, Some(reached)))
     }
 
     /// Undoes a swap that failed with `error` in phase `reached`; the error, saying what
@@ -882,24 +1017,12 @@ impl Work {
     }
 
     fn read_journal(&self) -> io::Result<Journal> {
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(self.journal())?;
-        let mut bytes = Vec::new();
-        file.take(1 << 20).read_to_end(&mut bytes)?;
-        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        read_json(&self.journal())
     }
 
     /// Writes the journal atomically: a synced temporary file renamed over it, then the
     /// directory synced.
     fn write_journal(&self, phase: Phase, set: &str, names: &Names) -> Result<()> {
-        self.guard(&[])?;
-        // Through a descriptor of the work directory opened without following a symlink.
-        let dir_fd = open_dir(&self.root(), &self.dir)?;
-        let at = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
-        let tmp = at.join("journal.json.tmp");
-        let _ = fs::remove_file(&tmp);
         let bytes = serde_json::to_vec(&Journal {
             phase,
             set: set.to_string(),
@@ -910,8 +1033,21 @@ impl Work {
                 .map(|k| k.as_bytes().to_vec())
                 .collect(),
             db: names.db.clone(),
+            group: names.group.clone(),
         })
         .expect("a journal is JSON");
+        self.write_atomic("journal.json", &bytes, "cannot write the restore journal")
+    }
+
+    /// Writes `name` in the work directory atomically: a synced temporary file renamed over
+    /// it, then the directory synced; all through a descriptor of the work directory opened
+    /// without following a symlink.
+    fn write_atomic(&self, name: &str, bytes: &[u8], what: &str) -> Result<()> {
+        self.guard(&[])?;
+        let dir_fd = open_dir(&self.root(), &self.dir)?;
+        let at = PathBuf::from(format!("/proc/self/fd/{}", dir_fd.as_raw_fd()));
+        let tmp = at.join(format!("{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
         (|| -> io::Result<()> {
             let mut f = File::options()
                 .write(true)
@@ -919,12 +1055,14 @@ impl Work {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            io::Write::write_all(&mut f, &bytes)?;
+            io::Write::write_all(&mut f, bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, at.join("journal.json"))?;
+            fs::rename(&tmp, at.join(name))?;
             fsync_dir(&at)
         })()
-        .map_err(|e| Error::io("cannot write the restore journal", &self.journal(), e))
+        .map_err(|e| Error::io(what, &self.dir.join(name), e))?;
+        crash_point();
+        Ok(())
     }
 
     fn journal_here(&self) -> bool {
@@ -933,8 +1071,888 @@ impl Work {
 
     /// Whether an interrupted swap waits to be recovered (here or in the old location).
     pub fn pending(&self) -> bool {
-        self.journal_here() || self.legacy().is_some_and(|l| l.journal_here())
+        self.journal_here()
+            || self.group_record_here()
+            || self.legacy().is_some_and(|l| l.journal_here())
     }
+}
+
+// ----- Several volumes under one journal -----
+
+/// The file in the leader's work directory that holds a group's decision.
+const GROUP_RECORD: &str = "group.json";
+
+/// The group a member's journal belongs to: the group's id (unique to one swap) and its
+/// members' volume directories, canonical and sorted; the first is the leader, whose work
+/// directory holds the group's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct GroupRef {
+    id: String,
+    members: Vec<Vec<u8>>,
+}
+
+impl GroupRef {
+    fn paths(&self) -> Vec<PathBuf> {
+        self.members
+            .iter()
+            .map(|m| PathBuf::from(OsString::from_vec(m.clone())))
+            .collect()
+    }
+}
+
+/// A group's decision, the one atomic record that says which side every member ends on. No
+/// record of the group (none, or another group's) means that it never committed and that
+/// no database restore was under way: every member is rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Decision {
+    /// Every member's staged tree is complete and synced and the database restore may have
+    /// started: every member is completed from its staged tree (if each still has its digest;
+    /// else every member is rolled back and a warning names the safety set).
+    Database,
+    /// Every member's new tree is in and synced: only cleanup is left.
+    Committed,
+    /// The database may come from the set, but a staged tree was incomplete: every member is
+    /// rolled back and a warning says that the halves are out of step.
+    OutOfStep,
+}
+
+/// `group.json` in the leader's work directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupRecord {
+    id: String,
+    set: String,
+    members: Vec<Vec<u8>>,
+    decision: Decision,
+    /// The database half, one for each member (in `members`' order, for its staged digest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    db: Vec<DbHalf>,
+}
+
+/// Several volumes swapped under one journal: after an error, every member holds its old
+/// tree again before [`Group::swap`] returns; after a crash, the next task that recovers any
+/// member (through [`Group::recover`] or [`Work::recover`]) brings all of them to the same
+/// side. A group of one member is exactly the single-volume swap of [`Work`] (same journal,
+/// no group record).
+#[derive(Debug)]
+pub struct Group {
+    /// The members, sorted by their canonical volume directory; the first is the leader.
+    works: Vec<Work>,
+    /// For each member in the caller's order, its index in `works`.
+    position: Vec<usize>,
+    group: GroupRef,
+}
+
+impl Group {
+    /// A group of the given volumes' work directories (in any order: the caller's order is
+    /// the order of [`Group::before_database`]'s and [`Group::swap`]'s per-member arguments).
+    /// Refuses no member, the same volume twice, and a volume inside another (moving the
+    /// outer volume's entries would move the inner one).
+    pub fn new(members: Vec<Work>) -> Result<Group> {
+        if members.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InternalError,
+                "a restore group needs at least one volume",
+            ));
+        }
+        let canonical = members
+            .iter()
+            .map(|w| {
+                fs::canonicalize(&w.volume).map_err(|e| Error::io("cannot read", &w.volume, e))
+            })
+            .collect::<Result<Vec<PathBuf>>>()?;
+        for (i, a) in canonical.iter().enumerate() {
+            for (j, b) in canonical.iter().enumerate() {
+                if i != j && a.starts_with(b) {
+                    return Err(Error::new(
+                        ErrorKind::InvalidTask,
+                        format!(
+                            "volume {} is {} volume {}: volumes restored together must be apart",
+                            members[i].volume.display(),
+                            if a == b { "the same as" } else { "inside" },
+                            members[j].volume.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        order.sort_by(|&a, &b| canonical[a].cmp(&canonical[b]));
+        let mut position = vec![0; members.len()];
+        for (sorted, &i) in order.iter().enumerate() {
+            position[i] = sorted;
+        }
+        let now = std::time::SystemTime::now();
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let group = GroupRef {
+            id: format!("{}-{}-{nanos:09}", clock::id_stamp(now), std::process::id()),
+            members: order
+                .iter()
+                .map(|&i| canonical[i].as_os_str().as_bytes().to_vec())
+                .collect(),
+        };
+        let works = order.iter().map(|&i| members[i].clone()).collect();
+        Ok(Group {
+            works,
+            position,
+            group,
+        })
+    }
+
+    /// The members, in the caller's order.
+    pub fn members(&self) -> Vec<&Work> {
+        self.position.iter().map(|&p| &self.works[p]).collect()
+    }
+
+    /// Takes every member's lock ([`Work::lock`]) in the order of their canonical paths, so
+    /// that two tasks locking overlapping groups never wait for each other in a cycle.
+    pub fn lock(
+        &self,
+        operation: Operation,
+        wait: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<VolumeLock>> {
+        self.works
+            .iter()
+            .map(|w| w.lock(operation, wait, dry_run))
+            .collect()
+    }
+
+    /// The only member of a group of one: everything is then [`Work`]'s single-volume code.
+    fn single(&self) -> Option<&Work> {
+        (self.works.len() == 1).then(|| &self.works[0])
+    }
+
+    /// Per-member arguments in the caller's order, in `works`' order.
+    fn sorted<T: Clone>(&self, per_member: &[T]) -> Result<Vec<T>> {
+        if per_member.len() != self.works.len() {
+            return Err(Error::new(
+                ErrorKind::InternalError,
+                format!(
+                    "{} values given for a restore group of {} volumes",
+                    per_member.len(),
+                    self.works.len()
+                ),
+            ));
+        }
+        let mut sorted = per_member.to_vec();
+        for (i, v) in per_member.iter().enumerate() {
+            sorted[self.position[i]] = v.clone();
+        }
+        Ok(sorted)
+    }
+
+    /// Whether an interrupted swap waits to be recovered on any member.
+    pub fn pending(&self) -> bool {
+        self.works.iter().any(Work::pending)
+    }
+
+    /// Finishes or rolls back every interrupted swap on the members (call with every
+    /// member's lock held): a single-volume one as [`Work::recover`] does, a group's for all
+    /// of its volumes together, locking those of them that are not members of this group
+    /// (waiting as long as the members' locks were told to). One outcome per volume
+    /// recovered (for [`Recovered::describe`]), and warnings.
+    pub fn recover(&self) -> Result<(Outcomes, Vec<String>)> {
+        if let Some(w) = self.single() {
+            let (done, warnings) = w.recover()?;
+            return Ok((vec![(w.volume.clone(), done)], warnings));
+        }
+        let held: Vec<&Work> = self.works.iter().collect();
+        let mut done: Vec<(PathBuf, Recovered)> = Vec::new();
+        let mut warnings: Vec<String> = Vec::new();
+        for w in &self.works {
+            let (list, more) = w.recover_with(&held)?;
+            for m in more {
+                if !warnings.contains(&m) {
+                    warnings.push(m);
+                }
+            }
+            for (volume, outcome) in list {
+                match done.iter_mut().find(|(v, _)| same_dir(v, &volume)) {
+                    Some(slot) if slot.1 == Recovered::Nothing => slot.1 = outcome,
+                    Some(_) => {}
+                    None => done.push((volume, outcome)),
+                }
+            }
+        }
+        Ok((done, warnings))
+    }
+
+    /// Records, before the database restore, that the database is about to change: every
+    /// member's journal in phase `db-restoring`, then the group's record `database` (the
+    /// commit point of this half: a crash from then on completes every member from its staged
+    /// tree). `halves` holds one [`DbHalf`] per member, in the caller's order, each with its
+    /// staged tree's digest and the same set and safety set. On an error nothing is left
+    /// recorded.
+    pub fn before_database(&self, halves: &[DbHalf]) -> Result<()> {
+        if let Some(w) = self.single() {
+            let half = self.sorted(halves)?.remove(0);
+            return w.before_database(half);
+        }
+        let halves = self.sorted(halves)?;
+        let first = &halves[0];
+        if halves
+            .iter()
+            .any(|h| h.restored_from != first.restored_from || h.safety_set != first.safety_set)
+        {
+            return Err(Error::new(
+                ErrorKind::InternalError,
+                "the volumes of one restore group name different sets",
+            ));
+        }
+        let set = first.restored_from.clone();
+        let names = Names {
+            group: Some(self.group.clone()),
+            ..Names::default()
+        };
+        let written = (|| -> Result<()> {
+            for w in &self.works {
+                w.write_journal(Phase::DbRestoring, &set, &names)?;
+            }
+            self.works[0].write_group_record(&GroupRecord {
+                id: self.group.id.clone(),
+                set: set.clone(),
+                members: self.group.members.clone(),
+                decision: Decision::Database,
+                db: halves.clone(),
+            })
+        })();
+        if let Err(e) = written {
+            let _ = self.forget(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Forgets what [`Group::before_database`] recorded, as long as nothing moved yet (the
+    /// database restore failed, or a volume changed before the swap): the group's record
+    /// first, then the members' `db-restoring` journals. Any other journal stays.
+    pub fn forget_database(&self) -> Result<()> {
+        if let Some(w) = self.single() {
+            return w.forget_database();
+        }
+        self.forget(false)
+    }
+
+    fn forget(&self, anyway: bool) -> Result<()> {
+        let record = group_record_of(&self.works, &self.group);
+        let mut ours = Vec::new();
+        for w in &self.works {
+            if let Ok(j) = w.read_journal()
+                && j.group.as_ref().is_some_and(|g| g.id == self.group.id)
+            {
+                ours.push((w, j.phase));
+            }
+        }
+        let untouched = ours.iter().all(|(_, p)| *p == Phase::DbRestoring)
+            && matches!(
+                &record,
+                Ok(None)
+                    | Ok(Some(GroupRecord {
+                        decision: Decision::Database,
+                        ..
+                    }))
+            );
+        if !untouched && !anyway {
+            return Ok(());
+        }
+        if matches!(record, Ok(Some(_))) || anyway {
+            self.works[0].remove_group_record(&self.group)?;
+        }
+        for (w, phase) in ours {
+            if phase == Phase::DbRestoring {
+                w.guard(&[])?;
+                fs::remove_file(w.journal())
+                    .map_err(|e| Error::io("cannot remove", &w.journal(), e))?;
+                fsync_dir(&w.dir).map_err(|e| Error::io("cannot sync", &w.dir, e))?;
+                crash_point();
+            }
+        }
+        Ok(())
+    }
+
+    /// The database was put back from the safety set after a failed swap whose rollback the
+    /// next task must still finish: the group's record no longer says that the database comes
+    /// from the set, so that recovery rolls every member back and completes none from the set.
+    pub fn database_put_back(&self) -> Result<()> {
+        if let Some(w) = self.single() {
+            return w.database_put_back();
+        }
+        match group_record_of(&self.works, &self.group) {
+            Ok(Some(r)) if r.decision == Decision::Database => {
+                self.works[0].remove_group_record(&self.group)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What the journals and the group's record on disk say the next task does with the
+    /// members: the new trees are completed when the group committed, or when the database
+    /// restore may have started and no member is being moved back; else the old trees are
+    /// put back.
+    pub fn next(&self) -> Next {
+        if let Some(w) = self.single() {
+            return w.next();
+        }
+        let record = match group_record_of(&self.works, &self.group) {
+            Ok(r) => r,
+            Err(_) => return Next::RollBack,
+        };
+        let mut phases = Vec::new();
+        for w in &self.works {
+            match w.read_journal() {
+                Ok(j) if j.group.as_ref().is_some_and(|g| g.id == self.group.id) => {
+                    phases.push(j.phase)
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => return Next::RollBack,
+            }
+        }
+        let decision = record.map(|r| r.decision);
+        if decision.is_none() && phases.is_empty() {
+            return Next::Nothing;
+        }
+        if decision == Some(Decision::Committed) || phases.contains(&Phase::Cleanup) {
+            return Next::RollForward;
+        }
+        if decision == Some(Decision::Database)
+            && !phases
+                .iter()
+                .any(|p| matches!(p, Phase::MovingOld | Phase::UndoingNew))
+        {
+            return Next::RollForward;
+        }
+        Next::RollBack
+    }
+
+    /// Replaces every member's entries with its staged tree's, leaving the root names in its
+    /// `kept` (one list per member, in the caller's order) in place. Call with every member's
+    /// lock held and every staged tree complete and synced. Members move one after the other
+    /// (`moving-old`, `moving-new`), every `old/` kept; when all are in and synced, the group's
+    /// record `committed` is written: that is the commit point. On an error before it, every
+    /// member is rolled back before this returns, and the error says so (or, if a rollback
+    /// fails too, names the directory holding that member's old entries; the journals stay
+    /// for the next task, which rolls all of them back). After it, a failure to clean up is a
+    /// warning (returned), never an error.
+    pub fn swap(&self, set: &str, kept: &[Vec<OsString>]) -> Result<Vec<String>> {
+        if let Some(w) = self.single() {
+            let kept = self.sorted(kept)?.remove(0);
+            return w.swap(set, &kept);
+        }
+        let kept = self.sorted(kept)?;
+        swap_members(&self.works, &self.group, set, &kept)
+    }
+}
+
+impl Work {
+    fn group_record(&self) -> PathBuf {
+        self.dir.join(GROUP_RECORD)
+    }
+
+    fn group_record_here(&self) -> bool {
+        fs::symlink_metadata(self.group_record()).is_ok()
+    }
+
+    fn write_group_record(&self, record: &GroupRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).expect("a group record is JSON");
+        self.write_atomic(
+            GROUP_RECORD,
+            &bytes,
+            "cannot write the record of the restore group",
+        )
+    }
+
+    /// Removes this (the leader's) record of `group`, if it is that group's.
+    fn remove_group_record(&self, group: &GroupRef) -> Result<()> {
+        match read_json::<GroupRecord>(&self.group_record()) {
+            Ok(r) if r.id != group.id => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+        self.guard(&[])?;
+        match fs::remove_file(self.group_record()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot remove", &self.group_record(), e)),
+        }
+        fsync_dir(&self.dir).map_err(|e| Error::io("cannot sync", &self.dir, e))?;
+        crash_point();
+        Ok(())
+    }
+
+    fn lock_wait(&self) -> Duration {
+        self.wait.get().copied().unwrap_or(Duration::ZERO)
+    }
+
+    /// The group of an interrupted swap that this volume belongs to: its journal's, or (for
+    /// a leader whose own journal is gone already) its group record's.
+    fn pending_group(&self) -> Result<Option<GroupRef>> {
+        match self.read_journal() {
+            Ok(j) => return Ok(j.group),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // An unreadable journal: recover_here says so.
+            Err(_) => return Ok(None),
+        }
+        match read_json::<GroupRecord>(&self.group_record()) {
+            Ok(r) => Ok(Some(GroupRef {
+                id: r.id,
+                members: r.members,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unreadable(&self.group_record(), &e, &self.volume)),
+        }
+    }
+}
+
+/// The error for an unreadable journal or group record.
+fn unreadable(path: &Path, e: &io::Error, volume: &Path) -> Error {
+    Error::new(
+        ErrorKind::IoError,
+        format!(
+            "the restore journal {} is unreadable ({e}): compare {} with old/ and staged/ beside it by hand, then remove {}",
+            path.display(),
+            volume.display(),
+            path.display()
+        ),
+    )
+}
+
+/// Whether two paths name the same directory (device and inode; the paths themselves when
+/// either cannot be read).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => a == b,
+    }
+}
+
+/// The leader's record of `group` (`works` sorted, the leader first); None when there is
+/// none or it is another group's.
+fn group_record_of(works: &[Work], group: &GroupRef) -> Result<Option<GroupRecord>> {
+    let leader = &works[0];
+    match read_json::<GroupRecord>(&leader.group_record()) {
+        Ok(r) if r.id == group.id => Ok(Some(r)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unreadable(&leader.group_record(), &e, &leader.volume)),
+    }
+}
+
+fn volumes_of(works: &[Work]) -> String {
+    works
+        .iter()
+        .map(|w| w.volume.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The group swap (`works` sorted, the leader first; `kept` in the same order).
+fn swap_members(
+    works: &[Work],
+    group: &GroupRef,
+    set: &str,
+    kept: &[Vec<OsString>],
+) -> Result<Vec<String>> {
+    let previous = group_record_of(works, group)?;
+    // Every member's journal first (phase moving-old, nothing moved yet), so that the next
+    // task on any member knows the whole group, whatever it finds.
+    let mut touched: Vec<(usize, Phase, Names)> = Vec::new();
+    for (i, w) in works.iter().enumerate() {
+        let names = Names {
+            kept: kept[i].clone(),
+            group: Some(group.clone()),
+            ..Names::default()
+        };
+        if let Err(e) = w.start_move(set, &names) {
+            return Err(roll_back_members(works, group, &touched, e, set));
+        }
+        touched.push((i, Phase::MovingOld, names));
+    }
+    // Then each member's moves, one member after the other; every old/ is kept.
+    for t in 0..touched.len() {
+        let i = touched[t].0;
+        let moved = works[i].move_rest(set, &mut touched[t].2);
+        match moved {
+            Ok(()) => touched[t].1 = Phase::MovingNew,
+            Err((e, reached)) => {
+                touched[t].1 = reached.unwrap_or(Phase::MovingOld);
+                return Err(roll_back_members(works, group, &touched, e, set));
+            }
+        }
+    }
+    // The commit point: one atomic record for the whole group.
+    let committed = works[0].write_group_record(&GroupRecord {
+        id: group.id.clone(),
+        set: set.to_string(),
+        members: group.members.clone(),
+        decision: Decision::Committed,
+        db: previous.as_ref().map(|r| r.db.clone()).unwrap_or_default(),
+    });
+    if let Err(e) = committed {
+        // The record may have been renamed into place before the error (a failed directory
+        // sync): put back what it said before rolling back.
+        let restored = match &previous {
+            Some(r) => works[0].write_group_record(r),
+            None => works[0].remove_group_record(group),
+        };
+        if let Err(again) = restored {
+            return Err(Error {
+                message: format!(
+                    "{}; and it could not be taken back ({}): the volumes {} hold the trees of set {set} for now, and the next task on any of them finishes or rolls back all of them as {} says",
+                    e.message,
+                    again.message,
+                    volumes_of(works),
+                    works[0].group_record().display()
+                ),
+                ..e
+            });
+        }
+        return Err(roll_back_members(works, group, &touched, e, set));
+    }
+    // Committed: every member's new tree is in and synced. From here on nothing is undone.
+    let mut warnings = Vec::new();
+    for (i, _, names) in &touched {
+        let w = &works[*i];
+        if let Err(e) = w.write_journal(Phase::Cleanup, set, names) {
+            warnings.push(format!(
+                "set {set} was swapped into {} completely, but {}; the leftovers are removed by the next task",
+                w.volume.display(),
+                e.message
+            ));
+        }
+    }
+    warnings.extend(finish_members(works, &vec![true; works.len()], group));
+    Ok(warnings)
+}
+
+/// Undoes a group swap that failed with `error`: every member in `touched` (with the phase it
+/// reached) goes back to its old tree. Only when all are back is anything removed (`old/`,
+/// `staged/`, the journals, then the group's record), so that a crash or a failed rollback
+/// leaves every journal for the next task. The error, saying what became of the volumes.
+fn roll_back_members(
+    works: &[Work],
+    group: &GroupRef,
+    touched: &[(usize, Phase, Names)],
+    error: Error,
+    set: &str,
+) -> Error {
+    let mut aside = Vec::new();
+    let mut failed: Option<(usize, Error)> = None;
+    for (i, reached, names) in touched.iter().rev() {
+        let w = &works[*i];
+        let undone = (|| -> Result<Vec<String>> {
+            if *reached == Phase::MovingNew {
+                w.undo_new(set, names)?;
+            }
+            let moved = w.move_old_back(&w.conflicts())?;
+            fsync_dir(&w.volume).map_err(|e| Error::io("cannot sync", &w.volume, e))?;
+            Ok(moved)
+        })();
+        match undone {
+            Ok(moved) => aside.extend(moved),
+            Err(e) => {
+                if failed.is_none() {
+                    failed = Some((*i, e));
+                }
+            }
+        }
+    }
+    let volumes = volumes_of(works);
+    if let Some((i, again)) = failed {
+        let w = &works[i];
+        let message = format!(
+            "{}; rolling the volume {} back failed too ({}): its old entries are in {}; the next task on {} rolls back every volume of the group ({volumes}), or by hand: move the entries of {} back into {} (an entry of set {set} in the way goes to {}), then remove the journal.json in each volume's {WORK_DIR} and {}",
+            error.message,
+            w.volume.display(),
+            again.message,
+            w.old().display(),
+            w.volume.display(),
+            w.old().display(),
+            w.volume.display(),
+            w.staged().display(),
+            works[0].group_record().display()
+        );
+        return Error { message, ..error }.detail("old_entries", w.old().display().to_string());
+    }
+    let leftovers = finish_members(works, &vec![true; works.len()], group);
+    let leftovers = if leftovers.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", leftovers.join("; "))
+    };
+    let message = if aside.is_empty() {
+        format!(
+            "{}; the restore was rolled back: the volumes {volumes} hold their old entries again and nothing of set {set} was swapped in{leftovers}",
+            error.message
+        )
+    } else {
+        format!(
+            "{}; the restore was rolled back: the volumes {volumes} hold their old entries again ({}){leftovers}",
+            error.message,
+            aside.join("; ")
+        )
+    };
+    Error { message, ..error }
+}
+
+/// Removes every member's leftovers (those of `ours` only) and journal, then the group's
+/// record once no journal of it is left; what cannot be removed is a warning.
+fn finish_members(works: &[Work], ours: &[bool], group: &GroupRef) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (w, ours) in works.iter().zip(ours) {
+        if *ours {
+            warnings.extend(w.finish());
+        }
+    }
+    let left = works
+        .iter()
+        .zip(ours)
+        .any(|(w, ours)| *ours && w.journal_here());
+    if left {
+        warnings.push(format!(
+            "the record {} of the restore group stays until every volume's journal is removed; the next task removes it",
+            works[0].group_record().display()
+        ));
+    } else if let Err(e) = works[0].remove_group_record(group) {
+        warnings.push(leftover(&works[0].group_record(), &e));
+    }
+    warnings
+}
+
+/// A member back to its old tree, from the phase its journal says (the journal stays).
+fn to_old(w: &Work, journal: &Journal) -> Result<Vec<String>> {
+    let names = Names::of(journal);
+    let conflicts = w.conflicts();
+    w.guard(&[&w.staged(), &w.old(), &conflicts])?;
+    let aside = match journal.phase {
+        Phase::DbRestoring => Vec::new(),
+        Phase::MovingOld => w.move_old_back(&conflicts)?,
+        Phase::MovingNew | Phase::UndoingNew => {
+            w.undo_new(&journal.set, &names)?;
+            w.move_old_back(&conflicts)?
+        }
+        Phase::Cleanup => {
+            return Err(Error::new(
+                ErrorKind::InternalError,
+                format!(
+                    "the journal {} says that the new tree is complete, but its group did not commit",
+                    w.journal().display()
+                ),
+            ));
+        }
+    };
+    fsync_dir(&w.volume).map_err(|e| Error::io("cannot sync", &w.volume, e))?;
+    Ok(aside)
+}
+
+/// Recovery of a group that a crash interrupted: every member (those not in `held` are locked
+/// here, in the group's sorted order, waiting up to `wait`) goes to the side the group's
+/// record decides.
+fn recover_group(
+    group: &GroupRef,
+    held: &[&Work],
+    wait: Duration,
+) -> Result<(Outcomes, Vec<String>)> {
+    let paths = group.paths();
+    let mut works = Vec::new();
+    let mut _locks = Vec::new();
+    for path in &paths {
+        if let Some(w) = held.iter().find(|w| same_dir(&w.volume, path)) {
+            works.push((*w).clone());
+            continue;
+        }
+        let w = Work::of(path)?;
+        let lock = w.lock(Operation::Restore, wait, false).map_err(|e| Error {
+            message: format!(
+                "an interrupted restore swapped the volumes {} together, so they are finished or rolled back together, but {} cannot be locked: {}",
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                path.display(),
+                e.message
+            ),
+            ..e
+        })?;
+        _locks.push(lock);
+        works.push(w);
+    }
+    let record = group_record_of(&works, group)?;
+    let mut journals: Vec<Option<Journal>> = Vec::new();
+    // Whether the member's work directory is this group's to clean (no journal of another
+    // swap in it).
+    let mut ours = Vec::new();
+    for w in &works {
+        match w.read_journal() {
+            Ok(j) if j.group.as_ref().is_some_and(|g| g.id == group.id) => {
+                journals.push(Some(j));
+                ours.push(true);
+            }
+            Ok(_) => {
+                journals.push(None);
+                ours.push(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                journals.push(None);
+                ours.push(true);
+            }
+            Err(e) => return Err(unreadable(&w.journal(), &e, &w.volume)),
+        }
+    }
+    let set = record
+        .as_ref()
+        .map(|r| r.set.clone())
+        .or_else(|| journals.iter().flatten().next().map(|j| j.set.clone()))
+        .unwrap_or_default();
+    let mut warnings = Vec::new();
+    let decision = record.as_ref().map(|r| r.decision);
+    let committed = decision == Some(Decision::Committed)
+        || journals.iter().flatten().any(|j| j.phase == Phase::Cleanup);
+    if committed {
+        let mut list = Vec::new();
+        for (w, j) in works.iter().zip(&journals) {
+            let done = match j.as_ref().map(|j| j.phase) {
+                Some(Phase::MovingNew) => {
+                    w.guard(&[&w.staged(), &w.old(), &w.conflicts()])?;
+                    warnings.extend(move_entries(
+                        &w.staged(),
+                        &w.volume,
+                        &Moves {
+                            root: &w.root(),
+                            skip: &[],
+                            only: None,
+                            conflicts: Some(&w.conflicts()),
+                        },
+                    )?);
+                    fsync_dir(&w.volume).map_err(|e| Error::io("cannot sync", &w.volume, e))?;
+                    Recovered::RolledForward(set.clone())
+                }
+                Some(Phase::Cleanup) | None => Recovered::CleanedUp(set.clone()),
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorKind::InternalError,
+                        format!(
+                            "the restore group of {} committed, but the journal {} says that the volume is not swapped in: compare the volume with old/ and staged/ beside it by hand",
+                            volumes_of(&works),
+                            w.journal().display()
+                        ),
+                    ));
+                }
+            };
+            list.push((w.volume.clone(), done));
+        }
+        warnings.extend(finish_members(&works, &ours, group));
+        return Ok((list, warnings));
+    }
+    // Not committed: every member back to its old tree first (the journals stay).
+    for (w, j) in works.iter().zip(&journals) {
+        if let Some(j) = j {
+            warnings.extend(to_old(w, j)?);
+        }
+    }
+    let rolled_back = |works: &[Work]| {
+        works
+            .iter()
+            .map(|w| (w.volume.clone(), Recovered::RolledBack(set.clone())))
+            .collect::<Vec<_>>()
+    };
+    let record = match (decision, record) {
+        (Some(Decision::Database | Decision::OutOfStep), Some(r)) => r,
+        _ => {
+            warnings.extend(finish_members(&works, &ours, group));
+            return Ok((rolled_back(&works), warnings));
+        }
+    };
+    // The database may come from the set: complete every member from its staged tree if all
+    // are complete, else say loudly that the halves are out of step.
+    let failed = if record.decision == Decision::OutOfStep {
+        "a staged tree was found incomplete".to_string()
+    } else {
+        // A member whose work directory holds another swap's journal (it cannot have one
+        // while the group waits, unless someone meddled) counts as incomplete.
+        let incomplete = works.iter().enumerate().find(|(i, w)| {
+            !(ours[*i]
+                && fs::symlink_metadata(w.staged()).is_ok_and(|m| m.is_dir())
+                && record.db.get(*i).is_some_and(|d| {
+                    crate::volume::live_digest(&w.staged()).is_ok_and(|got| got == d.staged_digest)
+                }))
+        });
+        match incomplete {
+            None => {
+                let kept: Vec<Vec<OsString>> = works
+                    .iter()
+                    .map(|w| special_at_root(&w.volume, &w.staged()))
+                    .collect();
+                match swap_members(&works, group, &set, &kept) {
+                    Ok(more) => {
+                        warnings.extend(more);
+                        let list = works
+                            .iter()
+                            .map(|w| (w.volume.clone(), Recovered::Finished(set.clone())))
+                            .collect();
+                        return Ok((list, warnings));
+                    }
+                    // A rollback failed too: the journals stay for the next task.
+                    Err(e) if works.iter().any(Work::journal_here) => return Err(e),
+                    Err(e) => format!("swapping the staged trees in failed ({})", e.message),
+                }
+            }
+            Some((_, w)) => format!(
+                "the staged tree in {} is no longer complete",
+                w.staged().display()
+            ),
+        }
+    };
+    // Every member is old again; the record says so before anything is removed, so that a
+    // crash from here on still ends with this warning.
+    works[0].write_group_record(&GroupRecord {
+        decision: Decision::OutOfStep,
+        ..record.clone()
+    })?;
+    let safety = record.db.first().and_then(|d| d.safety_set.clone());
+    let before = match &safety {
+        Some(s) => format!(
+            "restore the database from safety set {s} (its db.tgz, see README) to put the installation back as it was, or run the restore of set {set} again"
+        ),
+        None => format!(
+            "no safety set was written: run the restore of set {set} again to bring the volumes in line"
+        ),
+    };
+    warnings.push(format!(
+        "the database may have been restored from set {set} by an interrupted restore, but the volumes {} hold their old trees ({failed}): the halves are out of step; {before}",
+        volumes_of(&works)
+    ));
+    warnings.extend(finish_members(&works, &ours, group));
+    Ok((rolled_back(&works), warnings))
+}
+
+/// A test's simulated crash: with `CRASH_AFTER` set to n, the n+1-th step (a journal or
+/// record written, an entry moved, a record or journal removed) panics right after it is
+/// done, leaving the disk as a SIGKILL would. Nothing in other builds.
+fn crash_point() {
+    #[cfg(test)]
+    tests::CRASH_AFTER.with(|c| match c.get() {
+        Some(0) => {
+            c.set(None);
+            panic!("simulated crash");
+        }
+        Some(n) => c.set(Some(n - 1)),
+        None => {}
+    });
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<T> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes)?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// An error of recovery, saying that it came from finishing an interrupted restore.
@@ -1073,7 +2091,7 @@ fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
     for name in names {
         let target = to.join(&name);
         match rename_noreplace_at(&from_fd, &name, &to_fd, &name) {
-            Ok(()) => {}
+            Ok(()) => crash_point(),
             Err(e) if in_the_way(&e) && moves.conflicts.is_some() => {
                 let conflicts = moves.conflicts.expect("checked");
                 make_dir(moves.root, conflicts)?;
@@ -1199,6 +2217,12 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// See [`crash_point`].
+        pub(super) static CRASH_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(dir)
@@ -1238,6 +2262,7 @@ mod tests {
                 kept: Vec::new(),
                 incoming: (1..=4).map(|i| OsString::from(format!("b{i}"))).collect(),
                 db: None,
+                group: None,
             };
             work.write_journal(phase, "set", &names).unwrap();
             let new_moved = if phase == Phase::MovingNew { moved } else { 4 };
@@ -1313,6 +2338,7 @@ mod tests {
             volume: volume.clone(),
             dir: tmp.path().join(".cwbackup-vol"),
             seen: OnceLock::new(),
+            wait: OnceLock::new(),
         };
         fs::create_dir_all(legacy.old()).unwrap();
         fs::create_dir_all(legacy.staged()).unwrap();
@@ -1471,6 +2497,7 @@ mod tests {
             kept: Vec::new(),
             incoming: (1..=4).map(|i| OsString::from(format!("b{i}"))).collect(),
             db: None,
+            group: None,
         };
         (tmp, work, names)
     }
@@ -1585,6 +2612,7 @@ mod tests {
             kept: Vec::new(),
             incoming: j.incoming.iter().cloned().map(OsString::from_vec).collect(),
             db: j.db,
+            group: None,
         };
         work.write_journal(phase, "set", &names).unwrap();
     }
@@ -1791,5 +2819,615 @@ mod tests {
         let e = work.finish();
         assert!(!e.is_empty());
         assert!(victim.join("old/precious").exists());
+    }
+
+    // ----- Groups -----
+
+    /// Two volumes, p (old tree a1, a2/f) and q (old tree c1, c2/f), with staged trees
+    /// (p: b1, b2/f; q: d1, d2/f), and the group of both (p is the leader).
+    fn two_volumes() -> (tempfile::TempDir, Vec<PathBuf>, Group) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut volumes = Vec::new();
+        for (v, old, new) in [
+            ("p", ["a1", "a2"], ["b1", "b2"]),
+            ("q", ["c1", "c2"], ["d1", "d2"]),
+        ] {
+            let volume = tmp.path().join(v);
+            fs::create_dir(&volume).unwrap();
+            let staged = Work::of(&volume).unwrap().fresh_staged().unwrap();
+            fs::write(volume.join(old[0]), "old").unwrap();
+            fs::create_dir(volume.join(old[1])).unwrap();
+            fs::write(volume.join(old[1]).join("f"), "old").unwrap();
+            fs::write(staged.join(new[0]), "new").unwrap();
+            fs::create_dir(staged.join(new[1])).unwrap();
+            fs::write(staged.join(new[1]).join("f"), "new").unwrap();
+            volumes.push(volume);
+        }
+        // The caller's order is q, p: the group sorts its members itself.
+        let group = Group::new(vec![
+            Work::of(&volumes[1]).unwrap(),
+            Work::of(&volumes[0]).unwrap(),
+        ])
+        .unwrap();
+        (tmp, volumes, group)
+    }
+
+    /// Every path below `dir` (the work directory left out at the root) with the content of
+    /// its files.
+    fn tree(dir: &Path) -> Vec<(String, String)> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
+            for name in names(dir) {
+                let path = dir.join(&name);
+                let rel = format!("{prefix}{name}");
+                if path.is_dir() {
+                    out.push((format!("{rel}/"), String::new()));
+                    walk(&path, &format!("{rel}/"), out);
+                } else {
+                    out.push((rel, fs::read_to_string(&path).unwrap_or_default()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, "", &mut out);
+        out
+    }
+
+    fn expected(a: &str, b: &str, content: &str) -> Vec<(String, String)> {
+        vec![
+            (a.to_string(), content.to_string()),
+            (format!("{b}/"), String::new()),
+            (format!("{b}/f"), content.to_string()),
+        ]
+    }
+
+    /// "old" when both volumes hold their old trees, "new" when both hold the staged ones,
+    /// else what they hold.
+    fn side(volumes: &[PathBuf]) -> String {
+        let (p, q) = (tree(&volumes[0]), tree(&volumes[1]));
+        if p == expected("a1", "a2", "old") && q == expected("c1", "c2", "old") {
+            "old".into()
+        } else if p == expected("b1", "b2", "new") && q == expected("d1", "d2", "new") {
+            "new".into()
+        } else {
+            format!("mixed: p {p:?}, q {q:?}")
+        }
+    }
+
+    /// Nothing of a swap is left in either volume's work directory.
+    fn nothing_left(volumes: &[PathBuf]) {
+        for v in volumes {
+            let work = Work::of(v).unwrap();
+            for path in [
+                work.journal(),
+                work.group_record(),
+                work.old(),
+                work.staged(),
+            ] {
+                assert!(!path.exists(), "{} is left", path.display());
+            }
+        }
+    }
+
+    /// The side the group's record (and journals) on disk decide for the next task.
+    fn decided(volumes: &[PathBuf]) -> &'static str {
+        let leader = Work::of(&volumes[0]).unwrap();
+        let record = read_json::<GroupRecord>(&leader.group_record()).ok();
+        let cleanup = volumes.iter().any(|v| {
+            Work::of(v)
+                .unwrap()
+                .read_journal()
+                .is_ok_and(|j| j.phase == Phase::Cleanup)
+        });
+        let journals = volumes
+            .iter()
+            .any(|v| Work::of(v).unwrap().journal().exists());
+        match record.map(|r| r.decision) {
+            Some(Decision::Committed | Decision::Database) => "new",
+            _ if cleanup => "new",
+            // Nothing left to recover: the swap had finished, only its last removal was done.
+            None if !journals => "new",
+            _ => "old",
+        }
+    }
+
+    fn digest(dir: &Path) -> String {
+        crate::volume::live(dir).unwrap().1
+    }
+
+    fn halves(group: &Group) -> Vec<DbHalf> {
+        group
+            .members()
+            .iter()
+            .map(|w| DbHalf {
+                restored_from: "set".into(),
+                safety_set: Some("pre-restore-1".into()),
+                staged_digest: digest(&w.staged()),
+            })
+            .collect()
+    }
+
+    /// Runs `f` with a simulated crash after `steps` steps; whether it crashed.
+    fn crashing<T>(steps: usize, f: impl FnOnce() -> T) -> Option<T> {
+        CRASH_AFTER.with(|c| c.set(Some(steps)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        CRASH_AFTER.with(|c| c.set(None));
+        outcome.ok()
+    }
+
+    #[test]
+    fn a_group_swaps_every_volume_and_leaves_nothing_of_its_own() {
+        let (_tmp, volumes, group) = two_volumes();
+        assert_eq!(group.members()[0].volume, volumes[1], "the caller's order");
+        let warnings = group.swap("set", &[vec![], vec![]]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(side(&volumes), "new");
+        nothing_left(&volumes);
+        assert_eq!(group.next(), Next::Nothing);
+        assert!(!group.pending());
+    }
+
+    #[test]
+    fn an_error_in_the_second_volume_rolls_back_both() {
+        // q's own entry cannot move out (phase moving-old of the second member), and then
+        // q's staged entry cannot move in (moving-new of the second member, after p's new
+        // tree was in completely).
+        for stuck_in_staged in [false, true] {
+            let (_tmp, volumes, group) = two_volumes();
+            let q = Work::of(&volumes[1]).unwrap();
+            let stuck = if stuck_in_staged {
+                q.staged().join("d2")
+            } else {
+                volumes[1].join("c2")
+            };
+            assert!(chattr("+i", &stuck), "chattr needs root");
+            let swapped = group.swap("set", &[vec![], vec![]]);
+            chattr("-i", &stuck);
+            let e = swapped.unwrap_err();
+            assert!(e.message.contains("rolled back"), "{}", e.message);
+            assert!(
+                e.message.contains(&*volumes[0].to_string_lossy())
+                    && e.message.contains(&*volumes[1].to_string_lossy()),
+                "{}",
+                e.message
+            );
+            assert_eq!(side(&volumes), "old", "stuck in staged: {stuck_in_staged}");
+            assert_eq!(
+                group.next(),
+                Next::Nothing,
+                "the journal is for crashes only"
+            );
+            for v in &volumes {
+                let w = Work::of(v).unwrap();
+                assert!(!w.journal().exists() && !w.group_record().exists());
+                assert!(!w.old().exists());
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_rollback_that_fails_too_leaves_the_journals_and_the_next_task_rolls_all_back() {
+        // With the database half, the journals left complete both volumes from their staged
+        // trees instead (the caller did not put the database back), so those must be intact.
+        for database in [false, true] {
+            let (_tmp, volumes, group) = two_volumes();
+            if database {
+                group.before_database(&halves(&group)).unwrap();
+            }
+            let works = &group.works;
+            // Both members journaled, p's new tree in completely; then q fails, and p's old
+            // entries cannot leave its old/ (immutable).
+            let mut touched = Vec::new();
+            for (i, w) in works.iter().enumerate() {
+                let names = Names {
+                    group: Some(group.group.clone()),
+                    ..Names::default()
+                };
+                w.start_move("set", &names).unwrap();
+                touched.push((i, Phase::MovingOld, names));
+            }
+            works[0]
+                .move_rest("set", &mut touched[0].2)
+                .map_err(|(e, _)| e)
+                .unwrap();
+            touched[0].1 = Phase::MovingNew;
+            assert!(chattr("+i", &works[0].old()), "chattr needs root");
+            let e = roll_back_members(
+                works,
+                &group.group,
+                &touched,
+                Error::new(ErrorKind::IoError, "cannot move an entry of q"),
+                "set",
+            );
+            chattr("-i", &works[0].old());
+            assert!(e.message.contains("failed too"), "{}", e.message);
+            assert!(
+                e.message.contains(&*works[0].old().to_string_lossy()),
+                "{}",
+                e.message
+            );
+            assert_eq!(group.next(), Next::RollBack);
+            assert!(group.pending());
+            // The next task, on q alone, brings p to the same side.
+            let (done, warnings) = Work::of(&volumes[1]).unwrap().recover().unwrap();
+            let (want_done, want) = if database {
+                (Recovered::Finished("set".into()), "new")
+            } else {
+                (Recovered::RolledBack("set".into()), "old")
+            };
+            assert_eq!(done, want_done, "{warnings:?}");
+            assert_eq!(side(&volumes), want);
+            nothing_left(&volumes);
+        }
+    }
+
+    #[test]
+    fn a_crash_at_any_step_of_a_group_swap_leaves_all_old_or_all_new() {
+        for database in [false, true] {
+            let mut seen = Vec::new();
+            for steps in 0.. {
+                let (_tmp, volumes, group) = two_volumes();
+                let halves = halves(&group);
+                let finished = crashing(steps, || {
+                    if database {
+                        group.before_database(&halves).unwrap();
+                    }
+                    group.swap("set", &[vec![], vec![]]).unwrap()
+                });
+                if finished.is_some() {
+                    assert_eq!(side(&volumes), "new");
+                    nothing_left(&volumes);
+                    break;
+                }
+                let want = decided(&volumes);
+                // What the caller is told the next task does agrees with what it does (with
+                // the database half, a member being moved back says RollBack, as for one
+                // volume: the caller then puts the database back and says so with
+                // database_put_back).
+                let next = group.next();
+                assert!(
+                    match (want, database) {
+                        ("new", false) => matches!(next, Next::RollForward | Next::Nothing),
+                        ("new", true) => {
+                            next != Next::RollBack
+                                || volumes.iter().any(|v| {
+                                    Work::of(v).unwrap().read_journal().is_ok_and(|j| {
+                                        matches!(j.phase, Phase::MovingOld | Phase::UndoingNew)
+                                    })
+                                })
+                        }
+                        _ => next == Next::RollBack,
+                    },
+                    "step {steps}: next {next:?}, the record says {want}"
+                );
+                // The next task recovers one of the volumes: sometimes p, sometimes q.
+                let by = &volumes[steps % 2];
+                let (done, warnings) = Work::of(by).unwrap().recover().unwrap();
+                let got = side(&volumes);
+                assert_eq!(
+                    got,
+                    want,
+                    "database {database}, crash after {steps} steps, recovered by {}: {done:?} {warnings:?}",
+                    by.display()
+                );
+                if database && want == "new" {
+                    assert!(
+                        matches!(
+                            done,
+                            Recovered::Finished(_)
+                                | Recovered::RolledForward(_)
+                                | Recovered::CleanedUp(_)
+                                // killed after its very last step
+                                | Recovered::Nothing
+                        ),
+                        "{done:?}"
+                    );
+                }
+                // The other volume's outcome is said too.
+                if done != Recovered::Nothing {
+                    assert!(
+                        warnings
+                            .iter()
+                            .any(|w| w.contains(&*volumes[(steps + 1) % 2].to_string_lossy())),
+                        "{warnings:?}"
+                    );
+                }
+                nothing_left(&volumes);
+                seen.push(got);
+            }
+            assert!(seen.contains(&"old".to_string()) && seen.contains(&"new".to_string()));
+            // Old up to the commit point (or the database record), new from there on.
+            let first_new = seen.iter().position(|s| s == "new").unwrap();
+            assert!(seen[first_new..].iter().all(|s| s == "new"), "{seen:?}");
+            if database {
+                // Only the two db-restoring journals come before the database record.
+                assert_eq!(first_new, 2, "{seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_during_the_recovery_of_a_group_is_recovered_to_the_same_side() {
+        for database in [false, true] {
+            for steps in (0..).step_by(3) {
+                let (_tmp, volumes, group) = two_volumes();
+                let halves = halves(&group);
+                let finished = crashing(steps, || {
+                    if database {
+                        group.before_database(&halves).unwrap();
+                    }
+                    group.swap("set", &[vec![], vec![]]).unwrap()
+                });
+                if finished.is_some() {
+                    break;
+                }
+                let want = decided(&volumes);
+                let snapshot = _tmp.path().join("snapshot");
+                copy_tree(_tmp.path(), &snapshot, &["snapshot"]);
+                for again in 0.. {
+                    // Back to the state the first crash left.
+                    for v in ["p", "q"] {
+                        let _ = fs::remove_dir_all(_tmp.path().join(v));
+                        copy_tree(&snapshot.join(v), &_tmp.path().join(v), &[]);
+                    }
+                    let by = &volumes[again % 2];
+                    let recovered = crashing(again, || Work::of(by).unwrap().recover().unwrap());
+                    if recovered.is_some() {
+                        assert_eq!(side(&volumes), want);
+                        break;
+                    }
+                    let (done, warnings) = Work::of(&volumes[(again + 1) % 2])
+                        .unwrap()
+                        .recover()
+                        .unwrap();
+                    Work::of(by).unwrap().recover().unwrap();
+                    assert_eq!(
+                        side(&volumes),
+                        want,
+                        "database {database}, swap crashed after {steps}, recovery after {again}: {done:?} {warnings:?}"
+                    );
+                    nothing_left(&volumes);
+                }
+            }
+        }
+    }
+
+    /// Copies a tree of plain files and directories (`skip`: root names left out).
+    fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
+        fs::create_dir_all(to).unwrap();
+        for item in fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let name = item.file_name();
+            if skip.iter().any(|s| name == *s) {
+                continue;
+            }
+            let (src, dst) = (item.path(), to.join(&name));
+            if item.file_type().unwrap().is_dir() {
+                copy_tree(&src, &dst, &[]);
+            } else {
+                fs::copy(&src, &dst).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn recovering_one_volume_of_a_group_locks_the_others_or_says_which_is_busy() {
+        let (_tmp, volumes, group) = two_volumes();
+        // Crash while q's new tree moves in: p is all new, q half.
+        let mut steps = 0;
+        loop {
+            let (_t, v, g) = two_volumes();
+            drop(crashing(steps, || {
+                g.swap("set", &[vec![], vec![]]).unwrap()
+            }));
+            let q = Work::of(&v[1]).unwrap();
+            if q.read_journal().is_ok_and(|j| j.phase == Phase::MovingNew)
+                && q.staged().join("d2").exists()
+            {
+                break;
+            }
+            steps += 1;
+        }
+        drop(crashing(steps, || {
+            group.swap("set", &[vec![], vec![]]).unwrap()
+        }));
+        let before = (tree(&volumes[0]), tree(&volumes[1]));
+        assert_eq!(before.0, expected("b1", "b2", "new"));
+        // Another task holds q.
+        let other = Work::of(&volumes[1]).unwrap();
+        let held = other
+            .lock(Operation::Backup, Duration::ZERO, false)
+            .unwrap();
+        let p = Work::of(&volumes[0]).unwrap();
+        let _p_lock = p
+            .lock(Operation::Backup, Duration::from_millis(300), false)
+            .unwrap();
+        let started = std::time::Instant::now();
+        let e = p.recover().unwrap_err();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "it waits as lock() was told"
+        );
+        assert_eq!(e.kind, ErrorKind::Busy);
+        assert!(
+            e.message.contains(&*volumes[1].to_string_lossy()),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            (tree(&volumes[0]), tree(&volumes[1])),
+            before,
+            "nothing moved"
+        );
+        drop(held);
+        let (done, warnings) = p.recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()), "{warnings:?}");
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+    }
+
+    #[test]
+    fn a_journal_written_before_groups_is_recovered_and_a_group_of_one_writes_none_else() {
+        // A journal exactly as the single-volume code wrote it before groups existed.
+        let (_tmp, work) = interrupted(Phase::MovingNew, 2);
+        fs::write(
+            work.journal(),
+            r#"{"phase":"moving-new","set":"set","kept":[],"incoming":[[98,49],[98,50],[98,51],[98,52]]}"#,
+        )
+        .unwrap();
+        let group = Group::new(vec![Work::of(&work.volume).unwrap()]).unwrap();
+        assert_eq!(group.next(), Next::RollForward);
+        let (done, _) = group.recover().unwrap();
+        assert_eq!(
+            done,
+            vec![(work.volume.clone(), Recovered::RolledForward("set".into()))]
+        );
+        assert_eq!(names(&work.volume), ["b1", "b2", "b3", "b4"]);
+        assert!(!work.pending());
+
+        // A group of one journals exactly as the single-volume swap: no group, no record.
+        let (_tmp, work) = interrupted(Phase::MovingOld, 0);
+        fs::remove_file(work.journal()).unwrap();
+        fs::remove_dir(work.old()).unwrap();
+        let group = Group::new(vec![Work::of(&work.volume).unwrap()]).unwrap();
+        drop(crashing(1, || group.swap("set", &[vec![]]).unwrap()));
+        let text = fs::read_to_string(work.journal()).unwrap();
+        assert!(
+            text.starts_with(r#"{"phase":"moving-old","set":"set","kept":[],"incoming":[]"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("group") && !work.group_record().exists(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_group_of_one_crashes_and_recovers_exactly_as_the_single_volume_swap() {
+        for database in [false, true] {
+            for steps in 0.. {
+                let mut outcomes = Vec::new();
+                for as_group in [false, true] {
+                    let (_tmp, work) = interrupted(Phase::MovingOld, 0);
+                    fs::remove_file(work.journal()).unwrap();
+                    fs::remove_dir(work.old()).unwrap();
+                    let half = DbHalf {
+                        restored_from: "set".into(),
+                        safety_set: None,
+                        staged_digest: digest(&work.staged()),
+                    };
+                    let group = Group::new(vec![Work::of(&work.volume).unwrap()]).unwrap();
+                    let finished = crashing(steps, || {
+                        if as_group {
+                            if database {
+                                group.before_database(&[half]).unwrap();
+                            }
+                            group.swap("set", &[vec![]]).unwrap()
+                        } else {
+                            if database {
+                                work.before_database(half).unwrap();
+                            }
+                            work.swap("set", &[]).unwrap()
+                        }
+                    });
+                    let journal = fs::read(work.journal()).ok();
+                    let next = if as_group { group.next() } else { work.next() };
+                    let recovered = work.recover().unwrap();
+                    outcomes.push((finished, journal, next, recovered, names(&work.volume)));
+                }
+                assert_eq!(
+                    outcomes[0], outcomes[1],
+                    "database {database}, crash after {steps}"
+                );
+                if outcomes[0].0.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_whose_database_restore_started_is_completed_or_rolled_back_as_a_whole() {
+        // Crashed during the database restore: completed from the staged trees.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        assert_eq!(group.next(), Next::RollForward);
+        let (done, warnings) = Work::of(&volumes[1]).unwrap().recover().unwrap();
+        assert_eq!(done, Recovered::Finished("set".into()));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("both halves") && w.contains(&*volumes[0].to_string_lossy())),
+            "{warnings:?}"
+        );
+        assert_eq!(side(&volumes), "new");
+        nothing_left(&volumes);
+
+        // One staged tree lost a file meanwhile: no volume is completed, and the warning
+        // names the safety set.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        fs::remove_file(Work::of(&volumes[1]).unwrap().staged().join("d1")).unwrap();
+        let (done, warnings) = Work::of(&volumes[0]).unwrap().recover().unwrap();
+        assert_eq!(done, Recovered::RolledBack("set".into()));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("out of step") && w.contains("pre-restore-1")),
+            "{warnings:?}"
+        );
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+
+        // The database restore failed: forgetting leaves nothing for the next task.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        group.forget_database().unwrap();
+        assert_eq!(group.next(), Next::Nothing);
+        assert!(!group.pending());
+        assert_eq!(side(&volumes), "old");
+
+        // The database was put back after a failed swap whose rollback is left for the next
+        // task: it rolls every volume back, never forward from the set.
+        let (_tmp, volumes, group) = two_volumes();
+        group.before_database(&halves(&group)).unwrap();
+        let mut names = Names {
+            group: Some(group.group.clone()),
+            ..Names::default()
+        };
+        group.works[0]
+            .move_in("set", &mut names)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert_eq!(group.next(), Next::RollForward);
+        group.works[0].undo_new("set", &names).unwrap();
+        assert_eq!(
+            group.next(),
+            Next::RollBack,
+            "moving back: the caller puts the database back"
+        );
+        group.database_put_back().unwrap();
+        assert_eq!(group.next(), Next::RollBack);
+        let (done, _) = group.recover().unwrap();
+        assert!(
+            done.iter()
+                .all(|(_, d)| *d == Recovered::RolledBack("set".into())),
+            "{done:?}"
+        );
+        assert_eq!(side(&volumes), "old");
+        nothing_left(&volumes);
+    }
+
+    #[test]
+    fn a_volume_inside_another_cannot_be_in_its_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outer = tmp.path().join("outer");
+        fs::create_dir_all(outer.join("inner")).unwrap();
+        let e = Group::new(vec![
+            Work::of(&outer).unwrap(),
+            Work::of(&outer.join("inner")).unwrap(),
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidTask);
+        assert!(e.message.contains("inside"), "{}", e.message);
     }
 }

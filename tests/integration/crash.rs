@@ -531,3 +531,108 @@ fn a_backup_during_a_restore_is_busy_or_waits() {
     assert!(!r.changed, "{}", r.msg);
     run_ok(&json!({"operation": "verify", "repository": f.repo}));
 }
+
+/// Two volumes, p and q, as a restore of both (one journal for all, issue 13) leaves them
+/// when killed: p's new tree completely in (its old entries in `old/`), q's old entries half
+/// moved out; with the group's `committed` record or without it. A single-volume backup of
+/// either volume first brings BOTH to the same side: without the record both are old, with it
+/// both new; the other volume's outcome is a warning naming it, and neither keeps a work
+/// directory.
+#[test]
+fn a_single_volume_task_finishes_a_killed_restore_of_several_volumes_on_all_of_them() {
+    for committed in [false, true] {
+        for by in ["p", "q"] {
+            let f = Fixture::empty();
+            let (p, q) = (f.path("p"), f.path("q"));
+            let members: Vec<Vec<u8>> = [&p, &q]
+                .iter()
+                .map(|v| {
+                    fs::create_dir(v).unwrap();
+                    use std::os::unix::ffi::OsStrExt;
+                    fs::canonicalize(v).unwrap().as_os_str().as_bytes().to_vec()
+                })
+                .collect();
+            let group = json!({"id": "20261127T200000Z-1-000000001", "members": members});
+            let (pw, qw) = (restore_work_dir(&p), restore_work_dir(&q));
+            // p: swapped in completely (moving-new done), its old tree in old/.
+            write(&pw.join("old/a1"), b"old p", 0o644);
+            write(&p.join("b1"), b"new p", 0o644);
+            fs::create_dir_all(pw.join("staged")).unwrap();
+            // q: moving-old, one of two old entries moved out; its staged tree complete, or
+            // (committed) moving-new finished too.
+            if committed {
+                write(&qw.join("old/c1"), b"old q", 0o644);
+                write(&qw.join("old/c2"), b"old q", 0o644);
+                write(&q.join("d1"), b"new q", 0o644);
+                fs::create_dir_all(qw.join("staged")).unwrap();
+            } else {
+                write(&qw.join("old/c1"), b"old q", 0o644);
+                write(&q.join("c2"), b"old q", 0o644);
+                write(&qw.join("staged/d1"), b"new q", 0o644);
+            }
+            let journal = |phase: &str, incoming: &[&str]| {
+                let incoming: Vec<Vec<u8>> =
+                    incoming.iter().map(|n| n.as_bytes().to_vec()).collect();
+                json!({"phase": phase, "set": "s1", "kept": [], "incoming": incoming, "group": group})
+                    .to_string()
+            };
+            write(
+                &pw.join("journal.json"),
+                journal("moving-new", &["b1"]).as_bytes(),
+                0o600,
+            );
+            if committed {
+                write(
+                    &qw.join("journal.json"),
+                    journal("moving-new", &["d1"]).as_bytes(),
+                    0o600,
+                );
+                let record = json!({"id": group["id"], "set": "s1", "members": group["members"],
+                                    "decision": "committed"});
+                write(&pw.join("group.json"), record.to_string().as_bytes(), 0o600);
+            } else {
+                write(
+                    &qw.join("journal.json"),
+                    journal("moving-old", &[]).as_bytes(),
+                    0o600,
+                );
+            }
+            let vol = if by == "p" { &p } else { &q };
+            let r = run_ok(&json!({"operation": "backup", "repository": f.repo,
+                                   "volume": {"path": vol}}));
+            let other = if by == "p" { &q } else { &p };
+            assert!(
+                r.warnings
+                    .iter()
+                    .any(|w| w.contains(&*other.to_string_lossy())),
+                "committed {committed}, by {by}: {:?}",
+                r.warnings
+            );
+            let (want_p, want_q) = if committed {
+                (vec![("b1", "new p")], vec![("d1", "new q")])
+            } else {
+                (
+                    vec![("a1", "old p")],
+                    vec![("c1", "old q"), ("c2", "old q")],
+                )
+            };
+            for (v, want) in [(&p, want_p), (&q, want_q)] {
+                let mut got: Vec<(String, String)> = fs::read_dir(v)
+                    .unwrap()
+                    .map(|e| {
+                        let e = e.unwrap();
+                        let name = e.file_name().into_string().unwrap();
+                        let content = fs::read_to_string(e.path()).unwrap_or_default();
+                        (name, content)
+                    })
+                    .collect();
+                got.sort();
+                let want: Vec<(String, String)> = want
+                    .into_iter()
+                    .map(|(n, c)| (n.to_string(), c.to_string()))
+                    .collect();
+                assert_eq!(got, want, "committed {committed}, by {by}, {}", v.display());
+            }
+        }
+    }
+}
