@@ -114,17 +114,21 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         .iter()
         .map(|v| swap::Work::of(&v.dir))
         .collect::<Result<Vec<_>>>()?;
-    let _volume_locks = works
-        .iter()
-        .map(|w| w.lock(Operation::Backup, task.wait_for_lock, task.dry_run))
-        .collect::<Result<Vec<_>>>()?;
-    // A volume left half-swapped by a killed restore is made whole before it is read.
-    if !task.dry_run {
-        for w in &works {
-            let (done, more) = w.recover()?;
-            warnings.extend(more);
-            warnings.extend(done.describe(&w.volume));
-        }
+    let group = if works.is_empty() {
+        None
+    } else {
+        Some(swap::Group::new(works)?)
+    };
+    let _volume_locks = group
+        .as_ref()
+        .map(|g| g.lock(Operation::Backup, task.wait_for_lock, task.dry_run))
+        .transpose()?;
+    // A volume left half-swapped by a killed restore is made whole before it is read (with
+    // every other volume that restore swapped together with it).
+    if let (Some(g), false) = (&group, task.dry_run) {
+        let (done, more) = g.recover()?;
+        warnings.extend(more);
+        warnings.extend(done.iter().filter_map(|(dir, d)| d.describe(dir)));
     }
     let sets = repo
         .as_ref()

@@ -40,7 +40,7 @@ use crate::task::{Compression, Operation, RestoreOptions, Task};
 use crate::volume;
 use crate::volume::digest::{self, Lines};
 use crate::volume::extract::Contents;
-use crate::volume::swap::{self, Work};
+use crate::volume::swap::{self, Group, Work};
 use crate::volume::tree;
 
 /// Test-only hook: with `CWBACKUP_TEST_PAUSE_BEFORE_SWAP=<file>`, a restore writes
@@ -165,7 +165,7 @@ struct Target<'s> {
     live: LiveVolume,
     component: &'s Component,
     tree: &'s Tree,
-    work: Work,
+    work: &'s Work,
 }
 
 pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
@@ -176,31 +176,32 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
 
     let repo = Repository::open(&task.repository)?;
     let _repo_lock = repo.lock(Operation::Restore, task.wait_for_lock)?;
-    let works = volumes
+    // Every volume of the task, locked together (in one order, so two tasks never wait for
+    // each other in a cycle), and made whole first if a killed restore left any half-swapped.
+    let all = volumes
         .iter()
         .map(|v| Work::of(&v.dir))
         .collect::<Result<Vec<_>>>()?;
-    let _volume_locks = works
-        .iter()
-        .map(|w| w.lock(Operation::Restore, task.wait_for_lock, task.dry_run))
-        .collect::<Result<Vec<_>>>()?;
+    let all = if all.is_empty() { None } else { Some(Group::new(all)?) };
+    let _volume_locks = all
+        .as_ref()
+        .map(|g| g.lock(Operation::Restore, task.wait_for_lock, task.dry_run))
+        .transpose()?;
     if !task.dry_run {
         repo.clean_staging()?;
     }
-    for w in &works {
+    if let Some(g) = &all {
         if task.dry_run {
-            if w.pending() {
-                warnings.push(format!(
-                    "an interrupted restore into {} will be finished first",
-                    w.volume.display()
-                ));
+            if g.pending() {
+                warnings.push("an interrupted restore will be finished first".to_string());
             }
         } else {
-            let (done, more) = w.recover()?;
+            let (done, more) = g.recover()?;
             warnings.extend(more);
-            warnings.extend(done.describe(&w.volume));
+            warnings.extend(done.iter().filter_map(|(dir, d)| d.describe(dir)));
         }
     }
+    let works = all.as_ref().map(Group::members).unwrap_or_default();
 
     let set = choose(&repo, opts)?;
     let mut targets = Vec::with_capacity(volumes.len());
@@ -227,12 +228,6 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             ));
         }
     };
-    if targets.len() > 1 {
-        return Err(Error::new(
-            ErrorKind::InvalidTask,
-            "/volumes: a restore of several volumes at once is not available yet; restore them one at a time with `volume`",
-        ));
-    }
 
     // The listing each volume's plan decides on (its fingerprint: a second listing of a large
     // volume would double restore's memory): the swap happens only while the volume still
@@ -254,7 +249,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                 let stop = AtomicBool::new(false);
                 std::thread::scope(|inner| {
                     let staging = (!task.dry_run)
-                        .then(|| inner.spawn(|| Staged::extract(&t.work, &repo, &set, t, &stop)));
+                        .then(|| inner.spawn(|| Staged::extract(t.work, &repo, &set, t, &stop)));
                     let live = live_state(&t.live.dir, t.tree, task.diff);
                     let needed = matches!(&live, Ok(l) if opts.force || l.digest() != Some(&t.component.content_digest));
                     if !needed {
@@ -282,7 +277,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         ));
     }
     let mut live = Vec::with_capacity(read.len());
-    let mut staged = Vec::with_capacity(read.len());
+    let mut staged: Vec<Option<Staged>> = Vec::with_capacity(read.len());
     for r in read {
         let (l, s) = r?;
         live.push(l);
@@ -402,56 +397,86 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             still_as_decided(&t.live.dir, &decided[i], &set, safety.as_ref())?;
         }
     }
+    // The volumes to swap in, as one group: one journal for all of them, so that after an
+    // error all keep their old trees, and after a kill all end old or all new.
     let restoring: Vec<usize> = (0..targets.len()).filter(|i| staged[*i].is_some()).collect();
+    let swap = if restoring.is_empty() {
+        None
+    } else {
+        Some(Group::new(
+            restoring.iter().map(|&i| targets[i].work.clone()).collect(),
+        )?)
+    };
     if let (true, Some((c, db))) = (plan.db_needed(), db_target) {
         // The journal says, before the database may change, that it does: a crash from here
         // on is recovered by completing the volumes from the staged trees (complete and synced
         // by now), so the halves stay together.
-        for &i in &restoring {
-            targets[i].work.before_database(swap::DbHalf {
-                restored_from: set.id.clone(),
-                safety_set: safety.as_ref().map(|s| s.id.clone()),
-                staged_digest: targets[i].component.content_digest.clone(),
-            })?;
+        if let Some(g) = &swap {
+            let halves: Vec<swap::DbHalf> = restoring
+                .iter()
+                .map(|&i| swap::DbHalf {
+                    restored_from: set.id.clone(),
+                    safety_set: safety.as_ref().map(|s| s.id.clone()),
+                    staged_digest: targets[i].component.content_digest.clone(),
+                })
+                .collect();
+            g.before_database(&halves)?;
         }
         // A failure here drops the staged trees, which removes them: no volume was touched.
         if let Err(e) = c.restore(&|| open_db(&repo, &set, db)) {
-            for &i in &restoring {
-                targets[i].work.forget_database()?;
+            if let Some(g) = &swap {
+                g.forget_database()?;
             }
             return Err(database_may_have_changed(e, safety.as_ref()));
         }
     }
-    for (i, staged) in staged.into_iter().enumerate() {
-        let Some(staged) = staged else { continue };
-        let t = &targets[i];
-        let dir = &t.live.dir;
+    if let Some(g) = &swap {
         let swapped = (|| {
             test_pause();
-            let specials = still_as_decided(dir, &decided[i], &set, safety.as_ref())?;
-            let kept = special_files(dir, &specials, &t.work.staged(), &set.id, &mut warnings);
-            staged.swap_in(&set.id, &kept)
+            // Every volume must still have the listing decided on, checked again just before.
+            let mut kept = Vec::with_capacity(restoring.len());
+            for &i in &restoring {
+                let t = &targets[i];
+                let specials = still_as_decided(&t.live.dir, &decided[i], &set, safety.as_ref())?;
+                kept.push(special_files(
+                    &t.live.dir,
+                    &specials,
+                    &t.work.staged(),
+                    &set.id,
+                    &mut warnings,
+                ));
+            }
+            // From here on the staged trees belong to the swap's journal: recovery needs them
+            // after a kill, and the volume lock's release removes them otherwise.
+            for s in staged.iter_mut().flatten() {
+                s.remove_on_drop = false;
+            }
+            g.swap(&set.id, &kept)
         })();
         match swapped {
             Ok(more) => warnings.extend(more),
             Err(e) => {
-                let w = &t.work;
-                // A check before the swap failed: the volume was not touched.
-                if let Err(again) = w.forget_database() {
+                // A check before the swap failed: no volume was touched.
+                if let Err(again) = g.forget_database() {
                     return Err(Error {
                         message: format!("{}; {}", e.message, again.message),
                         ..e
                     });
                 }
-                return Err(match (plan.db_needed(), &client, w.next()) {
-                    // The journal left behind completes the volume from the set: the database
+                let dirs = restoring
+                    .iter()
+                    .map(|&i| targets[i].live.dir.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(match (plan.db_needed(), &client, g.next()) {
+                    // The journal left behind completes the volumes from the set: the database
                     // stays as restored.
                     (true, Some(_), swap::Next::RollForward) => Error {
                         message: format!(
-                            "{}; the database was restored from set {} and stays so: the next task on {} completes the volume from the set too",
+                            "{}; the database was restored from set {} and stays so: the next task on {dirs} completes the {} from the set too",
                             e.message,
                             set.id,
-                            dir.display()
+                            if restoring.len() == 1 { "volume" } else { "volumes" }
                         ),
                         ..e
                     },
@@ -464,9 +489,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                             safety.as_ref(),
                             next == swap::Next::Nothing,
                         );
-                        // The journal left for the next task must not complete the volume
+                        // The journal left for the next task must not complete the volumes
                         // from the set under a database that was put back.
-                        match (put_back, w.database_put_back()) {
+                        match (put_back, g.database_put_back()) {
                             (true, Err(again)) => Error {
                                 message: format!("{}; {}", e.message, again.message),
                                 ..e
@@ -697,6 +722,7 @@ struct Staged<'a> {
     work: &'a Work,
     /// What the archive holds.
     contents: Contents,
+    /// Until the swap starts: from then on the swap's journal owns the staged tree.
     remove_on_drop: bool,
 }
 
@@ -742,13 +768,6 @@ impl<'a> Staged<'a> {
         }
     }
 
-    /// Swaps the staged tree into the volume, leaving the root names in `kept` in place
-    /// (journaled: an error is rolled back before this returns; after a crash the next run
-    /// finishes or rolls back the swap, so the staged tree must stay).
-    fn swap_in(mut self, set: &str, kept: &[OsString]) -> Result<Vec<String>> {
-        self.remove_on_drop = false;
-        self.work.swap(set, kept)
-    }
 }
 
 impl Drop for Staged<'_> {

@@ -892,10 +892,10 @@ fn a_volume_written_to_before_the_swap_is_a_consistency_error_and_untouched() {
 }
 
 /// `chattr +i` on `path` (and `-i` when dropped, so that the fixture can be removed).
-struct Immutable(PathBuf);
+pub struct Immutable(PathBuf);
 
 impl Immutable {
-    fn set(path: &Path) -> Immutable {
+    pub fn set(path: &Path) -> Immutable {
         let ok = std::process::Command::new("chattr")
             .arg("+i")
             .arg(path)

@@ -247,3 +247,167 @@ fn the_database_of_a_first_release_set_is_restored_through_the_api() {
     let again = run_ok(&a.task("restore"));
     assert!(!again.changed, "{}", again.msg);
 }
+
+/// Asserts that no volume holds anything of the tool's once the task returned.
+fn nothing_left(volumes: &[&Path]) {
+    for v in volumes {
+        assert!(
+            !restore_work_dir(v).exists(),
+            "{}: the work directory is removed",
+            v.display()
+        );
+    }
+}
+
+#[test]
+fn a_restore_of_volumes_puts_back_each_that_changed() {
+    let t = Two::new();
+    run_ok(&t.task("backup"));
+    let (old_a, old_b) = (listing(&t.a), listing(&t.b));
+    write(&t.a.join("services/new.yml"), b"x", 0o644);
+    write(&t.b.join("postgresql.conf"), b"max_connections = 5\n", 0o600);
+    let (changed_a, changed_b) = (spec_digest(&t.a), spec_digest(&t.b));
+    let r = run_ok(&t.task("restore"));
+    assert!(r.changed, "{}", r.msg);
+    assert!(r.msg.contains("restored the volumes a, b"), "{}", r.msg);
+    let components = r.components.unwrap();
+    assert!(components.iter().all(|c| c.changed), "{components:?}");
+    assert_eq!(listing(&t.a), old_a);
+    assert_eq!(listing(&t.b), old_b);
+    // The safety set holds both volumes as they were.
+    let safety = r.safety_backup.unwrap().manifest.unwrap();
+    assert_eq!(safety.component("a").unwrap().content_digest, changed_a);
+    assert_eq!(safety.component("b").unwrap().content_digest, changed_b);
+    assert_eq!(safety.component("b").unwrap().file, "volumes/b.tar.gz");
+    nothing_left(&[&t.a, &t.b]);
+    // Nothing differs: nothing written.
+    let again = run_ok(&t.task("restore"));
+    assert!(!again.changed, "{}", again.msg);
+    // One volume differs: only that one is restored.
+    write(&t.b.join("base/1/1259"), b"truncated", 0o600);
+    let one = run_ok(&t.task("restore"));
+    assert!(one.msg.contains("restored the volume b "), "{}", one.msg);
+    let components = one.components.unwrap();
+    assert!(!components[0].changed && components[1].changed, "{components:?}");
+    assert_eq!(listing(&t.b), old_b);
+    nothing_left(&[&t.a, &t.b]);
+}
+
+#[test]
+fn a_dry_run_of_a_restore_of_volumes_reports_the_plan_and_changes_nothing() {
+    let t = Two::new();
+    run_ok(&t.task("backup"));
+    write(&t.b.join("extra"), b"x", 0o644);
+    let before = (listing(&t.a), listing(&t.b));
+    let mut task = t.task("restore");
+    task["dry_run"] = json!(true);
+    task["diff"] = json!(true);
+    let r = run_ok(&task);
+    assert!(r.changed && r.dry_run);
+    assert!(r.msg.contains("would restore the volume b "), "{}", r.msg);
+    let diff = r.diff.unwrap();
+    assert_eq!(diff.after["volume_changes"]["b"]["files_removed"], json!(1), "{diff:?}");
+    assert_eq!((listing(&t.a), listing(&t.b)), before);
+    assert_eq!(t.f.set_ids().len(), 1, "no safety set in a dry run");
+}
+
+#[test]
+fn a_swap_that_fails_in_the_second_volume_leaves_both_volumes_old() {
+    let t = Two::new();
+    write(&t.b.join("m-immutable"), b"m", 0o644);
+    run_ok(&t.task("backup"));
+    write(&t.a.join("services/new.yml"), b"x", 0o644);
+    write(&t.b.join("a-changed"), b"x", 0o644);
+    // The volumes swap in the order of their paths: a is in, then b's old entries cannot move.
+    let guard = crate::restore::Immutable::set(&t.b.join("m-immutable"));
+    let before = (listing(&t.a), listing(&t.b));
+    let mut task = t.task("restore");
+    task["safety_backup"] = json!(false);
+    let r = run(&task);
+    let e = r.result.error.expect("an immutable entry cannot be moved");
+    assert!(e.message.contains("rolled back"), "{}", e.message);
+    assert_eq!((listing(&t.a), listing(&t.b)), before, "both volumes keep their old trees");
+    nothing_left(&[&t.a, &t.b]);
+    drop(guard);
+    let r = run_ok(&task);
+    assert!(r.changed);
+    assert!(!t.a.join("services/new.yml").exists() && !t.b.join("a-changed").exists());
+    nothing_left(&[&t.a, &t.b]);
+}
+
+#[test]
+fn sigkill_during_a_restore_of_volumes_leaves_all_old_or_all_new() {
+    let shm = Path::new("/dev/shm");
+    let f = if shm.is_dir() {
+        Fixture::empty_in(shm)
+    } else {
+        Fixture::empty()
+    };
+    let (a, b) = (f.path("a"), f.path("b"));
+    let fill = |dir: &Path, tag: &str| {
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir(dir).unwrap();
+        for i in 0..1500 {
+            write(&dir.join(format!("{tag}{i:04}")), tag.as_bytes(), 0o644);
+        }
+    };
+    fill(&a, "new-a");
+    fill(&b, "new-b");
+    let new = (spec_digest(&a), spec_digest(&b));
+    let task = |op: &str| {
+        json!({"operation": op, "repository": f.repo, "volumes": [
+            {"path": a, "name": "a"}, {"path": b, "name": "b"}]})
+    };
+    let set = run_ok(&task("backup")).backup.unwrap().id;
+    fill(&a, "old-a");
+    fill(&b, "old-b");
+    let old = (spec_digest(&a), spec_digest(&b));
+    let mut restore = task("restore");
+    restore["safety_backup"] = json!(false);
+    restore["backup_id"] = json!(set);
+    let (mut all_old, mut all_new) = (0, 0);
+    for delay_us in [0u64, 2_000, 5_000, 10_000, 20_000, 35_000, 60_000] {
+        fill(&a, "old-a");
+        fill(&b, "old-b");
+        let mut child = spawn(&restore);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !restore_journal(&a).exists()
+            && !restore_journal(&b).exists()
+            && child.try_wait().unwrap().is_none()
+        {
+            assert!(std::time::Instant::now() < deadline, "the swap never started");
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(delay_us));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The next task on ONE of the volumes (a backup of b alone, into another repository)
+        // brings both to the same side.
+        run_ok(&json!({"operation": "backup", "repository": f.path("other-repo"),
+                       "volume": {"path": b}, "force": true}));
+        // The volumes' content, as every digest of the tool sees it: without the work
+        // directory, which a kill before the group's journals were all written leaves in the
+        // volume not yet touched again (its tree is the old one; its own next task removes it).
+        let content = |v: &Path| {
+            let mut l = listing(v);
+            l.retain(|k, _| !k.starts_with(b".cwbackup-work"));
+            spec_digest_of(&l)
+        };
+        let now = (content(&a), content(&b));
+        assert!(
+            now == old || now == new,
+            "after a kill {delay_us}µs into the swap the volumes are out of step"
+        );
+        if now == old {
+            all_old += 1
+        } else {
+            all_new += 1
+        }
+        // The next task on a leaves nothing of the tool's in either volume.
+        run_ok(&json!({"operation": "backup", "repository": f.path("other-repo"),
+                       "volume": {"path": a}, "force": true}));
+        assert_eq!((content(&a), content(&b)), now, "a's own task changed nothing more");
+        nothing_left(&[&a, &b]);
+    }
+    eprintln!("two-volume swap kills: {all_old} all old, {all_new} all new");
+}
