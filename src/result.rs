@@ -38,8 +38,10 @@ pub struct TaskResult {
     /// What happened to the database half.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db: Option<DbOutcome>,
-    /// backup, restore, verify: one entry per component touched or checked (`volume` and
-    /// `db` above repeat the components of those names, for single-volume playbooks).
+    /// backup, restore: one entry per component written, found unchanged or restored; verify:
+    /// the components of the named set, or else of the newest set that is not a safety set.
+    /// (`volume` and `db` above repeat the components of those names, for single-volume
+    /// playbooks.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub components: Option<Vec<ComponentOutcome>>,
     /// list: the complete sets, newest first; prune: the sets deleted (or that would be).

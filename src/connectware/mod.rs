@@ -614,7 +614,8 @@ impl Client {
             let (stored, length) = open()?;
             let part = reqwest::blocking::multipart::Part::reader_with_length(stored, length)
                 .file_name("db.tgz")
-                .mime_str("application/gzip")
+                // What reqwest's Form::file gave a `.tgz` before (mime_guess), kept.
+                .mime_str("application/x-compressed")
                 .map_err(|e| Error::new(ErrorKind::InternalError, e.to_string()))?;
             let form = reqwest::blocking::multipart::Form::new().part("file", part);
             Ok(self

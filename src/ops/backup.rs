@@ -144,8 +144,13 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         return retain(repo.as_ref(), task, opts, result);
     }
     let newest = sets.iter().find(|s| !s.is_safety());
-    // The set an unchanged installation would equal: no reason to write anyway.
-    let comparable = newest.filter(|_| opts.backup_id.is_none() && !opts.force);
+    // The set an unchanged installation would equal: the same components, and no reason to
+    // write anyway. Without one, every component is archived straight away (no hashing).
+    let comparable = newest.filter(|s| {
+        opts.backup_id.is_none()
+            && !opts.force
+            && same_components(&s.manifest, &volumes, client.is_some())
+    });
     let before = json!({"newest_set": newest.map(|s| &s.id)});
 
     // Without the database, the plan needs only the volumes' digests.
@@ -171,7 +176,12 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     if task.dry_run {
         let mut msg = "would write a new backup set".to_string();
         if client.is_some() {
-            msg = "would take a database backup and write a new set, unless every component turns out unchanged".to_string();
+            msg = if volumes.len() > 1 {
+                "would take a database backup and write a new set, unless every component turns out unchanged"
+            } else {
+                "would take a database backup and write a new set, unless both halves turn out unchanged"
+            }
+            .to_string();
             warnings.push(
                 "a dry run cannot tell whether the database changed: that needs a server-side backup, which a dry run does not start"
                     .to_string(),
@@ -199,7 +209,8 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         compression: opts.compression,
         verify: opts.verify,
         id: opts.backup_id.clone(),
-        comparable,
+        // Without the database, the volumes were compared above: they changed.
+        comparable: comparable.filter(|_| client.is_some()),
     };
     let result = match taking.take(None, &mut warnings)? {
         Taken::Unchanged(set, status) => {
@@ -235,13 +246,22 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     retain(Some(&repo), task, opts, result)
 }
 
-/// `the volume is` / `the volumes are` (`the volume` / `the volumes` with `and`).
+/// Whether a set holds exactly the components a task would write: its volumes, and the
+/// database with `api`.
+fn same_components(m: &Manifest, volumes: &[LiveVolume], with_db: bool) -> bool {
+    m.components.len() == volumes.len() + usize::from(with_db)
+        && volumes.iter().all(|v| m.component(&v.name).is_some_and(|c| c.is_volume()))
+        && (!with_db || m.db().is_some())
+}
+
+/// `the volume is` / `the volumes are` (`the volume` / `the volumes` before `and the
+/// database`, as a single-volume or database-only task has always said).
 fn what_is(volumes: &[LiveVolume], and: bool) -> &'static str {
-    match (volumes.len(), and) {
-        (1, false) => "the volume is",
-        (_, false) => "the volumes are",
-        (1, true) => "the volume",
-        (_, true) => "the volumes",
+    match (volumes.len() > 1, and) {
+        (false, false) => "the volume is",
+        (true, false) => "the volumes are",
+        (false, true) => "the volume",
+        (true, true) => "the volumes",
     }
 }
 

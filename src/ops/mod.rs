@@ -197,8 +197,10 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
                 format!("/volumes: two volumes are named `{name}`; give each a unique `name`"),
             ));
         }
+        let real = canonical(&found.dir);
         for other in &out {
-            if found.dir.starts_with(&other.dir) || other.dir.starts_with(&found.dir) {
+            let other_real = canonical(&other.dir);
+            if real.starts_with(&other_real) || other_real.starts_with(&real) {
                 return Err(Error::new(
                     ErrorKind::InvalidTask,
                     format!(
@@ -219,44 +221,40 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
     Ok(out)
 }
 
-/// Whether a name can name a volume component.
+/// Whether a name can name a volume component (not the names of the other kinds).
 fn valid_component_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && !["db", "files"].contains(&name)
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    manifest::safe_component_name(name) && !["db", "files"].contains(&name)
+}
+
+/// A path with its symlinks resolved; one that does not exist yet has its nearest existing
+/// ancestor canonicalized and the rest appended.
+fn canonical(p: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut at = p;
+    loop {
+        match at.canonicalize() {
+            Ok(real) => {
+                return missing
+                    .iter()
+                    .rev()
+                    .fold(real, |acc: PathBuf, part| acc.join(part));
+            }
+            Err(_) => match (at.parent(), at.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_os_string());
+                    at = parent;
+                }
+                _ => return p.to_path_buf(),
+            },
+        }
+    }
 }
 
 /// Refuses a repository inside the volume, or a volume inside the repository, comparing
-/// canonical paths (the repository may not exist yet: its nearest existing ancestor is
-/// canonicalized and the rest appended).
+/// canonical paths (the repository may not exist yet).
 fn check_apart(repository: &Path, volume_dir: &Path, source: &VolumeSource) -> Result<()> {
-    let canonical = |p: &Path| -> Result<PathBuf> {
-        let mut missing = Vec::new();
-        let mut at = p;
-        loop {
-            match at.canonicalize() {
-                Ok(real) => {
-                    return Ok(missing
-                        .iter()
-                        .rev()
-                        .fold(real, |acc: PathBuf, part| acc.join(part)));
-                }
-                Err(_) => match (at.parent(), at.file_name()) {
-                    (Some(parent), Some(name)) => {
-                        missing.push(name.to_os_string());
-                        at = parent;
-                    }
-                    _ => return Ok(p.to_path_buf()),
-                },
-            }
-        }
-    };
-    let repo = canonical(repository)?;
-    let vol = canonical(volume_dir)?;
+    let repo = canonical(repository);
+    let vol = canonical(volume_dir);
     let shown_vol = match source {
         VolumeSource::Path(_) => volume_dir.display().to_string(),
         VolumeSource::Docker(name) => format!("{} (Docker volume {name})", volume_dir.display()),

@@ -77,7 +77,8 @@ impl Live {
 pub enum LiveDb {
     /// The task has no `api`.
     NotAsked,
-    /// A dry run: compared only by a server-side backup, which a dry run does not start.
+    /// Not compared: a dry run (that needs a server-side backup, which a dry run does not
+    /// start), or `force`.
     NotCompared,
     /// The content digest of a fresh backup through the API.
     Digest(String),
@@ -241,15 +242,27 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     // the restore needs if the volume differs. A staged tree is only a candidate until the
     // checksums match and the plan needs it; a plan that does not calls the extraction off
     // and removes what it wrote.
+    // One flag per volume calls its extraction off: set when the volume turns out equal, and
+    // for every volume as soon as the checksums find the set damaged.
+    let stops: Vec<AtomicBool> = targets.iter().map(|_| AtomicBool::new(false)).collect();
     let (problems, read) = std::thread::scope(|scope| {
-        let sums = scope.spawn(|| crate::repository::check::checksums(repo.opener(&set), &set.manifest));
+        let sums = scope.spawn(|| {
+            let problems =
+                crate::repository::check::checksums(repo.opener(&set), &set.manifest);
+            if !problems.is_empty() {
+                for stop in &stops {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            problems
+        });
         let read: Vec<Result<(Live, Option<Staged>)>> = targets
             .iter()
-            .map(|t| {
-                let stop = AtomicBool::new(false);
+            .zip(&stops)
+            .map(|(t, stop)| {
                 std::thread::scope(|inner| {
                     let staging = (!task.dry_run)
-                        .then(|| inner.spawn(|| Staged::extract(t.work, &repo, &set, t, &stop)));
+                        .then(|| inner.spawn(|| Staged::extract(t.work, &repo, &set, t, stop)));
                     let live = live_state(&t.live.dir, t.tree, task.diff);
                     let needed = matches!(&live, Ok(l) if opts.force || l.digest() != Some(&t.component.content_digest));
                     if !needed {
@@ -290,7 +303,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let mut fresh_db: Option<(Box<dyn NewSet>, DbTaken)> = None;
     let live_db = match &client {
         None => LiveDb::NotAsked,
-        Some(_) if task.dry_run => LiveDb::NotCompared,
+        // `force` restores it whatever it holds: no backup to compare (the safety set, if
+        // any, takes its own), so a broken server-side backup cannot stop a forced restore.
+        Some(_) if task.dry_run || opts.force => LiveDb::NotCompared,
         Some(c) => {
             let new_set = repo.create_set()?;
             let taken = backup::take_db(c, new_set.as_ref())?;

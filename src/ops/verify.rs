@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::remove_tree;
 use crate::repository::manifest::Kind;
 use crate::repository::{Repository, Set};
-use crate::result::{Finding, Level, TaskResult};
+use crate::result::{ComponentOutcome, Finding, Level, TaskResult};
 use crate::task::{Operation, Task, VerifyOptions};
 use crate::volume;
 use crate::volume::digest::{self, Lines};
@@ -101,17 +101,45 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
                         level: Level::Warning,
                         set: set.id.clone(),
                         component: "live".into(),
-                        message: format!(
-                            "no drift report for {}: the set's volume {} could not be read or is absent",
-                            v.dir.display(),
-                            v.name
-                        ),
+                        message: if v.listed {
+                            format!(
+                                "no drift report for {}: the set's volume {} could not be read or is absent",
+                                v.dir.display(),
+                                v.name
+                            )
+                        } else {
+                            "no drift report: the set's volume half could not be read or is absent"
+                                .to_string()
+                        },
                     }),
                 }
             }
         }
     }
 
+    // The components of the set the live volumes are compared with (the named set, or the
+    // newest that is not a safety set), as checked.
+    let components = live_target.map(|i| {
+        chosen[i]
+            .manifest
+            .components
+            .iter()
+            .map(|c| match c.tree() {
+                Some(t) => ComponentOutcome {
+                    name: c.name.clone(),
+                    kind: c.kind_name().to_string(),
+                    changed: false,
+                    files: Some(t.files),
+                    bytes: Some(t.expanded_bytes),
+                    content_digest: Some(c.content_digest.clone()),
+                    path: None,
+                    backup_id: None,
+                    status_message: None,
+                },
+                None => super::db_outcome(c, false, None),
+            })
+            .collect::<Vec<_>>()
+    });
     let errors = findings.iter().filter(|f| f.level == Level::Error).count();
     let warnings = findings.len() - errors;
     let checked = chosen.len();
@@ -125,6 +153,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         );
         let mut result = TaskResult::failed(Some(Operation::Verify), task.dry_run, error);
         result.findings = Some(findings);
+        result.components = components;
         return Ok(result);
     }
     let mut result = TaskResult::ok(
@@ -141,6 +170,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         ),
     );
     result.findings = Some(findings);
+    result.components = components;
     Ok(result)
 }
 
@@ -172,13 +202,15 @@ fn check_set(
             problems
         });
         let mut reads = Vec::new();
-        for c in &set.manifest.components {
+        for (i, c) in set.manifest.components.iter().enumerate() {
             let (Kind::Volume(tree) | Kind::Files(tree)) = &c.kind else {
                 continue;
             };
-            // With `deep`, the one read of the archive extracts it into a scratch directory.
+            // With `deep`, the one read of the archive extracts it into a scratch directory
+            // (named by the set's id, a directory name, and the component's place, never by
+            // text from the manifest).
             let scratch = if deep {
-                Some(repo.scratch(&format!("verify-{}-{}", set.id, c.name))?)
+                Some(repo.scratch(&format!("verify-{}-{i}", set.id))?)
             } else {
                 None
             };

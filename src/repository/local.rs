@@ -81,8 +81,14 @@ impl Local {
         self.root.join(STAGING)
     }
 
-    /// A fresh, empty directory under `.staging/`.
+    /// A fresh, empty directory under `.staging/`; `name` is one plain name (never a path).
     fn stage(&self, name: &str) -> Result<PathBuf> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::new(
+                ErrorKind::InternalError,
+                format!("{name:?} cannot name a directory in .staging"),
+            ));
+        }
         let staging = self.staging();
         DirBuilder::new()
             .recursive(true)
@@ -151,7 +157,10 @@ impl Backend for Local {
     }
 
     fn create(&self) -> Result<Box<dyn NewSet>> {
-        let dir = self.stage(&format!("new.{}", std::process::id()))?;
+        // One directory per set, even for two sets written at once by one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.stage(&format!("new.{}.{n}", std::process::id()))?;
         Ok(Box::new(LocalNewSet {
             root: self.root.clone(),
             dir,

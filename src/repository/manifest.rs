@@ -209,6 +209,12 @@ impl Manifest {
         let mut names = std::collections::BTreeSet::new();
         let mut files = std::collections::BTreeSet::new();
         for c in &self.components {
+            if !safe_component_name(&c.name) {
+                return Err(format!(
+                    "the manifest names a component {:?}: a name is letters, digits and `._-`, not starting with a dot",
+                    c.name
+                ));
+            }
             if !names.insert(&c.name) {
                 return Err(format!("the manifest names component {:?} twice", c.name));
             }
@@ -258,6 +264,17 @@ impl Manifest {
     pub fn names(&self) -> Vec<String> {
         self.components.iter().map(|c| c.name.clone()).collect()
     }
+}
+
+/// A component name: `[A-Za-z0-9_-][A-Za-z0-9._-]*`, at most 128 bytes (it becomes part of
+/// file names, as `volumes/<name>.tar.gz`).
+pub fn safe_component_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// A file name a set may hold: `NAME` or `volumes/NAME`, where NAME has no `/` and does not

@@ -279,6 +279,25 @@ fn a_failed_server_backup_is_db_backup_failed_with_its_message() {
 }
 
 #[test]
+fn a_forced_restore_without_safety_set_needs_no_server_side_backup() {
+    // Disaster recovery: the database is broken, so its backups fail; `force` with
+    // `safety_backup: false` still restores both halves, without asking for a backup.
+    let a = Api::default();
+    run_ok(&a.task("backup"));
+    a.emu.set_faults(Faults {
+        backup_fails: Some("database is corrupt".into()),
+        ..Faults::default()
+    });
+    let mut task = a.task("restore");
+    task["force"] = json!(true);
+    task["safety_backup"] = json!(false);
+    let r = run_ok(&task);
+    assert!(r.db.unwrap().changed && r.volume.unwrap().changed);
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/backup"), 1, "only the first backup's");
+    assert_eq!(a.emu.count("POST", "/api/maintenance/db/restore"), 1);
+}
+
+#[test]
 fn a_backup_that_never_finishes_is_a_timeout() {
     let a = Api::default();
     a.emu.set_faults(Faults {

@@ -180,6 +180,8 @@ enum Mutation {
     File(&'static str, String),
     /// Another format.
     Format(String),
+    /// Another name for the volume component.
+    Name(String),
     /// Another content digest or checksum.
     Digest(&'static [&'static str], String),
 }
@@ -241,6 +243,7 @@ impl Mutation {
                 m["components"][i]["file"] = json!(name)
             }
             Mutation::Format(f) => m["format"] = json!(f),
+            Mutation::Name(n) => m["components"][0]["name"] = json!(n),
             Mutation::Digest(path, d) => *at(m, path) = json!(d),
         }
         format!("{self:?}")
@@ -332,7 +335,17 @@ fn manifest_mutation() -> impl Strategy<Value = Mutation> {
         ],
     )
         .prop_map(|(path, d)| Mutation::Digest(path, d));
-    prop_oneof![wrong_type, missing, number, id, file, format, digest]
+    let name = prop_oneof![
+        Just("x/../../../victim".to_string()),
+        Just("../x".to_string()),
+        Just(".hidden".to_string()),
+        Just(String::new()),
+        Just("db".to_string()), // the database component's name: two components named db
+        Just("x".repeat(200)),
+        "[a-z]{1,8}[ /\\\\:]{1,3}[a-z]{0,8}",
+    ]
+    .prop_map(Mutation::Name);
+    prop_oneof![wrong_type, missing, number, id, file, format, digest, name]
 }
 
 fn documented_archive_error(kind: ErrorKind) -> bool {

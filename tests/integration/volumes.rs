@@ -100,6 +100,9 @@ fn verify_deep_and_against_live_read_every_volume() {
     task["against_live"] = json!(true);
     let clean = run_ok(&task);
     assert!(clean.findings.unwrap().is_empty());
+    let checked = clean.components.unwrap();
+    assert_eq!(checked.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(checked[1].content_digest.as_deref(), Some(spec_digest(&t.b).as_str()));
     write(&t.b.join("new-table"), b"rows", 0o600);
     let drift = run_ok(&task);
     let findings = drift.findings.unwrap();
@@ -138,6 +141,24 @@ fn list_and_prune_see_the_components() {
 }
 
 #[test]
+fn a_component_name_that_is_a_path_is_refused_and_deep_verify_touches_nothing_outside() {
+    let f = Fixture::sample();
+    run_ok(&f.task("backup"));
+    let set = only_set(&f.repo);
+    let path = set.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    m["components"][0]["name"] = json!("x/../../../victim");
+    fs::write(&path, m.to_string()).unwrap();
+    let victim = f.path("victim");
+    write(&victim.join("keep"), b"mine", 0o644);
+    let r = run(&json!({"operation": "verify", "repository": f.repo, "deep": true}));
+    assert_eq!(r.result.error.unwrap().kind, ErrorKind::IntegrityError);
+    assert!(r.stdout.contains("names a component"), "{}", r.stdout);
+    assert_eq!(fs::read(victim.join("keep")).unwrap(), b"mine");
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 1);
+}
+
+#[test]
 fn volumes_are_refused_when_names_repeat_or_trees_nest() {
     let t = Two::new();
     let mut task = t.task("backup");
@@ -156,6 +177,13 @@ fn volumes_are_refused_when_names_repeat_or_trees_nest() {
     let e = run(&task).result.error.unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidTask);
     assert!(e.message.contains("needs a `name`"), "{}", e.message);
+    // The same tree through a symlinked parent is the same volume.
+    std::os::unix::fs::symlink(t.f.tmp.path(), t.f.path("alias")).unwrap();
+    let mut task = t.task("backup");
+    task["volumes"][1] = json!({"path": t.f.path("alias/a/sub"), "name": "sub"});
+    let e = run(&task).result.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::InvalidTask);
+    assert!(e.message.contains("inside one another"), "{}", e.message);
     let mut task = t.task("backup");
     task["volume"] = json!({"path": t.a});
     let e = run(&task).result.error.unwrap();
