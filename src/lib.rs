@@ -22,6 +22,7 @@
 
 mod clock;
 mod connectware;
+pub mod docker;
 pub mod error;
 mod fsutil;
 mod hashing;
