@@ -16,6 +16,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The Docker tests run their containers from an image built offline (no registry here).
+scripts/docker-test-image.sh
+
 cargo test --workspace --locked
 
 # The fuzz targets (fuzz/, a workspace of its own, run with cargo-fuzz on nightly) must keep

@@ -53,8 +53,8 @@ pub enum ErrorKind {
     NoSpace,
     /// Any other I/O failure.
     IoError,
-    /// The Docker engine could not be reached or refused a request (SPEC §7; not raised yet:
-    /// this version resolves no Docker volume through the engine's API).
+    /// The Docker engine could not be reached (the message says whether the daemon runs and
+    /// whether this user may open its socket) or refused a request.
     DockerError,
     /// Encrypting or decrypting a set failed (SPEC §7; not raised yet: this version writes no
     /// encrypted sets).

@@ -15,6 +15,8 @@
 //!     lock); [`repository::local`] is the directory implementation.
 //!   - [`volume`]: a directory: list, digest, archive, extract safely, stage and swap.
 //!   - [`connectware`]: the maintenance-API client; it downloads into a writer it is given.
+//!   - [`docker`]: the Docker Engine through its API: volumes by name or compose project,
+//!     containers, stop and start, volume creation.
 //! - Leaves everyone may use: [`layers`] (compression and hashing over a set's file streams,
 //!   applied in one place), [`hashing`], [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
 //!   [`progress`], [`secrets`].
@@ -22,6 +24,7 @@
 
 mod clock;
 mod connectware;
+pub mod docker;
 pub mod error;
 mod fsutil;
 mod hashing;

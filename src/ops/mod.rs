@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::{self, Component, Manifest, Source, Tree};
 use crate::result::{ComponentOutcome, TaskResult};
 use crate::task::{Compression, Op, Task, VolumeSource, Volumes};
-use crate::volume;
+use crate::{docker, volume};
 
 /// Runs a validated task.
 pub fn run(task: &Task) -> Result<TaskResult> {
@@ -174,17 +174,26 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
         Volumes::List(list) => list.iter().map(|v| (v.name.clone(), &v.source, true)).collect(),
     };
     let mut out: Vec<LiveVolume> = Vec::with_capacity(given.len());
+    let mut engine = None;
     for (name, source, listed) in given {
-        let found = volume::resolve(source)?;
-        check_apart(&task.repository, &found.dir, source)?;
+        let (dir, compose_name) = match source {
+            VolumeSource::Path(p) => (p.clone(), None),
+            VolumeSource::Docker(n) => {
+                let engine = match &mut engine {
+                    Some(e) => e,
+                    None => engine.insert(docker::Engine::connect()?),
+                };
+                let v = engine.volume(n)?;
+                (v.mountpoint.clone(), v.compose_name().map(str::to_string))
+            }
+        };
+        volume::check_dir(&dir)?;
+        check_apart(&task.repository, &dir, source)?;
         let (source, docker_name) = match source {
             VolumeSource::Path(p) => (Source::Path(p.display().to_string()), None),
             VolumeSource::Docker(n) => (Source::DockerVolume(n.clone()), Some(n.clone())),
         };
-        let name = name
-            .or(found.compose_name)
-            .or(docker_name)
-            .unwrap_or_default();
+        let name = name.or(compose_name).or(docker_name).unwrap_or_default();
         if listed && !valid_component_name(&name) {
             return Err(Error::new(
                 ErrorKind::InvalidTask,
@@ -197,7 +206,7 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
                 format!("/volumes: two volumes are named `{name}`; give each a unique `name`"),
             ));
         }
-        let real = canonical(&found.dir);
+        let real = canonical(&dir);
         for other in &out {
             let other_real = canonical(&other.dir);
             if real.starts_with(&other_real) || other_real.starts_with(&real) {
@@ -206,14 +215,14 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
                     format!(
                         "/volumes: volumes {} and {} lie inside one another; give each volume once",
                         other.dir.display(),
-                        found.dir.display()
+                        dir.display()
                     ),
                 ));
             }
         }
         out.push(LiveVolume {
             name,
-            dir: found.dir,
+            dir,
             source,
             listed,
         });

@@ -1,5 +1,6 @@
-//! The volume half: find the service-manager directory, list it, digest it, archive it and
-//! read or extract archives of it safely.
+//! A volume directory: list it, digest it, archive it and read or extract archives of it
+//! safely. It knows nothing of Docker: the operations find a Docker volume's directory through
+//! `crate::docker` and hand the path in.
 
 pub mod archive;
 pub mod digest;
@@ -9,11 +10,9 @@ pub mod swap;
 pub mod tree;
 pub mod xattr;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::task::VolumeSource;
 
 /// The tool's work directory inside a volume (staged tree, old entries, journal, lock
 /// holder), so that every rename stays on the volume's own file system. Every listing,
@@ -93,27 +92,6 @@ fn hash_listed(dir: &Path, listing: &tree::Listing) -> Result<(digest::Lines, St
     Ok((lines, hasher.finish()))
 }
 
-/// A volume found: its directory, and for a Docker volume its compose short name (label
-/// `com.docker.compose.volume`), if it has one.
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub dir: PathBuf,
-    pub compose_name: Option<String>,
-}
-
-/// Finds the volume's directory: a path as given, or a Docker volume's mountpoint.
-pub fn resolve(source: &VolumeSource) -> Result<Found> {
-    let found = match source {
-        VolumeSource::Path(path) => Found {
-            dir: path.clone(),
-            compose_name: None,
-        },
-        VolumeSource::Docker(name) => docker_mountpoint(name)?,
-    };
-    check_dir(&found.dir)?;
-    Ok(found)
-}
-
 /// Refuses anything but an existing directory (a symlink to one is refused: we would archive
 /// the link's target but restore into the link).
 pub fn check_dir(dir: &Path) -> Result<()> {
@@ -131,49 +109,4 @@ pub fn check_dir(dir: &Path) -> Result<()> {
             format!("volume directory {} cannot be read: {e}", dir.display()),
         )),
     }
-}
-
-/// Asks the Docker engine where a named volume's data lives, and its compose short name.
-fn docker_mountpoint(name: &str) -> Result<Found> {
-    let output = Command::new("docker")
-        .args([
-            "volume",
-            "inspect",
-            "--format",
-            "{{ .Mountpoint }}\t{{ index .Labels \"com.docker.compose.volume\" }}",
-            name,
-        ])
-        .output()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::VolumeNotFound,
-                format!("cannot run `docker volume inspect {name}`: {e}; install the Docker CLI or give `volume.path` instead"),
-            )
-        })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::new(
-            ErrorKind::VolumeNotFound,
-            format!(
-                "Docker volume {name} not found ({}): check the name with `docker volume ls` (the default is connectware_service-manager)",
-                stderr.trim()
-            ),
-        )
-        .detail("docker_volume", name));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let (mountpoint, label) = text.trim_end().split_once('\t').unwrap_or((text.trim(), ""));
-    let compose_name = Some(label.trim())
-        .filter(|l| !l.is_empty() && *l != "<no value>")
-        .map(str::to_string);
-    if mountpoint.is_empty() {
-        return Err(Error::new(
-            ErrorKind::VolumeNotFound,
-            format!("Docker reports no mountpoint for volume {name}: give `volume.path` instead"),
-        ));
-    }
-    Ok(Found {
-        dir: PathBuf::from(mountpoint),
-        compose_name,
-    })
 }

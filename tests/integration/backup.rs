@@ -265,37 +265,6 @@ fn a_missing_volume_is_volume_not_found() {
 }
 
 #[test]
-fn docker_volume_is_resolved_through_docker_volume_inspect() {
-    let f = Fixture::sample();
-    // A stand-in `docker` on PATH, for the resolution step only (no Docker engine here).
-    let bin = f.path("bin");
-    fs::create_dir(&bin).unwrap();
-    let script = format!(
-        "#!/bin/sh\n[ \"$1 $2\" = 'volume inspect' ] || exit 9\nfor last; do :; done\n[ \"$last\" = connectware_service-manager ] || {{ echo \"Error: No such volume: $last\" >&2; exit 1; }}\necho {}\n",
-        f.vol.display()
-    );
-    write(&bin.join("docker"), script.as_bytes(), 0o755);
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let task = json!({"operation": "backup", "repository": f.repo, "volume": {"docker_volume": "connectware_service-manager"}});
-    let r = run_raw(task.to_string().as_bytes(), &[("PATH", &path)]);
-    assert!(r.result.ok, "{}", r.stdout);
-    assert_eq!(r.result.volume.unwrap().path, f.vol.display().to_string());
-
-    let task =
-        json!({"operation": "backup", "repository": f.repo, "volume": {"docker_volume": "other"}});
-    let r = run_raw(task.to_string().as_bytes(), &[("PATH", &path)]);
-    let e = r.result.error.unwrap();
-    assert_eq!(e.kind, cwbackup::error::ErrorKind::VolumeNotFound);
-    assert!(e.message.contains("No such volume"), "{}", e.message);
-
-    let r = run_raw(task.to_string().as_bytes(), &[("PATH", "/nonexistent")]);
-    assert_eq!(
-        r.result.error.unwrap().kind,
-        cwbackup::error::ErrorKind::VolumeNotFound
-    );
-}
-
-#[test]
 fn a_volume_that_keeps_changing_is_a_consistency_error() {
     let f = Fixture::empty();
     big_tree(&f.vol, 20, 200_000);

@@ -258,8 +258,9 @@ volume:
   type: dict
 components:
   description:
-    - One entry per component touched or checked (C(name), C(kind), C(changed), C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message)).
-  returned: backup, restore
+    - One entry per component written, found unchanged, restored or checked.
+    - Each has C(name), C(kind), C(changed), and where they apply C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message).
+  returned: backup, restore, verify
   type: list
   elements: dict
 db:
