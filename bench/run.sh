@@ -6,15 +6,21 @@
 #   no-op re-run  vs  hashing the volume (sha256sum of every file)
 # and cwbackup's peak RSS (/usr/bin/time), also on a 2 GiB volume. Each time is the best of
 # RUNS runs (default 3; 1 with quick), for every tool alike: this machine's timings vary.
-# Usage: [RUNS=n] bench/run.sh [quick]   — writes bench/results.md
+# Usage: [RUNS=n] [BIN=path] [OUT=file] bench/run.sh [quick]   — writes bench/results.md
+# BIN measures a binary built elsewhere (say, the release before a change) instead of building
+# this tree; OUT writes the table to another file.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
-cargo build --release --locked --quiet
-bin="$root/target/release/cwbackup"
+if [ -n "${BIN:-}" ]; then
+    bin=$(realpath "$BIN")
+else
+    cargo build --release --locked --quiet
+    bin="$root/target/release/cwbackup"
+fi
 work=$(mktemp -d /dev/shm/cwbackup-bench.XXXX)
 trap 'rm -rf "$work"' EXIT
-out="$root/bench/results.md"
+out=${OUT:-"$root/bench/results.md"}
 quick=${1:-}
 runs=${RUNS:-3}
 [ "$quick" = quick ] && runs=${RUNS:-1}

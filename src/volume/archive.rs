@@ -1,10 +1,27 @@
 //! Writes a listed tree as a standard ustar/pax tar stream, compressed, into one file, reading
 //! every file once and hashing it on the way so the content digest costs no second read.
 //!
-//! Tar framing is written here (header blocks from `tar::Header`, pax records for long names)
-//! rather than through `tar::Builder`, because a file that grows or shrinks while it is read
-//! must still yield exactly the size its header announced: the archive stays well-formed and
-//! the change is reported, so the backup retries instead of publishing a torn archive.
+//! Tar framing is written here (header blocks from `tar::Header`, pax records for long names,
+//! long link targets and extended attributes) rather than through `tar::Builder`, because a
+//! file that grows or shrinks while it is read must still yield exactly the size its header
+//! announced: the archive stays well-formed and the change is reported, so the backup retries
+//! instead of publishing a torn archive.
+//!
+//! The pax records stay hand-written because tar 0.4 (0.4.46, checked for issue 13) cannot
+//! write them for us without a loss:
+//! - `Builder::append_data` and `append_link` put a long path or link target in a GNU
+//!   `././@LongLink` entry (`L`, `K`), never in a pax `path` or `linkpath` record, and have no
+//!   switch for pax: GNU tar would still read it, but the archive would no longer be the
+//!   ustar/pax one README promises (the test below holds us to it).
+//! - `Builder::append_pax_extensions` writes the same records as `pax_record_bytes` (the same
+//!   length rule; binary values come out byte for byte, and GNU tar `--xattrs` restores them),
+//!   but takes each key as `&str`: a `SCHILY.xattr.NAME` whose attribute name is not UTF-8
+//!   (Linux allows any byte but NUL) could not be written, so this code would be kept anyway.
+//! - `Builder::append` copies the data with `io::copy` through `&mut dyn Write` (8 KiB reads
+//!   instead of 256 KiB) and pads by what it got, so a file that shrank while read would leave a
+//!   torn archive unless every file were wrapped in an exact-size reader.
+//! - `Header::set_path` does the ustar prefix split, but when the rest does not fit it returns
+//!   an error with the prefix already written, which would then have to be undone here.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -316,6 +333,44 @@ fn pad(out: &mut impl Write, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_and_link_targets_are_pax_records_not_gnu_long_names() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let deep = format!("{}/{}", "v".repeat(200), "w".repeat(120));
+        std::fs::create_dir_all(root.join(&deep)).unwrap();
+        std::fs::write(root.join(&deep).join("f"), b"x").unwrap();
+        let target = "t/".repeat(80);
+        symlink(&target, root.join("link")).unwrap();
+        let entries = tree::scan(root).unwrap();
+        let mut tar = Vec::new();
+        write_tar(root, &entries, &mut tar).unwrap();
+
+        let mut raw = tar::Archive::new(&tar[..]);
+        let types: Vec<EntryType> = raw
+            .entries()
+            .unwrap()
+            .raw(true)
+            .map(|e| e.unwrap().header().entry_type())
+            .collect();
+        assert!(types.contains(&EntryType::XHeader), "{types:?}");
+        assert!(
+            !types.iter().any(|t| t.is_gnu_longname() || t.is_gnu_longlink()),
+            "{types:?}"
+        );
+        let mut read = tar::Archive::new(&tar[..]);
+        let mut found = Vec::new();
+        for entry in read.entries().unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path_bytes().into_owned();
+            let link = entry.link_name_bytes().map(|l| l.into_owned());
+            found.push((path, link));
+        }
+        assert!(found.contains(&(format!("{deep}/f").into_bytes(), None)));
+        assert!(found.contains(&(b"link".to_vec(), Some(target.into_bytes()))));
+    }
 
     #[test]
     fn pax_record_length_counts_itself() {
