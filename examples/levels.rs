@@ -3,7 +3,7 @@
 //! cargo run --release --example levels -- FILE
 use std::io::Write;
 
-use cwbackup::volume::pgzip::ParGzWriter;
+use cwbackup::layers::pgzip::ParGzWriter;
 
 fn main() {
     let data = std::fs::read(std::env::args().nth(1).expect("a file")).unwrap();

@@ -28,7 +28,7 @@ pub mod docker;
 pub mod error;
 mod fsutil;
 mod hashing;
-mod layers;
+pub mod layers;
 mod lockfile;
 pub mod ops;
 mod progress;

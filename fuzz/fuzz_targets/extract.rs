@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let dest = scratch.join("dest");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&dest).unwrap();
-    let reader = cwbackup::volume::pgzip::reader(std::io::Cursor::new(data.to_vec()));
+    let reader = cwbackup::layers::pgzip::reader(std::io::Cursor::new(data.to_vec()));
     if let Err(e) = read_archive(reader, Some(&dest), Limits { max_bytes: 1 << 20, max_entries: 1000 }) {
         assert!(matches!(e.kind, ErrorKind::IntegrityError | ErrorKind::UnsafeArchive), "{e}");
     }

@@ -5,7 +5,6 @@
 pub mod archive;
 pub mod digest;
 pub mod extract;
-pub mod pgzip;
 pub mod swap;
 pub mod tree;
 pub mod xattr;

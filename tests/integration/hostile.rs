@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use cwbackup::error::ErrorKind;
 use cwbackup::repository::manifest::Manifest;
 use cwbackup::volume::extract::{Limits, read_archive};
-use cwbackup::volume::{archive, pgzip, tree};
+use cwbackup::layers::pgzip;
+use cwbackup::volume::{archive, tree};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -1,7 +1,7 @@
 //! cwbackup's pgzip (its very source) against gzp 2.0.4, one mode a run, for /usr/bin/time.
 //! Usage: gzp-compare c-ours|c-mgzip|c-mgzip128k|c-gzip IN OUT  or  d-ours|d-mgzip|d-flate2 IN
 #[allow(dead_code)]
-#[path = "../../../src/volume/pgzip.rs"]
+#[path = "../../../src/layers/pgzip.rs"]
 mod pgzip;
 
 use std::fs::File;

@@ -9,11 +9,13 @@
 //! The sha256 recorded in the manifest is that of the stored bytes, so checking a set needs no
 //! key and no decompression.
 
+pub mod pgzip;
+
 use std::io::{self, BufReader, Read, Write};
 
 use crate::hashing::HashingWriter;
 use crate::task::Compression;
-use crate::volume::pgzip::{self, ParGzWriter};
+use pgzip::ParGzWriter;
 
 /// gzip level (libdeflate's, see `pgzip`). Level 6, as `tar czf` uses: on the benchmark's
 /// 391 MiB of YAML it writes 66.8 MB in 2.8 s of CPU where GNU `gzip -6` writes 68.9 MB in 7.1 s;
