@@ -65,6 +65,12 @@ fn bars() -> &'static MultiProgress {
     BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)))
 }
 
+/// The sum of `sizes`, saturating: a hostile manifest may claim sizes that add up past
+/// `u64::MAX`.
+pub fn total(sizes: impl Iterator<Item = u64>) -> u64 {
+    sizes.fold(0, u64::saturating_add)
+}
+
 /// Logs one line on stderr without breaking the terminal's bars (they are drawn again below
 /// it).
 pub fn log(line: &str) {
@@ -131,7 +137,7 @@ impl Progress {
     }
 
     fn add(&mut self, bytes: u64) {
-        self.bytes += bytes;
+        self.bytes = self.bytes.saturating_add(bytes);
         let every = match self.mode {
             Mode::Off => return,
             Mode::Bar => BAR_EVERY,
@@ -285,11 +291,12 @@ fn line(what: &str, files: u64, bytes: u64, total: Option<u64>, elapsed: Duratio
             let percent = if total == 0 {
                 100
             } else {
-                (bytes.min(total) * 100 / total) as u32
+                (u128::from(bytes.min(total)) * 100 / u128::from(total)) as u32
             };
             let left = if rate > 0.0 {
                 let secs = total.saturating_sub(bytes) as f64 / rate;
-                format!("{} left", eta(Duration::from_secs_f64(secs)))
+                let left = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+                format!("{} left", eta(left))
             } else {
                 "time left unknown".to_string()
             };
@@ -368,6 +375,9 @@ mod tests {
         let over = line("reading", 1, 150, Some(100), Duration::from_secs(1));
         assert!(over.starts_with("cwbackup: reading 100% "), "{over}");
         assert!(over.contains(", 0 s left"), "{over}");
+        let huge = line("reading", 1, u64::MAX - 1, Some(u64::MAX), Duration::from_secs(1));
+        assert!(huge.starts_with("cwbackup: reading 99% "), "{huge}");
+        assert_eq!(total([u64::MAX, 5].into_iter()), u64::MAX);
         let empty = line("checksums", 0, 0, Some(0), Duration::from_secs(1));
         assert!(
             empty.starts_with("cwbackup: checksums 100% (0.0 of 0.0 MiB)"),

@@ -48,7 +48,7 @@ pub fn checksums(
     manifest: &Manifest,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let total = manifest.components.iter().map(|c| c.bytes).sum();
+    let total = crate::progress::total(manifest.components.iter().map(|c| c.bytes));
     let mut progress = Progress::with_total("checksums", total);
     for c in &manifest.components {
         let counted = open(&c.file).map(|inner| Counted {

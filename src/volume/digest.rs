@@ -191,7 +191,7 @@ pub fn live_lines(
     listing: &Listing,
     mut each: impl FnMut(LineRef<'_>),
 ) -> io::Result<()> {
-    let total = listing.iter().map(|e| e.size).sum();
+    let total = crate::progress::total(listing.iter().map(|e| e.size));
     let mut progress = crate::progress::Progress::with_total("hashing", total);
     let mut opener = Opener::new(root)?;
     for entry in listing.iter() {
