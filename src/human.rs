@@ -17,8 +17,10 @@ pub fn render(result: &TaskResult) -> String {
         .operation
         .map(|o| o.to_string())
         .unwrap_or_else(|| "task".to_string());
+    let reads_only = matches!(result.operation, Some(Operation::List | Operation::Verify));
     let status = match (result.ok, result.dry_run, result.changed) {
         (false, _, _) => "FAILED",
+        (true, _, false) if reads_only => "ok",
         (true, true, true) => "ok, dry run: would change",
         (true, true, false) => "ok, dry run: nothing to change",
         (true, false, true) => "ok, changed",
@@ -376,7 +378,7 @@ fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -519,6 +521,7 @@ mod tests {
             },
         ]);
         let text = render(&r);
+        assert!(text.starts_with("list: ok\n  2 backup sets\n"), "{text}");
         let table: Vec<&str> = text.lines().skip(2).take(3).collect();
         assert_eq!(
             table,
