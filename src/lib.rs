@@ -20,7 +20,8 @@
 //! - Leaves everyone may use: [`layers`] (compression and hashing over a set's file streams,
 //!   applied in one place), [`hashing`], [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
 //!   [`progress`], [`secrets`].
-//! - [`result`] and [`error`]: the output types, the wire format in one place.
+//! - [`result`] and [`error`]: the output types, the wire format in one place; [`human`]
+//!   renders a result for a person (`--human`).
 
 mod clock;
 mod connectware;
@@ -28,6 +29,7 @@ pub mod docker;
 pub mod error;
 mod fsutil;
 mod hashing;
+pub mod human;
 pub mod layers;
 mod lockfile;
 pub mod ops;

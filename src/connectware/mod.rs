@@ -323,11 +323,11 @@ impl Client {
             let Some(pause) = backoff.next() else {
                 return Err(failure);
             };
-            eprintln!(
+            crate::progress::log(&format!(
                 "cwbackup: {}; retrying in {:.1}s",
                 failure.message,
                 pause.as_secs_f64()
-            );
+            ));
             std::thread::sleep(pause);
         }
     }
@@ -450,7 +450,12 @@ impl Client {
         let noted = before
             .op(which)
             .map(|o| (o.id.clone(), o.start_date.clone()));
+        let mut waiting = crate::progress::Waiting::new(match which {
+            Which::Backup => "the database backup",
+            Which::Restore => "the database restore",
+        });
         loop {
+            waiting.tick();
             std::thread::sleep(
                 self.poll
                     .min(deadline.saturating_duration_since(Instant::now())),
@@ -549,6 +554,10 @@ impl Client {
                 (Err(e), _) => return Err(e),
             };
             let expected = response.content_length();
+            let mut progress = match expected {
+                Some(total) => crate::progress::Progress::with_total("downloading db", total),
+                None => crate::progress::Progress::new("downloading db"),
+            };
             let mut out = HashingWriter::new(dest()?);
             let mut first = Vec::with_capacity(2);
             let broke = loop {
@@ -559,6 +568,7 @@ impl Client {
                             let more = (2 - first.len()).min(n);
                             first.extend_from_slice(&buf[..more]);
                         }
+                        progress.bytes(n as u64);
                         out.write_all(&buf[..n])
                             .map_err(|e| Error::storing("the database backup", e))?
                     }
@@ -591,9 +601,9 @@ impl Client {
                     let Some(pause) = backoff.next() else {
                         return Err(kept_breaking(&why));
                     };
-                    eprintln!(
+                    crate::progress::log(&format!(
                         "cwbackup: the database backup download broke ({why}); starting it again"
-                    );
+                    ));
                     last_break = Some(why);
                     std::thread::sleep(pause);
                 }

@@ -634,9 +634,9 @@ pub fn archive_volume(
                 }),
             });
         }
-        eprintln!(
+        crate::progress::log(&format!(
             "cwbackup: the volume changed while it was archived (attempt {attempt} of {CONSISTENCY_ATTEMPTS})"
-        );
+        ));
     }
     Err(Error::new(
         ErrorKind::ConsistencyError,

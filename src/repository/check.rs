@@ -8,6 +8,21 @@ use std::io::{self, Read};
 
 use super::manifest::Manifest;
 use crate::hashing::{hex, sha256_reader};
+use crate::progress::Progress;
+
+/// A reader that counts what passes through it as progress.
+struct Counted<'a, R> {
+    inner: R,
+    progress: &'a mut Progress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes(n as u64);
+        Ok(n)
+    }
+}
 
 /// One thing wrong with a set.
 #[derive(Debug, Clone)]
@@ -33,9 +48,18 @@ pub fn checksums(
     manifest: &Manifest,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let total = crate::progress::total(manifest.components.iter().map(|c| c.bytes));
+    let mut progress = Progress::with_total("checksums", total);
     for c in &manifest.components {
-        match open(&c.file).and_then(sha256_reader) {
-            Err(e) => problems.push(Problem::new(&c.name, format!("cannot read {}: {e}", c.file))),
+        let counted = open(&c.file).map(|inner| Counted {
+            inner,
+            progress: &mut progress,
+        });
+        match counted.and_then(sha256_reader) {
+            Err(e) => problems.push(Problem::new(
+                &c.name,
+                format!("cannot read {}: {e}", c.file),
+            )),
             Ok((hash, size)) => {
                 if size != c.bytes {
                     problems.push(Problem::new(
@@ -47,7 +71,10 @@ pub fn checksums(
                 if hash != c.sha256 {
                     problems.push(Problem::new(
                         &c.name,
-                        format!("{} has sha256 {hash}, the manifest says {}", c.file, c.sha256),
+                        format!(
+                            "{} has sha256 {hash}, the manifest says {}",
+                            c.file, c.sha256
+                        ),
                     ));
                 }
             }

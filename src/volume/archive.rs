@@ -96,7 +96,7 @@ pub fn write_tar(root: &Path, entries: &Listing, out: &mut impl Write) -> io::Re
         escaping_links: Vec::new(),
     };
     let mut buf = vec![0u8; 256 * 1024];
-    let mut progress = Progress::new("archiving");
+    let mut progress = Progress::with_total("archiving", crate::progress::total(entries.iter().map(|e| e.size)));
     let mut opener = Opener::new(root)?;
     for entry in entries.iter() {
         let entry = &entry;

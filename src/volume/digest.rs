@@ -167,8 +167,6 @@ impl DigestHasher {
     }
 }
 
-
-
 /// The kind and hash of a listed entry's digest line, given its content hash (for a file).
 pub fn entry_kind_hash(
     entry: &EntryRef<'_>,
@@ -193,7 +191,8 @@ pub fn live_lines(
     listing: &Listing,
     mut each: impl FnMut(LineRef<'_>),
 ) -> io::Result<()> {
-    let mut progress = crate::progress::Progress::new("hashing");
+    let total = crate::progress::total(listing.iter().map(|e| e.size));
+    let mut progress = crate::progress::Progress::with_total("hashing", total);
     let mut opener = Opener::new(root)?;
     for entry in listing.iter() {
         progress.file(entry.size);

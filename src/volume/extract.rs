@@ -254,11 +254,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     let mut dest = dest.map(Dest::open).transpose()?;
     let mut expanded: u64 = 0;
     let mut buf = vec![0u8; 256 * 1024];
-    let mut progress = Progress::new(if dest.is_some() {
+    // The manifest's expanded size is the total (pax headers add a little; the percent stops
+    // at 100).
+    let what = if dest.is_some() {
         "extracting"
     } else {
         "reading"
-    });
+    };
+    let mut progress = Progress::with_total(what, limits.max_bytes);
 
     let mut extensions = Extensions::default();
     // Raw: pax headers and GNU long names come to us, so their size is checked before they

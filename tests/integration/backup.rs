@@ -317,12 +317,12 @@ fn zstd_archives_extract_with_gnu_tar_and_every_reader_follows_the_manifest() {
 }
 
 #[test]
-fn progress_goes_to_stderr_only_when_asked() {
+fn progress_goes_to_stderr_only_for_long_work_or_when_asked() {
     let f = Fixture::sample();
     let quiet = run_raw(f.task("backup").to_string().as_bytes(), &[]);
     assert!(
         !quiet.stderr.contains("archiving"),
-        "stderr is not a terminal: no progress"
+        "stderr is not a terminal and the work is shorter than one interval: no progress"
     );
     let mut task = f.task("backup");
     task["force"] = json!(true);
@@ -337,6 +337,61 @@ fn progress_goes_to_stderr_only_when_asked() {
     assert!(
         !asked.stdout.contains("archiving"),
         "stdout holds the result alone"
+    );
+}
+
+#[test]
+fn progress_lines_on_a_captured_stderr_carry_the_percent_and_stdout_stays_one_json_line() {
+    // Enough data to take a while; the debug-only hook shortens the 5 s between plain lines
+    // so that the test needs seconds, not minutes.
+    let f = Fixture::empty();
+    big_tree(&f.vol, 48, 1 << 20);
+    let every_ms = 50;
+    let started = std::time::Instant::now();
+    let r = run_raw(
+        f.task("backup").to_string().as_bytes(),
+        &[("CWBACKUP_TEST_PROGRESS_EVERY_MS", &every_ms.to_string())],
+    );
+    let took = started.elapsed();
+    assert!(r.result.ok, "{}", r.stdout);
+    // run_raw checked that stdout is exactly one JSON line; no progress went there.
+    assert!(!r.stdout.contains("cwbackup:"), "{}", r.stdout);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let progress: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("cwbackup: archiving ") && !l.contains(" done: "))
+        .collect();
+    assert!(!progress.is_empty(), "progress lines: {}", r.stderr);
+    for line in &progress {
+        // "cwbackup: archiving 42% (20 files, 20.0 of 48.0 MiB), 95.1 MiB/s, 1 s left"
+        let percent = line["cwbackup: archiving ".len()..]
+            .split('%')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("a percent first: {line}"));
+        assert!(percent <= 100, "{line}");
+        assert!(
+            line.contains(" of 48.0 MiB)") && line.contains(" left"),
+            "{line}"
+        );
+    }
+    assert!(
+        progress.len() as u128 <= took.as_millis() / every_ms + 1,
+        "at most one line per interval: {} lines in {took:?}",
+        progress.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cwbackup: archiving done: ")),
+        "a phase that printed progress closes with its totals: {}",
+        r.stderr
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("cwbackup")),
+        "whole lines, never two phases in one: {}",
+        r.stderr
     );
 }
 

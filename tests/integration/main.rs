@@ -10,6 +10,7 @@ mod docker;
 pub mod disk_full;
 mod faults;
 mod hostile;
+mod human;
 mod list;
 mod prune;
 mod restore;
