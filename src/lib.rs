@@ -25,6 +25,7 @@ mod connectware;
 pub mod error;
 mod fsutil;
 mod hashing;
+pub mod keys;
 mod layers;
 mod lockfile;
 pub mod ops;
