@@ -15,8 +15,8 @@
 //!     lock); [`repository::local`] is the directory implementation.
 //!   - [`volume`]: a directory: list, digest, archive, extract safely, stage and swap.
 //!   - [`connectware`]: the maintenance-API client; it downloads into a writer it is given.
-//! - Leaves everyone may use: [`layers`] (compression and hashing over a set's file streams,
-//!   applied in one place), [`hashing`], [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
+//! - Leaves everyone may use: [`layers`] (compression, age encryption and hashing over a set's
+//!   file streams, applied in one place), [`keys`] (age recipients and identities), [`hashing`], [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
 //!   [`progress`], [`secrets`].
 //! - [`result`] and [`error`]: the output types, the wire format in one place.
 
@@ -26,7 +26,7 @@ pub mod error;
 mod fsutil;
 mod hashing;
 pub mod keys;
-mod layers;
+pub mod layers;
 mod lockfile;
 pub mod ops;
 mod progress;

@@ -6,6 +6,7 @@ mod backup;
 mod common;
 mod contract;
 mod crash;
+mod encryption;
 pub mod disk_full;
 mod faults;
 mod hostile;

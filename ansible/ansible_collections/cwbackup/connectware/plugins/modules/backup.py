@@ -128,6 +128,26 @@ options:
         description: Seconds between two status requests while a server-side operation runs; at most V(3600).
         type: float
         default: 2
+  encryption:
+    description:
+      - Encryption of the sets with age (X25519). O(operation=backup) encrypts every file of the new set
+        to O(encryption.recipients) or O(encryption.recipients_file), stored as C(<file>.age).
+      - O(operation=restore) and O(operation=verify) (with O(deep) or O(against_live)) need O(encryption.identity_file) for an encrypted set;
+        a plain verify without it checks the checksums only.
+    type: dict
+    suboptions:
+      recipients:
+        description: The age public keys (C(age1...)) to encrypt to. Not together with O(encryption.recipients_file).
+        type: list
+        elements: str
+      recipients_file:
+        description: A file of recipients, one C(age1...) a line, C(#) comments allowed.
+        type: path
+      identity_file:
+        description:
+          - An age identity file as C(age-keygen -o) writes it; it opens an encrypted set.
+          - With O(operation=backup), lets O(verify) read the new set back.
+        type: path
   wait_for_lock_s:
     description: How long to wait for another cwbackup task to release the repository lock; V(0) fails at once. At most V(604800) (7 days).
     type: int
@@ -225,6 +245,26 @@ EXAMPLES = r'''
     operation: verify
     repository: /backup/connectware
     deep: true
+
+- name: Encrypted nightly backup (the identity file stays off this host)
+  cwbackup.connectware.backup:
+    operation: backup
+    repository: /backup/connectware
+    volume:
+      docker_volume: connectware_service-manager
+    encryption:
+      recipients:
+        - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+
+- name: Restore an encrypted set with the identity that opens it
+  cwbackup.connectware.backup:
+    operation: restore
+    repository: /backup/connectware
+    volume:
+      docker_volume: connectware_service-manager
+    encryption:
+      identity_file: /root/cwbackup-key.txt
+
 '''
 
 RETURN = r'''
@@ -259,7 +299,7 @@ volume:
 components:
   description:
     - One entry per component touched or checked (C(name), C(kind), C(changed), C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message)).
-  returned: backup, restore
+  returned: backup, restore, verify
   type: list
   elements: dict
 db:
@@ -345,6 +385,15 @@ def argument_spec():
             ),
             mutually_exclusive=[('password', 'password_file', 'password_env', 'token')],
             required_one_of=[('password', 'password_file', 'password_env', 'token')],
+        ),
+        encryption=dict(
+            type='dict',
+            options=dict(
+                recipients=dict(type='list', elements='str'),
+                recipients_file=dict(type='path'),
+                identity_file=dict(type='path'),
+            ),
+            mutually_exclusive=[('recipients', 'recipients_file')],
         ),
         wait_for_lock_s=dict(type='int', default=0),
         backup_id=dict(type='str'),
