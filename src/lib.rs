@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - [`task`]: the input types, raw → validated.
-//! - [`ops`]: one module per operation (backup, restore, verify, list, prune); each computes a
+//! - [`ops`]: one module per operation (backup, restore, verify, list, prune, import); each computes a
 //!   plan (per component: take / skip / restore, and why), then applies it. They join the
 //!   parts below, which never import each other:
 //!   - [`repository`]: backup sets (manifest with components, retention) over the storage

@@ -121,6 +121,22 @@ pub struct RawTask {
     /// verify: compare the set with the live volume and report drift as warnings.
     #[serde(default)]
     pub against_live: bool,
+
+    /// import: a volume archive made by hand: the vendor's `tar cvfz … ./<volume>/_data`
+    /// (entries below `./<volume>/_data/`) or an archive of the volume root itself; gzip, zstd
+    /// or plain tar. It becomes the component `volume`.
+    #[serde(default)]
+    pub volume_archive: Option<PathBuf>,
+
+    /// import: a database backup file as Connectware's API served it (`curl … --output
+    /// connectware-db-backup.tgz`), kept byte for byte as the component `db`.
+    #[serde(default)]
+    pub db_file: Option<PathBuf>,
+
+    /// import: the Connectware version the files were taken from, recorded in the manifest.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._+-]{1,64}$"))]
+    pub connectware_version: Option<String>,
 }
 
 fn yes() -> bool {
@@ -141,16 +157,19 @@ pub enum Operation {
     List,
     /// Delete old backup sets.
     Prune,
+    /// Turn backups made by hand (the vendor's tar and curl commands) into a set.
+    Import,
 }
 
 impl Operation {
     /// Every operation, in the order the README presents them.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 6] = [
         Operation::Backup,
         Operation::Restore,
         Operation::Verify,
         Operation::List,
         Operation::Prune,
+        Operation::Import,
     ];
 }
 
@@ -162,6 +181,7 @@ impl fmt::Display for Operation {
             Operation::Verify => "verify",
             Operation::List => "list",
             Operation::Prune => "prune",
+            Operation::Import => "import",
         })
     }
 }
@@ -427,6 +447,16 @@ pub enum Op {
     Verify(VerifyOptions),
     List,
     Prune(Retention),
+    Import(ImportOptions),
+}
+
+/// What an import takes in.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub volume_archive: Option<PathBuf>,
+    pub db_file: Option<PathBuf>,
+    pub backup_id: Option<String>,
+    pub connectware_version: Option<String>,
 }
 
 /// What retention keeps: the newest `keep_last` regular sets and the newest `keep_safety`
@@ -474,6 +504,7 @@ impl Op {
             Op::Verify(_) => Operation::Verify,
             Op::List => Operation::List,
             Op::Prune { .. } => Operation::Prune,
+            Op::Import(_) => Operation::Import,
         }
     }
 }
@@ -506,6 +537,13 @@ fn operation_keys(op: Operation) -> &'static [&'static str] {
         Operation::Verify => &["encryption", "backup_id", "deep", "against_live"],
         Operation::List => &[],
         Operation::Prune => &["keep_last", "keep_safety"],
+        Operation::Import => &[
+            "encryption",
+            "volume_archive",
+            "db_file",
+            "backup_id",
+            "connectware_version",
+        ],
     }
 }
 
@@ -701,6 +739,24 @@ fn validate(raw: RawTask) -> Result<Task> {
         Operation::Prune => Op::Prune(
             retention.ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
         ),
+        Operation::Import => {
+            if raw.volume_archive.is_none() && raw.db_file.is_none() {
+                return Err(invalid(
+                    "import needs `volume_archive`, `db_file` or both: there is nothing to import",
+                ));
+            }
+            if !volumes.is_none() || api.is_some() {
+                return Err(invalid(
+                    "/volume: an import reads only `volume_archive` and `db_file`; leave out `volume`, `volumes` and `api`",
+                ));
+            }
+            Op::Import(ImportOptions {
+                volume_archive: raw.volume_archive.as_deref().map(absolute).transpose()?,
+                db_file: raw.db_file.as_deref().map(absolute).transpose()?,
+                backup_id: raw.backup_id,
+                connectware_version: raw.connectware_version,
+            })
+        }
     };
     let encryption = raw
         .encryption
@@ -729,7 +785,7 @@ fn validate(raw: RawTask) -> Result<Task> {
 /// where one is read, and a backup that reads its new set back (`verify`) needs both.
 fn encryption(spec: EncryptionSpec, op: &Op) -> Result<Encryption> {
     use crate::keys::{Identities, Recipients};
-    let writes = matches!(op, Op::Backup(_));
+    let writes = matches!(op, Op::Backup(_) | Op::Import(_));
     let to = match (spec.recipients, spec.recipients_file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -751,12 +807,12 @@ fn encryption(spec: EncryptionSpec, op: &Op) -> Result<Encryption> {
     let operation = op.operation();
     if to.is_some() && !writes {
         return Err(invalid(format!(
-            "/encryption: `recipients` and `recipients_file` apply to a backup (a {operation} writes no set of its own; a restore's safety set is encrypted to the recipients of the set it restores)"
+            "/encryption: `recipients` and `recipients_file` apply to a backup or an import (a {operation} writes no set of its own; a restore's safety set is encrypted to the recipients of the set it restores)"
         )));
     }
     if writes && to.is_none() {
         return Err(invalid(
-            "/encryption: a backup needs `recipients` or `recipients_file` to encrypt to",
+            "/encryption: a backup or an import needs `recipients` or `recipients_file` to encrypt to",
         ));
     }
     let identities = spec

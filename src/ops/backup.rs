@@ -753,7 +753,7 @@ fn test_hook_damage_staged(set: &dyn NewSet, mut manifest: Manifest) -> Manifest
 /// Re-reads the new set and compares it with its manifest; with `full`, also decrypts,
 /// decompresses and reads everything (`opening` is what opens it: the task checked that an
 /// encrypted set with `verify` has its identity).
-fn check_before_commit(
+pub fn check_before_commit(
     set: &dyn NewSet,
     manifest: &Manifest,
     full: bool,

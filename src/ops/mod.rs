@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod import;
 pub mod list;
 pub mod prune;
 pub mod restore;
@@ -32,6 +33,7 @@ pub fn run(task: &Task) -> Result<TaskResult> {
         Op::Verify(opts) => verify::run(task, opts),
         Op::List => list::run(task),
         Op::Prune(retention) => prune::run(task, *retention),
+        Op::Import(opts) => import::run(task, opts),
     }
 }
 

@@ -575,7 +575,8 @@ fn open_db(
         })
 }
 
-/// The set to restore: the named one, or the newest that is not a safety set.
+/// The set to restore: the named one, or the newest that is neither a safety set nor an
+/// imported one (SPEC §12).
 fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
     let (sets, broken) = repo.scan()?;
     match &opts.backup_id {
@@ -586,10 +587,10 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
                 .map_or_else(|| "no such set: `list` shows the sets".to_string(), |b| b.problem.clone());
             Error::new(ErrorKind::BackupNotFound, format!("backup set {id} cannot be restored: {why}"))
         }),
-        None => sets.into_iter().find(|s| !s.is_safety()).ok_or_else(|| {
+        None => sets.into_iter().find(|s| !s.is_safety() && !s.is_imported()).ok_or_else(|| {
             Error::new(
                 ErrorKind::BackupNotFound,
-                format!("repository {} holds no complete backup set to restore (safety sets are only restored by name)", repo.location()),
+                format!("repository {} holds no complete backup set to restore (safety sets and imported sets are only restored by name)", repo.location()),
             )
         }),
     }

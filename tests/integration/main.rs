@@ -10,6 +10,7 @@ mod encryption;
 pub mod disk_full;
 mod faults;
 mod hostile;
+mod import;
 mod list;
 mod prune;
 mod restore;
