@@ -188,7 +188,7 @@ mod tests {
         )
         .unwrap();
         let ids = Identities::from_file(&file).unwrap();
-        assert_eq!(ids.public(), [public.clone()]);
+        assert_eq!(ids.public(), std::slice::from_ref(&public));
         assert!(ids.opens(&[public]));
         assert!(!format!("{ids:?}").contains("AGE-SECRET"));
         std::fs::write(&file, "AGE-SECRET-KEY-1NOTAKEY\n").unwrap();

@@ -360,8 +360,8 @@ pub fn db_file(encrypted: bool) -> String {
 pub fn take_db(client: &Client, set: &dyn NewSet, to: Option<&Recipients>) -> Result<DbTaken> {
     type Slot = std::sync::Arc<std::sync::Mutex<Option<Tee<Sealed, String>>>>;
     /// The writer the client gets: the slot's current tee (a new one when it starts over).
-    struct Into(Slot);
-    impl std::io::Write for Into {
+    struct Current(Slot);
+    impl std::io::Write for Current {
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                 Some(tee) => tee.write(data),
@@ -383,7 +383,7 @@ pub fn take_db(client: &Client, set: &dyn NewSet, to: Option<&Recipients>) -> Re
         let sealed = Sealed::new(set.create(&file)?, to).map_err(|e| Error::storing(&file, e))?;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Tee::new(sealed, check::db_content_digest));
-        Ok(Box::new(Into(slot.clone())))
+        Ok(Box::new(Current(slot.clone())))
     })?;
     let finished_at = clock::now();
     let tee = slot
@@ -850,5 +850,24 @@ mod tests {
         assert!(!decide(Some(&base), &[("a", None)]).is_empty());
         // Nothing at all is not an empty plan.
         assert!(!decide(None, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_set_encrypted_otherwise_is_not_comparable() {
+        let key = |_: u8| age::x25519::Identity::generate().to_public().to_string();
+        let (a, b) = (key(0), key(1));
+        let to = |keys: &[&String]| {
+            Recipients::parse(keys.iter().map(|k| k.as_str()), |i| i.to_string()).unwrap()
+        };
+        let mut m = manifest(&[("a", "sha256:1")]);
+        assert!(same_encryption(&m, None));
+        assert!(!same_encryption(&m, Some(&to(&[&a]))), "a plain set, an encrypted backup");
+        m.encryption = Some(EncryptionInfo {
+            scheme: "age".into(),
+            recipients: vec![a.clone(), b.clone()],
+        });
+        assert!(!same_encryption(&m, None), "an encrypted set, a plain backup");
+        assert!(same_encryption(&m, Some(&to(&[&b, &a]))), "the same recipients in another order");
+        assert!(!same_encryption(&m, Some(&to(&[&a]))), "a recipient fewer");
     }
 }
