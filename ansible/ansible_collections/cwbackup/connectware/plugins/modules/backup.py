@@ -317,7 +317,8 @@ volume:
   type: dict
 components:
   description:
-    - One entry per component touched or checked (C(name), C(kind), C(changed), C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message)).
+    - One entry per component touched or checked (C(name), C(kind), C(changed), C(files), C(bytes), C(content_digest), C(path),
+      C(backup_id), C(status_message)).
   returned: backup, restore, verify, import
   type: list
   elements: dict
