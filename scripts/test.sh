@@ -10,6 +10,8 @@ command -v tar >/dev/null || need_apt+=(tar)
 command -v gzip >/dev/null || need_apt+=(gzip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 command -v zstd >/dev/null || need_apt+=(zstd)
+# Debian's age (age, age-keygen) recovers an encrypted set by hand, as README shows.
+command -v age >/dev/null || need_apt+=(age)
 # ansible-core goes into a venv (scripts/ansible-test.sh).
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - [`task`]: the input types, raw → validated.
-//! - [`ops`]: one module per operation (backup, restore, verify, list, prune); each computes a
+//! - [`ops`]: one module per operation (backup, restore, verify, list, prune, import); each computes a
 //!   plan (per component: take / skip / restore, and why), then applies it. They join the
 //!   parts below, which never import each other:
 //!   - [`repository`]: backup sets (manifest with components, retention) over the storage
@@ -17,8 +17,9 @@
 //!   - [`connectware`]: the maintenance-API client; it downloads into a writer it is given.
 //!   - [`docker`]: the Docker Engine through its API: volumes by name or compose project,
 //!     containers, stop and start, volume creation.
-//! - Leaves everyone may use: [`layers`] (compression and hashing over a set's file streams,
-//!   applied in one place), [`hashing`], [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
+//! - Leaves everyone may use: [`layers`] (compression, age encryption and hashing over a set's
+//!   file streams, applied in one place), [`keys`] (age recipients and identities), [`hashing`],
+//!   [`fsutil`], [`lockfile`], [`safe_open`], [`clock`],
 //!   [`progress`], [`secrets`].
 //! - [`result`] and [`error`]: the output types, the wire format in one place; [`human`]
 //!   renders a result for a person (`--human`).
@@ -30,6 +31,7 @@ pub mod error;
 mod fsutil;
 mod hashing;
 pub mod human;
+pub mod keys;
 pub mod layers;
 mod lockfile;
 pub mod ops;

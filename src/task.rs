@@ -47,6 +47,13 @@ pub struct RawTask {
     #[schemars(with = "ApiSpec")]
     pub api: Option<ApiSpec>,
 
+    /// Encryption of the sets with age (SPEC §11). backup: `recipients` or `recipients_file`
+    /// (every file of the new set is encrypted to them, stored as `<file>.age`); restore,
+    /// verify: `identity_file`, which opens an encrypted set (checksum-only verify needs none).
+    #[serde(default)]
+    #[schemars(with = "EncryptionSpec")]
+    pub encryption: Option<EncryptionSpec>,
+
     /// Decide and report exactly what would change, but change nothing (Ansible check mode).
     #[serde(default)]
     pub dry_run: bool,
@@ -114,6 +121,22 @@ pub struct RawTask {
     /// verify: compare the set with the live volume and report drift as warnings.
     #[serde(default)]
     pub against_live: bool,
+
+    /// import: a volume archive made by hand: the vendor's `tar cvfz … ./<volume>/_data`
+    /// (entries below `./<volume>/_data/`) or an archive of the volume root itself; gzip, zstd
+    /// or plain tar. It becomes the component `volume`.
+    #[serde(default)]
+    pub volume_archive: Option<PathBuf>,
+
+    /// import: a database backup file as Connectware's API served it (`curl … --output
+    /// connectware-db-backup.tgz`), kept byte for byte as the component `db`.
+    #[serde(default)]
+    pub db_file: Option<PathBuf>,
+
+    /// import: the Connectware version the files were taken from, recorded in the manifest.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._+-]{1,64}$"))]
+    pub connectware_version: Option<String>,
 }
 
 fn yes() -> bool {
@@ -134,16 +157,19 @@ pub enum Operation {
     List,
     /// Delete old backup sets.
     Prune,
+    /// Turn backups made by hand (the vendor's tar and curl commands) into a set.
+    Import,
 }
 
 impl Operation {
     /// Every operation, in the order the README presents them.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 6] = [
         Operation::Backup,
         Operation::Restore,
         Operation::Verify,
         Operation::List,
         Operation::Prune,
+        Operation::Import,
     ];
 }
 
@@ -155,6 +181,7 @@ impl fmt::Display for Operation {
             Operation::Verify => "verify",
             Operation::List => "list",
             Operation::Prune => "prune",
+            Operation::Import => "import",
         })
     }
 }
@@ -168,6 +195,25 @@ pub enum Compression {
     Gzip,
     /// zstd (`volume.tar.zst`): several times faster; GNU tar reads it with `tar --zstd -xf`.
     Zstd,
+}
+
+/// age encryption: whom a backup encrypts to, and the identity that opens a set.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// backup: the age X25519 public keys (`age1…`, as `age-keygen` prints them) every file
+    /// of the new set is encrypted to. Not together with `recipients_file`.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 64))]
+    pub recipients: Option<Vec<String>>,
+    /// backup: a file of recipients, one `age1…` a line, `#` comments allowed.
+    #[serde(default)]
+    pub recipients_file: Option<PathBuf>,
+    /// restore, verify (deep or against_live; a plain verify reads the contents too when
+    /// given), backup with `verify`: an age identity file as `age-keygen -o` writes it
+    /// (`AGE-SECRET-KEY-1…`), which opens the set's files. Keep it readable by root only.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
 }
 
 /// Where the service-manager volume is: exactly one of `path` or `docker_volume`.
@@ -297,6 +343,8 @@ pub struct Task {
     pub volumes: Volumes,
     /// The API, if the database half is wanted.
     pub api: Option<ApiConfig>,
+    /// age keys: whom new sets are encrypted to, and what opens a set.
+    pub encryption: Encryption,
     /// Plan only.
     pub dry_run: bool,
     /// Report before/after.
@@ -382,6 +430,15 @@ pub struct ApiConfig {
     pub secret_env: Option<String>,
 }
 
+/// The task's `encryption`, read.
+#[derive(Debug, Clone, Default)]
+pub struct Encryption {
+    /// Whom a backup encrypts its new set to (None: not encrypted).
+    pub to: Option<crate::keys::Recipients>,
+    /// What opens an encrypted set.
+    pub identities: Option<crate::keys::Identities>,
+}
+
 /// The operation with its own options.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -390,6 +447,16 @@ pub enum Op {
     Verify(VerifyOptions),
     List,
     Prune(Retention),
+    Import(ImportOptions),
+}
+
+/// What an import takes in.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub volume_archive: Option<PathBuf>,
+    pub db_file: Option<PathBuf>,
+    pub backup_id: Option<String>,
+    pub connectware_version: Option<String>,
 }
 
 /// What retention keeps: the newest `keep_last` regular sets and the newest `keep_safety`
@@ -437,6 +504,7 @@ impl Op {
             Op::Verify(_) => Operation::Verify,
             Op::List => Operation::List,
             Op::Prune { .. } => Operation::Prune,
+            Op::Import(_) => Operation::Import,
         }
     }
 }
@@ -457,6 +525,7 @@ const COMMON_KEYS: &[&str] = &[
 fn operation_keys(op: Operation) -> &'static [&'static str] {
     match op {
         Operation::Backup => &[
+            "encryption",
             "backup_id",
             "force",
             "keep_last",
@@ -464,10 +533,17 @@ fn operation_keys(op: Operation) -> &'static [&'static str] {
             "verify",
             "compression",
         ],
-        Operation::Restore => &["backup_id", "force", "safety_backup", "restart"],
-        Operation::Verify => &["backup_id", "deep", "against_live"],
+        Operation::Restore => &["encryption", "backup_id", "force", "safety_backup", "restart"],
+        Operation::Verify => &["encryption", "backup_id", "deep", "against_live"],
         Operation::List => &[],
         Operation::Prune => &["keep_last", "keep_safety"],
+        Operation::Import => &[
+            "encryption",
+            "volume_archive",
+            "db_file",
+            "backup_id",
+            "connectware_version",
+        ],
     }
 }
 
@@ -663,7 +739,30 @@ fn validate(raw: RawTask) -> Result<Task> {
         Operation::Prune => Op::Prune(
             retention.ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
         ),
+        Operation::Import => {
+            if raw.volume_archive.is_none() && raw.db_file.is_none() {
+                return Err(invalid(
+                    "import needs `volume_archive`, `db_file` or both: there is nothing to import",
+                ));
+            }
+            if !volumes.is_none() || api.is_some() {
+                return Err(invalid(
+                    "/volume: an import reads only `volume_archive` and `db_file`; leave out `volume`, `volumes` and `api`",
+                ));
+            }
+            Op::Import(ImportOptions {
+                volume_archive: raw.volume_archive.as_deref().map(absolute).transpose()?,
+                db_file: raw.db_file.as_deref().map(absolute).transpose()?,
+                backup_id: raw.backup_id,
+                connectware_version: raw.connectware_version,
+            })
+        }
     };
+    let encryption = raw
+        .encryption
+        .map(|spec| encryption(spec, &op))
+        .transpose()?
+        .unwrap_or_default();
     if matches!(op, Op::Backup(_) | Op::Restore(_)) && volumes.is_none() && api.is_none() {
         return Err(invalid(format!(
             "{} needs `volume` (or `volumes`), `api` or both: there is nothing to {0}",
@@ -674,11 +773,73 @@ fn validate(raw: RawTask) -> Result<Task> {
         repository: absolute(&raw.repository)?,
         volumes,
         api,
+        encryption,
         dry_run: raw.dry_run,
         diff: raw.diff,
         wait_for_lock: Duration::from_secs(raw.wait_for_lock_s.min(u64::from(MAX_WAIT_S))),
         op,
     })
+}
+
+/// Reads the task's `encryption`: recipients only where a set is written, an identity only
+/// where one is read, and a backup that reads its new set back (`verify`) needs both.
+fn encryption(spec: EncryptionSpec, op: &Op) -> Result<Encryption> {
+    use crate::keys::{Identities, Recipients};
+    let writes = matches!(op, Op::Backup(_) | Op::Import(_));
+    let to = match (spec.recipients, spec.recipients_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "/encryption: give `recipients` or `recipients_file`, not both",
+            ));
+        }
+        (Some(list), None) => Some(
+            Recipients::parse(list.iter().map(String::as_str), |i| {
+                format!("/encryption/recipients/{i}")
+            })
+            .map_err(invalid)?,
+        ),
+        (None, Some(file)) => Some(
+            Recipients::from_file(&file)
+                .map_err(|e| invalid(format!("/encryption/recipients_file: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let operation = op.operation();
+    if to.is_some() && !writes {
+        return Err(invalid(format!(
+            "/encryption: `recipients` and `recipients_file` apply to a backup or an import (a {operation} writes no set of its own; a restore's safety set is encrypted to the recipients of the set it restores)"
+        )));
+    }
+    if writes && to.is_none() {
+        return Err(invalid(
+            "/encryption: a backup or an import needs `recipients` or `recipients_file` to encrypt to",
+        ));
+    }
+    let identities = spec
+        .identity_file
+        .map(|file| {
+            Identities::from_file(&file)
+                .map_err(|e| invalid(format!("/encryption/identity_file: {e}")))
+        })
+        .transpose()?;
+    if let (Op::Backup(b), Some(to)) = (op, &to) {
+        match &identities {
+            Some(ids) if !ids.opens(&to.strings()) => {
+                return Err(invalid(format!(
+                    "/encryption/identity_file: {} opens none of the recipients ({}), so the new set could not be read back",
+                    ids.file,
+                    to.strings().join(", ")
+                )));
+            }
+            None if b.verify => {
+                return Err(invalid(
+                    "/encryption: `verify` reads the new set back, which needs `identity_file` besides the recipients",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(Encryption { to, identities })
 }
 
 /// A volume given as exactly one of `path` or `docker_volume`; `at` is its place in the task.

@@ -20,11 +20,12 @@ use super::{LiveVolume, check, db_outcome, set_components};
 use crate::clock;
 use crate::connectware::{self, Client, Downloaded};
 use crate::error::{Error, ErrorKind, Result};
-use crate::layers::Sink;
+use crate::keys::{Identities, Recipients};
+use crate::layers::{Opening, Sealed, Sink, Tee};
 use crate::ops::prune;
 use crate::repository::backend::NewSet;
 use crate::repository::check::{Problem, checksums};
-use crate::repository::manifest::{self, Component, DbFile, Kind, Manifest, Tree};
+use crate::repository::manifest::{self, Component, DbFile, EncryptionInfo, Kind, Manifest, Tree};
 use crate::repository::{Repository, Set};
 use crate::result::{Diff, SetRef, TaskResult};
 use crate::task::{BackupOptions, Compression, Operation, Task};
@@ -146,10 +147,12 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     let newest = sets.iter().find(|s| !s.is_safety());
     // The set an unchanged installation would equal: the same components, and no reason to
     // write anyway. Without one, every component is archived straight away (no hashing).
+    let to = task.encryption.to.as_ref();
     let comparable = newest.filter(|s| {
         opts.backup_id.is_none()
             && !opts.force
             && same_components(&s.manifest, &volumes, client.is_some())
+            && same_encryption(&s.manifest, to)
     });
     let before = json!({"newest_set": newest.map(|s| &s.id)});
 
@@ -208,6 +211,8 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         client: client.as_ref(),
         compression: opts.compression,
         verify: opts.verify,
+        to,
+        identities: task.encryption.identities.as_ref(),
         id: opts.backup_id.clone(),
         // Without the database, the volumes were compared above: they changed.
         comparable: comparable.filter(|_| client.is_some()),
@@ -252,6 +257,16 @@ fn same_components(m: &Manifest, volumes: &[LiveVolume], with_db: bool) -> bool 
     m.components.len() == volumes.len() + usize::from(with_db)
         && volumes.iter().all(|v| m.component(&v.name).is_some_and(|c| c.is_volume()))
         && (!with_db || m.db().is_some())
+}
+
+/// Whether a set is encrypted exactly as a new set would be: not at all, or to the same
+/// recipients (in any order). A change of recipients writes a new set (SPEC §11).
+pub fn same_encryption(m: &Manifest, to: Option<&Recipients>) -> bool {
+    match (&m.encryption, to) {
+        (None, None) => true,
+        (Some(e), Some(to)) => to.same_as(&e.recipients),
+        _ => false,
+    }
 }
 
 /// `the volume is` / `the volumes are` (`the volume` / `the volumes` before `and the
@@ -300,9 +315,12 @@ fn retain(
     Ok(result)
 }
 
-/// A database backup taken into a new set as `db.tgz`.
+/// A database backup taken into a new set as `db.tgz` (`db.tgz.age` when encrypted).
 pub struct DbTaken {
     pub downloaded: Downloaded,
+    /// The file in the set, and what is stored of it.
+    pub file: String,
+    pub stored: crate::layers::Stored,
     pub started: Instant,
     pub started_at: String,
     pub finished_at: String,
@@ -313,10 +331,10 @@ impl DbTaken {
     fn component(&self) -> Component {
         Component {
             name: manifest::DB.to_string(),
-            file: DB_FILE.to_string(),
+            file: self.file.clone(),
             compression: None,
-            sha256: self.downloaded.sha256.clone(),
-            bytes: self.downloaded.bytes,
+            sha256: self.stored.sha256.clone(),
+            bytes: self.stored.bytes,
             started_at: self.started_at.clone(),
             finished_at: self.finished_at.clone(),
             content_digest: self.content_digest.clone(),
@@ -328,23 +346,61 @@ impl DbTaken {
     }
 }
 
-/// Takes a database backup through the API into `set` as `db.tgz`, and reads it back for its
-/// content digest.
-pub fn take_db(client: &Client, set: &dyn NewSet) -> Result<DbTaken> {
+/// The database file's name in a set.
+pub fn db_file(encrypted: bool) -> String {
+    if encrypted {
+        format!("{DB_FILE}{}", crate::layers::AGE_SUFFIX)
+    } else {
+        DB_FILE.to_string()
+    }
+}
+
+/// Takes a database backup through the API into `set` as `db.tgz` (encrypted to `to`, as
+/// `db.tgz.age`), computing its content digest from the bytes as they arrive.
+pub fn take_db(client: &Client, set: &dyn NewSet, to: Option<&Recipients>) -> Result<DbTaken> {
+    type Slot = std::sync::Arc<std::sync::Mutex<Option<Tee<Sealed, String>>>>;
+    /// The writer the client gets: the slot's current tee (a new one when it starts over).
+    struct Current(Slot);
+    impl std::io::Write for Current {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(tee) => tee.write(data),
+                None => Err(std::io::Error::other("the database file was already closed")),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(tee) => tee.flush(),
+                None => Ok(()),
+            }
+        }
+    }
+    let file = db_file(to.is_some());
+    let slot: Slot = Default::default();
     let started = Instant::now();
     let started_at = clock::now();
-    let downloaded = client.backup(&mut || set.create(DB_FILE))?;
+    let downloaded = client.backup(&mut || {
+        let sealed = Sealed::new(set.create(&file)?, to).map_err(|e| Error::storing(&file, e))?;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Tee::new(sealed, check::db_content_digest));
+        Ok(Box::new(Current(slot.clone())))
+    })?;
     let finished_at = clock::now();
-    let content_digest = set
-        .read(DB_FILE)
-        .and_then(check::db_content_digest)
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::ApiProtocolError,
-                format!("the database backup Connectware sent is not a readable .tgz: {e}"),
-            )
-        })?;
+    let tee = slot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| Error::new(ErrorKind::InternalError, "no database file was written"))?;
+    let (sealed, content_digest) = tee.finish().map_err(|e| {
+        Error::new(
+            ErrorKind::ApiProtocolError,
+            format!("the database backup Connectware sent is not a readable .tgz: {e}"),
+        )
+    })?;
+    let stored = sealed.finish().map_err(|e| Error::storing(&file, e))?;
     Ok(DbTaken {
+        file,
+        stored,
         downloaded,
         started,
         started_at,
@@ -361,6 +417,10 @@ pub struct Taking<'a> {
     pub compression: Compression,
     /// Also decompress and read every archive before committing.
     pub verify: bool,
+    /// Whom the new set is encrypted to (None: not encrypted).
+    pub to: Option<&'a Recipients>,
+    /// What opens the new set, for `verify` (needed with `to`).
+    pub identities: Option<&'a Identities>,
     /// The new set's id; None: `<UTC time>-<version or "volume">`, made unique.
     pub id: Option<String>,
     /// The set to compare with: if every component equals it, nothing is written.
@@ -405,7 +465,7 @@ impl<'a> Taking<'a> {
             (Some(c), None) => {
                 let handle = scope.spawn(move || {
                     crate::test_panic("worker");
-                    take_db(c, shared)
+                    take_db(c, shared, self.to)
                 });
                 let volumes = self.volumes_first_pass(shared, comparable, warnings);
                 let db =
@@ -442,7 +502,7 @@ impl<'a> Taking<'a> {
             if let VolumeTaken::Same = taken {
                 let start = Instant::now();
                 *taken = VolumeTaken::Archived(
-                    Box::new(archive_volume(v, set.as_ref(), self.compression, warnings)?),
+                    Box::new(archive_volume(v, set.as_ref(), self.compression, self.to, warnings)?),
                     start,
                 );
             }
@@ -492,11 +552,19 @@ impl<'a> Taking<'a> {
             server_version,
             skew_ms,
             installation: None,
-            encryption: None,
+            encryption: self.to.map(|to| EncryptionInfo {
+                scheme: "age".to_string(),
+                recipients: to.strings(),
+            }),
             components,
         };
         let manifest = test_hook_damage_staged(set.as_ref(), manifest);
-        check_before_commit(set.as_ref(), &manifest, self.verify)?;
+        let opening = match (self.to, self.identities) {
+            (None, _) => Some(Opening::Plain),
+            (Some(_), Some(ids)) => Some(Opening::Age(ids)),
+            (Some(_), None) => None,
+        };
+        check_before_commit(set.as_ref(), &manifest, self.verify, opening)?;
         let text = serde_json::to_vec_pretty(&manifest).expect("a manifest is JSON");
         let location = set.commit(&id, &text)?;
         Ok(Taken::Written(Box::new(Set {
@@ -523,7 +591,7 @@ impl<'a> Taking<'a> {
                     return Ok(VolumeTaken::Same);
                 }
                 let start = Instant::now();
-                archive_volume(v, set, self.compression, warnings)
+                archive_volume(v, set, self.compression, self.to, warnings)
                     .map(|c| VolumeTaken::Archived(Box::new(c), start))
             })
             .collect()
@@ -583,15 +651,16 @@ pub fn archive_volume(
     v: &LiveVolume,
     set: &dyn NewSet,
     compression: Compression,
+    to: Option<&Recipients>,
     warnings: &mut Vec<String>,
 ) -> Result<Component> {
     let dir = &v.dir;
-    let file = v.file(compression);
+    let file = v.file(compression, to.is_some());
     for attempt in 1..=CONSISTENCY_ATTEMPTS {
         let started_at = clock::now();
         let before = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
         let out = set.create(&file)?;
-        let mut sink = Sink::new(out, Some(compression))
+        let mut sink = Sink::new(out, Some(compression), to)
             .map_err(|e| Error::io("cannot archive volume", dir, e))?;
         let written = archive::write_archive(dir, &before, &mut sink).map_err(|e| {
             if crate::error::is_no_space(&e) {
@@ -681,18 +750,24 @@ fn test_hook_damage_staged(set: &dyn NewSet, mut manifest: Manifest) -> Manifest
     manifest
 }
 
-/// Re-reads the new set and compares it with its manifest; with `full`, also decompresses
-/// and reads everything.
-fn check_before_commit(set: &dyn NewSet, manifest: &Manifest, full: bool) -> Result<()> {
+/// Re-reads the new set and compares it with its manifest; with `full`, also decrypts,
+/// decompresses and reads everything (`opening` is what opens it: the task checked that an
+/// encrypted set with `verify` has its identity).
+pub fn check_before_commit(
+    set: &dyn NewSet,
+    manifest: &Manifest,
+    full: bool,
+    opening: Option<Opening<'_>>,
+) -> Result<()> {
     let mut problems: Vec<Problem> = checksums(|file| set.read(file), manifest);
-    if full && problems.is_empty() {
+    if let (true, true, Some(opening)) = (full, problems.is_empty(), opening) {
         let stop = std::sync::atomic::AtomicBool::new(false);
         for c in &manifest.components {
             match &c.kind {
                 Kind::Volume(t) | Kind::Files(t) => {
-                    problems.extend(check::tree(set.read(&c.file), c, t, None, &stop)?.1)
+                    problems.extend(check::tree(set.read(&c.file), opening, c, t, None, &stop)?.1)
                 }
-                Kind::Db(_) => problems.extend(check::db(set.read(&c.file), c)),
+                Kind::Db(_) => problems.extend(check::db(set.read(&c.file), opening, c)),
             }
         }
     }
@@ -775,5 +850,24 @@ mod tests {
         assert!(!decide(Some(&base), &[("a", None)]).is_empty());
         // Nothing at all is not an empty plan.
         assert!(!decide(None, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_set_encrypted_otherwise_is_not_comparable() {
+        let key = |_: u8| age::x25519::Identity::generate().to_public().to_string();
+        let (a, b) = (key(0), key(1));
+        let to = |keys: &[&String]| {
+            Recipients::parse(keys.iter().map(|k| k.as_str()), |i| i.to_string()).unwrap()
+        };
+        let mut m = manifest(&[("a", "sha256:1")]);
+        assert!(same_encryption(&m, None));
+        assert!(!same_encryption(&m, Some(&to(&[&a]))), "a plain set, an encrypted backup");
+        m.encryption = Some(EncryptionInfo {
+            scheme: "age".into(),
+            recipients: vec![a.clone(), b.clone()],
+        });
+        assert!(!same_encryption(&m, None), "an encrypted set, a plain backup");
+        assert!(same_encryption(&m, Some(&to(&[&b, &a]))), "the same recipients in another order");
+        assert!(!same_encryption(&m, Some(&to(&[&a]))), "a recipient fewer");
     }
 }

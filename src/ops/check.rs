@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::hashing::{hex, sha256_reader};
-use crate::layers;
+use crate::layers::{self, Opening};
 use crate::repository::check::Problem;
 use crate::repository::manifest::{Component, Tree};
 use crate::volume::extract::{self, Contents, Limits};
@@ -27,6 +27,7 @@ use crate::volume::extract::{self, Contents, Limits};
 /// as `stop` is set.
 pub fn tree(
     stored: io::Result<Box<dyn Read + Send>>,
+    opening: Opening<'_>,
     component: &Component,
     tree: &Tree,
     dest: Option<&Path>,
@@ -38,11 +39,13 @@ pub fn tree(
             format!("cannot open {}: {e}", component.file),
         )
     })?;
-    let reader = layers::decompressing(stored, component.compression).map_err(|e| {
-        Error::new(
-            ErrorKind::RepositoryError,
-            format!("cannot open {}: {e}", component.file),
-        )
+    let reader = layers::reading(stored, component.compression, opening).map_err(|e| {
+        let kind = match e.kind() {
+            io::ErrorKind::PermissionDenied => ErrorKind::EncryptionError,
+            io::ErrorKind::InvalidData => ErrorKind::IntegrityError,
+            _ => ErrorKind::RepositoryError,
+        };
+        Error::new(kind, format!("cannot open {}: {e}", component.file))
     })?;
     let limits = Limits {
         max_bytes: tree.expanded_bytes,
@@ -97,8 +100,15 @@ impl<R: Read> Read for Until<'_, R> {
 }
 
 /// Decompresses and reads the database file and compares its content digest with the manifest.
-pub fn db(stored: io::Result<Box<dyn Read + Send>>, component: &Component) -> Vec<Problem> {
-    match stored.and_then(db_content_digest) {
+pub fn db(
+    stored: io::Result<Box<dyn Read + Send>>,
+    opening: Opening<'_>,
+    component: &Component,
+) -> Vec<Problem> {
+    match stored
+        .and_then(|s| layers::opened(s, opening, false))
+        .and_then(db_content_digest)
+    {
         Err(e) => vec![Problem::new(
             &component.name,
             format!("{} cannot be read as a .tgz: {e}", component.file),

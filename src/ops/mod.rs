@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod import;
 pub mod list;
 pub mod prune;
 pub mod restore;
@@ -16,7 +17,10 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::keys::Recipients;
+use crate::layers::Opening;
 use crate::repository::manifest::{self, Component, Manifest, Source, Tree};
+use crate::repository::{Repository, Set};
 use crate::result::{ComponentOutcome, TaskResult};
 use crate::task::{Compression, Op, Task, VolumeSource, Volumes};
 use crate::{docker, volume};
@@ -29,6 +33,7 @@ pub fn run(task: &Task) -> Result<TaskResult> {
         Op::Verify(opts) => verify::run(task, opts),
         Op::List => list::run(task),
         Op::Prune(retention) => prune::run(task, *retention),
+        Op::Import(opts) => import::run(task, opts),
     }
 }
 
@@ -46,16 +51,17 @@ pub struct LiveVolume {
 }
 
 impl LiveVolume {
-    /// The file of its archive inside a set.
-    pub fn file(&self, compression: Compression) -> String {
+    /// The file of its archive inside a set (`.age` appended when encrypted).
+    pub fn file(&self, compression: Compression, encrypted: bool) -> String {
         let ext = match compression {
             Compression::Gzip => "tar.gz",
             Compression::Zstd => "tar.zst",
         };
+        let age = if encrypted { crate::layers::AGE_SUFFIX } else { "" };
         if self.listed {
-            format!("volumes/{}.{ext}", self.name)
+            format!("volumes/{}.{ext}{age}", self.name)
         } else {
-            format!("volume.{ext}")
+            format!("volume.{ext}{age}")
         }
     }
 
@@ -160,6 +166,79 @@ pub fn set_components(result: &mut TaskResult, components: Vec<ComponentOutcome>
         }
     }
     result.components = Some(components);
+}
+
+/// What opens a set's files (SPEC §11): as stored when it is not encrypted, else the task's
+/// `identity_file`, which must open every file of the set. A missing or wrong key is
+/// `encryption_error` naming the set's recipients, found before anything is read or touched;
+/// `what` says what needs the key (`a restore`). Other damage to a file is left to the
+/// checksums, which report it as such.
+pub fn opening<'t>(
+    task: &'t Task,
+    repo: &Repository,
+    set: &Set,
+    what: &str,
+) -> Result<Opening<'t>> {
+    let Some(e) = &set.manifest.encryption else {
+        return Ok(Opening::Plain);
+    };
+    let recipients = e.recipients.join(", ");
+    let refused = |message: String| {
+        Error::new(ErrorKind::EncryptionError, message)
+            .detail("set", set.id.clone())
+            .detail("recipients", e.recipients.clone())
+    };
+    let Some(ids) = task.encryption.identities.as_ref() else {
+        return Err(refused(format!(
+            "backup set {} is encrypted (age) to {recipients}: {what} needs encryption.identity_file, the identity file of one of them",
+            set.id
+        )));
+    };
+    let wrong = || {
+        refused(format!(
+            "the identity in {} (public key {}) does not open backup set {}, which is encrypted to {recipients}: give the identity file of one of them; nothing was changed",
+            ids.file,
+            ids.public().join(", "),
+            set.id
+        ))
+    };
+    if !ids.opens(&e.recipients) {
+        return Err(wrong());
+    }
+    // The manifest is not signed: the files' own headers have the last word.
+    for c in &set.manifest.components {
+        let opened = repo
+            .read(set, &c.file)
+            .and_then(|stored| crate::layers::opened(stored, Opening::Age(ids), false));
+        if let Err(e) = opened
+            && e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Err(wrong());
+        }
+    }
+    Ok(Opening::Age(ids))
+}
+
+/// The recipients a set is encrypted to, for a set written from it (a restore's safety set).
+pub fn recipients_of(set: &Set) -> Result<Option<Recipients>> {
+    set.manifest
+        .encryption
+        .as_ref()
+        .map(|e| {
+            Recipients::parse(e.recipients.iter().map(String::as_str), |i| {
+                format!("recipient {i}")
+            })
+            .map_err(|why| {
+                Error::new(
+                    ErrorKind::IntegrityError,
+                    format!(
+                        "backup set {}'s manifest names recipients that are not age X25519 public keys ({why}); nothing was changed",
+                        set.id
+                    ),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// The task's volumes, found (a path, or a Docker volume's mountpoint), each refused as

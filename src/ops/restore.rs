@@ -32,6 +32,8 @@ use super::{LiveVolume, check, db_outcome, set_components};
 use crate::clock;
 use crate::connectware::{self, Client};
 use crate::error::{Error, ErrorKind, Result};
+use crate::keys::Recipients;
+use crate::layers::{self, Opening};
 use crate::repository::backend::NewSet;
 use crate::repository::manifest::{Component, Tree};
 use crate::repository::{Repository, SAFETY_PREFIX, Set};
@@ -205,6 +207,10 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let works = all.as_ref().map(Group::members).unwrap_or_default();
 
     let set = choose(&repo, opts)?;
+    // The key is checked before anything is read or written (SPEC §11); the safety set is
+    // encrypted to the recipients of the set restored.
+    let opening = super::opening(task, &repo, &set, "a restore")?;
+    let to = super::recipients_of(&set)?;
     let mut targets = Vec::with_capacity(volumes.len());
     for (live, work) in volumes.into_iter().zip(works) {
         let (component, tree) = live.component_in(&set.manifest)?;
@@ -262,7 +268,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             .map(|(t, stop)| {
                 std::thread::scope(|inner| {
                     let staging = (!task.dry_run)
-                        .then(|| inner.spawn(|| Staged::extract(t.work, &repo, &set, t, stop)));
+                        .then(|| inner.spawn(|| Staged::extract(t.work, &repo, &set, opening, t, stop)));
                     let live = live_state(&t.live.dir, t.tree, task.diff);
                     let needed = matches!(&live, Ok(l) if opts.force || l.digest() != Some(&t.component.content_digest));
                     if !needed {
@@ -308,7 +314,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         Some(_) if task.dry_run || opts.force => LiveDb::NotCompared,
         Some(c) => {
             let new_set = repo.create_set()?;
-            let taken = backup::take_db(c, new_set.as_ref())?;
+            let taken = backup::take_db(c, new_set.as_ref(), to.as_ref())?;
             let digest = taken.content_digest.clone();
             fresh_db = Some((new_set, taken));
             LiveDb::Digest(digest)
@@ -382,7 +388,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         result.restart_required = opts.restart.is_none();
         fill(&mut result, &set, &targets, &plan);
         if task.diff {
-            result.diff = Some(plan_diff(&repo, &set, &targets, &live, &plan, before, &staged)?);
+            result.diff = Some(plan_diff(&repo, &set, opening, &targets, &live, &plan, before, &staged)?);
         }
         return Ok(result);
     }
@@ -393,6 +399,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             &repo,
             &targets,
             client.as_ref(),
+            to.as_ref(),
             fresh_db.take(),
             &mut warnings,
         )?)
@@ -401,7 +408,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     };
     drop(fresh_db);
     let diff = if task.diff {
-        Some(plan_diff(&repo, &set, &targets, &live, &plan, before, &staged)?)
+        Some(plan_diff(&repo, &set, opening, &targets, &live, &plan, before, &staged)?)
     } else {
         None
     };
@@ -438,7 +445,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             g.before_database(&halves)?;
         }
         // A failure here drops the staged trees, which removes them: no volume was touched.
-        if let Err(e) = c.restore(&|| open_db(&repo, &set, db)) {
+        if let Err(e) = c.restore(&|| open_db(&repo, &set, db, opening)) {
             if let Some(g) = &swap {
                 g.forget_database()?;
             }
@@ -498,6 +505,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                     (true, Some(c), next) => {
                         let (e, put_back) = put_database_back(
                             &repo,
+                            opening,
                             c,
                             e,
                             &set,
@@ -549,22 +557,26 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     Ok(result)
 }
 
-/// The set's database file, streamed, with its length (for the upload).
+/// The set's database file, streamed (decrypted when the set is encrypted), with its length
+/// (for the upload).
 fn open_db(
     repo: &Repository,
     set: &Set,
     db: &Component,
+    opening: Opening<'_>,
 ) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
-    let reader = repo.read(set, &db.file).map_err(|e| {
-        Error::new(
-            ErrorKind::RepositoryError,
-            format!("cannot read {}: {e}", repo.file_location(set, &db.file)),
-        )
-    })?;
-    Ok((reader, db.bytes))
+    repo.read(set, &db.file)
+        .and_then(|stored| layers::opened_with_length(stored, db.bytes, opening))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::RepositoryError,
+                format!("cannot read {}: {e}", repo.file_location(set, &db.file)),
+            )
+        })
 }
 
-/// The set to restore: the named one, or the newest that is not a safety set.
+/// The set to restore: the named one, or the newest that is neither a safety set nor an
+/// imported one (SPEC §12).
 fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
     let (sets, broken) = repo.scan()?;
     match &opts.backup_id {
@@ -575,10 +587,10 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
                 .map_or_else(|| "no such set: `list` shows the sets".to_string(), |b| b.problem.clone());
             Error::new(ErrorKind::BackupNotFound, format!("backup set {id} cannot be restored: {why}"))
         }),
-        None => sets.into_iter().find(|s| !s.is_safety()).ok_or_else(|| {
+        None => sets.into_iter().find(|s| !s.is_safety() && !s.is_imported()).ok_or_else(|| {
             Error::new(
                 ErrorKind::BackupNotFound,
-                format!("repository {} holds no complete backup set to restore (safety sets are only restored by name)", repo.location()),
+                format!("repository {} holds no complete backup set to restore (safety sets and imported sets are only restored by name)", repo.location()),
             )
         }),
     }
@@ -640,9 +652,11 @@ fn version_key(v: &str) -> Option<Vec<u64>> {
 
 /// Before and after, with counts of the files a restore adds, removes and changes.
 /// `staged` is what staging extracted; without it (a dry run), the archive is read here.
+#[allow(clippy::too_many_arguments)]
 fn plan_diff(
     repo: &Repository,
     set: &Set,
+    opening: Opening<'_>,
     targets: &[Target<'_>],
     live: &[Live],
     plan: &Plan,
@@ -664,6 +678,7 @@ fn plan_diff(
             None => {
                 read = check::tree(
                     repo.read(set, &t.component.file),
+                    opening,
                     t.component,
                     t.tree,
                     None,
@@ -698,6 +713,7 @@ fn safety_backup(
     repo: &Repository,
     targets: &[Target<'_>],
     client: Option<&Client>,
+    to: Option<&Recipients>,
     fresh_db: Option<(Box<dyn NewSet>, DbTaken)>,
     warnings: &mut Vec<String>,
 ) -> Result<Set> {
@@ -712,6 +728,8 @@ fn safety_backup(
         client,
         compression: Compression::default(),
         verify: false,
+        to,
+        identities: None,
         id: Some(id),
         comparable: None,
     };
@@ -747,12 +765,14 @@ impl<'a> Staged<'a> {
         work: &'a Work,
         repo: &Repository,
         set: &Set,
+        opening: Opening<'_>,
         target: &Target<'_>,
         stop: &AtomicBool,
     ) -> Result<Staged<'a>> {
         let staged = work.fresh_staged()?;
         let outcome = check::tree(
             repo.read(set, &target.component.file),
+            opening,
             target.component,
             target.tree,
             Some(&staged),
@@ -845,6 +865,7 @@ fn still_as_decided(
 /// the journal left behind puts the old tree back in the next task on the volume.
 fn put_database_back(
     repo: &Repository,
+    opening: Opening<'_>,
     client: &Client,
     error: Error,
     set: &Set,
@@ -857,7 +878,7 @@ fn put_database_back(
         Some((s, d)) => {
             let file = repo.file_location(s, &d.file);
             match client
-                .restore(&|| open_db(repo, s, d))
+                .restore(&|| open_db(repo, s, d, opening))
                 .inspect(|_| put_back = true)
             {
                 Ok(_) if volume_as_before => format!(

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::{LiveVolume, check};
 use crate::error::{Error, ErrorKind, Result};
+use crate::layers::Opening;
 use crate::fsutil::remove_tree;
 use crate::repository::manifest::Kind;
 use crate::repository::{Repository, Set};
@@ -72,9 +73,26 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         .iter()
         .position(|s| opts.backup_id.is_some() || !s.is_safety())
         .or(if chosen.is_empty() { None } else { Some(0) });
+    // What opens each set, decided before any set is read: `deep`, and `against_live` for the
+    // set it compares with, need the key of an encrypted set (`encryption_error` otherwise);
+    // any other check of an encrypted set without its key is checksums only (SPEC §11).
+    let mut openings = Vec::with_capacity(chosen.len());
+    let mut unread = Vec::new();
+    for (i, set) in chosen.iter().enumerate() {
+        let needs = opts.deep || (opts.against_live && Some(i) == live_target);
+        let what = if opts.deep { "a deep verify" } else { "verify against_live" };
+        match super::opening(task, &repo, set, what) {
+            Ok(o) => openings.push(Some(o)),
+            Err(e) if !needs && e.kind == ErrorKind::EncryptionError => {
+                unread.push(set.id.clone());
+                openings.push(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut newest_entries = Vec::new();
     for (i, set) in chosen.iter().enumerate() {
-        let entries = check_set(&repo, set, opts.deep, &mut findings)?;
+        let entries = check_set(&repo, set, opts.deep, openings[i], &mut findings)?;
         if Some(i) == live_target {
             newest_entries = entries;
         }
@@ -161,24 +179,42 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
         task.dry_run,
         false,
         format!(
-            "{checked} set(s) verified, no problem found{}",
+            "{checked} set(s) verified, no problem found{}{}",
             if warnings > 0 {
                 format!(", {warnings} warning(s)")
             } else {
                 String::new()
+            },
+            if unread.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} encrypted set(s) checked by checksums only",
+                    unread.len()
+                )
             }
         ),
     );
+    result.warnings = unread
+        .iter()
+        .map(|id| {
+            format!(
+                "backup set {id} is encrypted and no identity_file that opens it was given: only its checksums were checked, not its contents"
+            )
+        })
+        .collect();
     result.findings = Some(findings);
     result.components = components;
     Ok(result)
 }
 
 /// Checks one set; returns the digest lines of each volume archive that could be read.
+/// Without an opening (an encrypted set without its key), checks the checksums only.
 fn check_set(
     repo: &Repository,
     set: &Set,
     deep: bool,
+    opening: Option<Opening<'_>>,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<(String, Lines)>> {
     let mut add = |component: &str, message: String| {
@@ -197,13 +233,15 @@ fn check_set(
             crate::test_panic("worker");
             let mut problems = crate::repository::check::checksums(repo.opener(set), &set.manifest);
             for c in set.manifest.components.iter().filter(|c| c.db().is_some()) {
-                problems.extend(check::db(repo.read(set, &c.file), c));
+                if let Some(opening) = opening {
+                    problems.extend(check::db(repo.read(set, &c.file), opening, c));
+                }
             }
             problems
         });
         let mut reads = Vec::new();
         for (i, c) in set.manifest.components.iter().enumerate() {
-            let (Kind::Volume(tree) | Kind::Files(tree)) = &c.kind else {
+            let (Kind::Volume(tree) | Kind::Files(tree), Some(opening)) = (&c.kind, opening) else {
                 continue;
             };
             // With `deep`, the one read of the archive extracts it into a scratch directory
@@ -214,7 +252,7 @@ fn check_set(
             } else {
                 None
             };
-            let read = check::tree(repo.read(set, &c.file), c, tree, scratch.as_deref(), &stop);
+            let read = check::tree(repo.read(set, &c.file), opening, c, tree, scratch.as_deref(), &stop);
             reads.push((c, scratch, read));
         }
         Ok((crate::error::joined("the checksum thread", sums.join()), reads))

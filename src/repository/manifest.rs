@@ -132,6 +132,8 @@ pub enum Source {
     Path(String),
     /// A Docker volume, by its full name.
     DockerVolume(String),
+    /// An archive made by hand, brought in by `import` (SPEC §12).
+    Import(String),
 }
 
 /// What a database component has beyond the common fields.

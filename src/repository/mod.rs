@@ -44,6 +44,15 @@ impl Set {
     pub fn is_safety(&self) -> bool {
         self.id.starts_with(SAFETY_PREFIX)
     }
+
+    /// Whether `import` made this set from files made by hand (SPEC §12): a volume taken from
+    /// an imported archive, or a database file that no server backup named.
+    pub fn is_imported(&self) -> bool {
+        self.manifest.components.iter().any(|c| {
+            matches!(c.tree().map(|t| &t.source), Some(manifest::Source::Import(_)))
+                || c.db().is_some_and(|d| d.backup_id.is_none())
+        })
+    }
 }
 
 /// A set in the repository that is not usable, and why.

@@ -68,6 +68,13 @@ fn damaged(e: io::Error) -> Error {
     )
 }
 
+/// The components of `parts` below `prefix` (empty for the prefix itself), or None when it
+/// does not lie below it.
+fn below<'p>(parts: &[&'p [u8]], prefix: &[Vec<u8>]) -> Option<Vec<&'p [u8]>> {
+    (parts.len() >= prefix.len() && parts.iter().zip(prefix).all(|(a, b)| *a == b.as_slice()))
+        .then(|| parts[prefix.len()..].to_vec())
+}
+
 /// Splits a path into its components, dropping `.` and empty ones; refuses absolute paths and
 /// `..`.
 fn components(path: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
@@ -244,6 +251,32 @@ impl PathIndex {
 /// Reads the whole archive from `reader`, checking every entry; with `dest` (an empty
 /// directory), extracts into it, keeping modes, mtimes, and ownership when running as root.
 pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> Result<Contents> {
+    read_archive_as(reader, dest, limits, Layout::Root).map(|(c, _)| c)
+}
+
+/// Where an archive's volume root is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The archive's root is the volume's (cwbackup's own, `tar czf x.tgz -C …/_data .`).
+    Root,
+    /// Found from the first entry: the vendor's `tar cvfz x.tgz ./<volume>/_data` puts every
+    /// entry below `./<volume>/_data/`, which is then the root; anything else is [`Layout::Root`].
+    Detect,
+}
+
+/// The first entry of a vendor archive: a directory `<volume>/_data`.
+const VENDOR_DATA: &[u8] = b"_data";
+
+/// [`read_archive`] of an archive in `layout`; also returns the prefix that was taken as the
+/// root (`connectware_service-manager/_data`), if any. Every entry must then lie below it.
+pub fn read_archive_as(
+    reader: impl Read,
+    dest: Option<&Path>,
+    limits: Limits,
+    layout: Layout,
+) -> Result<(Contents, Option<String>)> {
+    let mut prefix: Option<Vec<Vec<u8>>> = None;
+    let mut first = layout == Layout::Detect;
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut archive = tar::Archive::new(reader);
     let mut lines = Lines::default();
@@ -284,6 +317,29 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
             .path
             .unwrap_or_else(|| entry.header().path_bytes().into_owned());
         let parts = components(&raw).map_err(|why| unsafe_entry(&raw, why))?;
+        if std::mem::take(&mut first)
+            && etype == EntryType::Directory
+            && parts.len() == 2
+            && parts[1] == VENDOR_DATA
+        {
+            prefix = Some(parts.iter().map(|p| p.to_vec()).collect());
+            continue;
+        }
+        let parts = match &prefix {
+            None => parts,
+            Some(pre) => match below(&parts, pre) {
+                Some(rest) => rest,
+                None => {
+                    return Err(unsafe_entry(
+                        &raw,
+                        &format!(
+                            "it lies outside {}/, where the archive's first entry puts the volume",
+                            String::from_utf8_lossy(&pre.join(&b'/'))
+                        ),
+                    ));
+                }
+            },
+        };
         if parts.is_empty() {
             if etype == EntryType::Directory {
                 continue; // the root itself ("./")
@@ -454,8 +510,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
             }
             EntryType::Link => {
                 let target = link_target(extended.linkpath.as_deref(), &entry);
-                let target_rel = components(&target)
-                    .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?
+                let target_parts = components(&target)
+                    .map_err(|why| unsafe_entry(&rel, &format!("hardlink target: {why}")))?;
+                let target_parts = match &prefix {
+                    None => Some(target_parts),
+                    Some(pre) => below(&target_parts, pre),
+                };
+                let target_rel = target_parts
+                    .ok_or_else(|| unsafe_entry(&rel, "hardlink target outside the volume"))?
                     .join(&b'/');
                 let info = seen
                     .get(&target_rel, &lines)
@@ -516,12 +578,14 @@ pub fn read_archive(reader: impl Read, dest: Option<&Path>, limits: Limits) -> R
     }
     let files = lines.len() as u64;
     let content_digest = lines.digest();
-    Ok(Contents {
+    Ok((Contents {
         files,
         expanded_bytes: expanded,
         content_digest,
         entries: lines,
-    })
+    },
+        prefix.map(|p| String::from_utf8_lossy(&p.join(&b'/')).into_owned()),
+    ))
 }
 
 /// Reads until `buf` is full or the reader ends.

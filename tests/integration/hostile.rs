@@ -156,11 +156,11 @@ fn refusals_of(repo: &std::path::Path, dir: &std::path::Path, id: &str) -> Vec<S
     let stop = std::sync::atomic::AtomicBool::new(false);
     for c in &manifest.components {
         match &c.kind {
-            Kind::Volume(t) | Kind::Files(t) => match check::tree(open(&c.file), c, t, None, &stop) {
+            Kind::Volume(t) | Kind::Files(t) => match check::tree(open(&c.file), cwbackup::layers::Opening::Plain, c, t, None, &stop) {
                 Ok((_, problems)) => out.extend(problems.into_iter().map(|p| p.message)),
                 Err(e) => out.push(e.message),
             },
-            Kind::Db(_) => out.extend(check::db(open(&c.file), c).into_iter().map(|p| p.message)),
+            Kind::Db(_) => out.extend(check::db(open(&c.file), cwbackup::layers::Opening::Plain, c).into_iter().map(|p| p.message)),
         }
     }
     out

@@ -359,16 +359,16 @@ fn no_set_is_backup_not_found() {
 // ---- malicious archives -------------------------------------------------------------------
 
 /// One raw tar entry: the name bytes go straight into the header, unchecked.
-struct Raw<'a> {
-    name: &'a [u8],
-    kind: tar::EntryType,
-    link: &'a [u8],
-    data: &'a [u8],
+pub struct Raw<'a> {
+    pub name: &'a [u8],
+    pub kind: tar::EntryType,
+    pub link: &'a [u8],
+    pub data: &'a [u8],
     /// The size the header claims (defaults to the data's).
-    size: Option<u64>,
+    pub size: Option<u64>,
 }
 
-fn raw_tar(entries: &[Raw]) -> Vec<u8> {
+pub fn raw_tar(entries: &[Raw]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
         let mut h = tar::Header::new_ustar();

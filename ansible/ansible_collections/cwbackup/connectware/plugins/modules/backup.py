@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 ---
 module: backup
-short_description: Back up, restore, verify, list and prune a Cybus Connectware installation
+short_description: Back up, restore, verify, list, prune and import backups of a Cybus Connectware installation
 version_added: "0.1.0"
 description:
   - Runs the C(cwbackup) binary with one JSON task on standard input and returns its JSON result.
@@ -35,10 +35,10 @@ options:
     description:
       - V(backup) writes a new backup set (unless nothing changed), V(restore) puts one back,
         V(verify) checks sets against their manifests, V(list) shows the sets, V(prune) applies
-        retention.
+        retention, V(import) turns backups made by hand with the vendor's tar and curl commands into a set.
     type: str
     required: true
-    choices: [backup, restore, verify, list, prune]
+    choices: [backup, restore, verify, list, prune, import]
   repository:
     description: Directory that holds the backup sets; created with mode 0700 on the first backup.
     type: path
@@ -128,6 +128,26 @@ options:
         description: Seconds between two status requests while a server-side operation runs; at most V(3600).
         type: float
         default: 2
+  encryption:
+    description:
+      - Encryption of the sets with age (X25519). O(operation=backup) and O(operation=import) encrypt every file of the new set
+        to O(encryption.recipients) or O(encryption.recipients_file), stored as C(<file>.age).
+      - O(operation=restore) and O(operation=verify) (with O(deep) or O(against_live)) need O(encryption.identity_file) for an encrypted set;
+        a plain verify without it checks the checksums only.
+    type: dict
+    suboptions:
+      recipients:
+        description: The age public keys (C(age1...)) to encrypt to. Not together with O(encryption.recipients_file).
+        type: list
+        elements: str
+      recipients_file:
+        description: A file of recipients, one C(age1...) a line, C(#) comments allowed.
+        type: path
+      identity_file:
+        description:
+          - An age identity file as C(age-keygen -o) writes it; it opens an encrypted set.
+          - With O(operation=backup), lets O(verify) read the new set back.
+        type: path
   wait_for_lock_s:
     description: How long to wait for another cwbackup task to release the repository lock; V(0) fails at once. At most V(604800) (7 days).
     type: int
@@ -137,6 +157,7 @@ options:
       - O(operation=backup) the name of the new set (default C(<UTC time>-<Connectware version>)).
       - O(operation=restore) the set to restore (default the newest that is not a C(pre-restore-) safety set).
       - O(operation=verify) the set to check (default every set).
+      - O(operation=import) the name of the new set (default C(imported-<UTC time>)).
     type: str
   force:
     description:
@@ -183,6 +204,17 @@ options:
     description: O(operation=verify) report drift of the live volume from the set as warnings.
     type: bool
     default: false
+  volume_archive:
+    description:
+      - O(operation=import) a volume archive made by hand, for example with C(cd /var/lib/docker/volumes; tar cvfz x.tgz ./connectware_service-manager/_data),
+        or an archive of the volume root itself; gzip, zstd or plain tar. It becomes the component C(volume).
+    type: path
+  db_file:
+    description: O(operation=import) a database backup file as Connectware's API served it; kept byte for byte as the component C(db).
+    type: path
+  connectware_version:
+    description: O(operation=import) the Connectware version the files were taken from, recorded in the manifest.
+    type: str
   binary_path:
     description: Path of the cwbackup binary on the managed host. Default C(cwbackup) found on E(PATH).
     type: path
@@ -225,6 +257,33 @@ EXAMPLES = r'''
     operation: verify
     repository: /backup/connectware
     deep: true
+
+- name: Encrypted nightly backup (the identity file stays off this host)
+  cwbackup.connectware.backup:
+    operation: backup
+    repository: /backup/connectware
+    volume:
+      docker_volume: connectware_service-manager
+    encryption:
+      recipients:
+        - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+
+- name: Restore an encrypted set with the identity that opens it
+  cwbackup.connectware.backup:
+    operation: restore
+    repository: /backup/connectware
+    volume:
+      docker_volume: connectware_service-manager
+    encryption:
+      identity_file: /root/cwbackup-key.txt
+
+- name: Bring in a backup made by hand with the vendor's commands
+  cwbackup.connectware.backup:
+    operation: import
+    repository: /backup/connectware
+    volume_archive: /tmp/connectware-volume-backup.tgz
+    db_file: /tmp/connectware-db-backup.tgz
+    connectware_version: "1.7.2"
 '''
 
 RETURN = r'''
@@ -260,7 +319,7 @@ components:
   description:
     - One entry per component written, found unchanged, restored or checked.
     - Each has C(name), C(kind), C(changed), and where they apply C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message).
-  returned: backup, restore, verify
+  returned: backup, restore, verify, import
   type: list
   elements: dict
 db:
@@ -306,7 +365,7 @@ WRAPPER_ONLY = ('binary_path',)
 def argument_spec():
     """The module's options: the task's keys (but dry_run and diff, which come from the modes)."""
     return dict(
-        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune']),
+        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune', 'import']),
         repository=dict(type='path', required=True),
         volume=dict(
             type='dict',
@@ -347,6 +406,15 @@ def argument_spec():
             mutually_exclusive=[('password', 'password_file', 'password_env', 'token')],
             required_one_of=[('password', 'password_file', 'password_env', 'token')],
         ),
+        encryption=dict(
+            type='dict',
+            options=dict(
+                recipients=dict(type='list', elements='str'),
+                recipients_file=dict(type='path'),
+                identity_file=dict(type='path'),
+            ),
+            mutually_exclusive=[('recipients', 'recipients_file')],
+        ),
         wait_for_lock_s=dict(type='int', default=0),
         backup_id=dict(type='str'),
         force=dict(type='bool', default=False),
@@ -358,6 +426,9 @@ def argument_spec():
         restart=dict(type='list', elements='str'),
         deep=dict(type='bool', default=False),
         against_live=dict(type='bool', default=False),
+        volume_archive=dict(type='path'),
+        db_file=dict(type='path'),
+        connectware_version=dict(type='str'),
         binary_path=dict(type='path'),
     )
 

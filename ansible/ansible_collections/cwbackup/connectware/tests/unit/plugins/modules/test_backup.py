@@ -78,7 +78,8 @@ def check_options(schema, properties, spec, where):
 def schema_required(schema, where):
     if where == 'task':
         return set(schema.get('required', []))
-    return set(schema['$defs'][{'volume': 'VolumeSpec', 'volumes': 'NamedVolumeSpec', 'api': 'ApiSpec'}[where]].get('required', []))
+    defs = {'volume': 'VolumeSpec', 'volumes': 'NamedVolumeSpec', 'api': 'ApiSpec', 'encryption': 'EncryptionSpec'}
+    return set(schema['$defs'][defs[where]].get('required', []))
 
 
 def test_options_are_the_task_schema():
