@@ -2092,8 +2092,7 @@ fn move_entries(from: &Path, to: &Path, moves: &Moves) -> Result<Vec<String>> {
         let target = to.join(&name);
         match rename_noreplace_at(&from_fd, &name, &to_fd, &name) {
             Ok(()) => crash_point(),
-            Err(e) if in_the_way(&e) && moves.conflicts.is_some() => {
-                let conflicts = moves.conflicts.expect("checked");
+            Err(e) if let (true, Some(conflicts)) = (in_the_way(&e), moves.conflicts) => {
                 make_dir(moves.root, conflicts)?;
                 let aside_dir = conflicts.join(&stamp);
                 make_dir(moves.root, &aside_dir)?;
