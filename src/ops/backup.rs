@@ -97,19 +97,7 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     let mut warnings = Vec::new();
     let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
-    // A dry run must not create the repository; without one, every set would be new.
-    let repo = if task.dry_run && !Repository::exists(&task.repository) {
-        None
-    } else {
-        Some(Repository::create(&task.repository)?)
-    };
-    let _lock = repo
-        .as_ref()
-        .map(|r| r.lock(Operation::Backup, task.wait_for_lock))
-        .transpose()?;
-    if let (Some(r), false) = (&repo, task.dry_run) {
-        r.clean_staging()?;
-    }
+    let writing = super::Writing::open(task, Operation::Backup)?;
     // Backup and restore of one volume exclude each other, whatever repositories they use.
     let works = volumes
         .iter()
@@ -131,11 +119,9 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         warnings.extend(more);
         warnings.extend(done.iter().filter_map(|(dir, d)| d.describe(dir)));
     }
-    let sets = repo
-        .as_ref()
-        .map(Repository::sets)
-        .transpose()?
-        .unwrap_or_default();
+    let sets = writing.sets()?;
+    // The lock stays held by `writing` until the task returns.
+    let repo = writing.repo;
 
     if let Some(id) = &opts.backup_id
         && let Some(set) = sets.iter().find(|s| &s.id == id)

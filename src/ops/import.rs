@@ -69,23 +69,10 @@ impl Found {
 
 pub fn run(task: &Task, opts: &ImportOptions) -> Result<TaskResult> {
     let mut warnings = Vec::new();
-    let repo = if task.dry_run && !Repository::exists(&task.repository) {
-        None
-    } else {
-        Some(Repository::create(&task.repository)?)
-    };
-    let _lock = repo
-        .as_ref()
-        .map(|r| r.lock(Operation::Import, task.wait_for_lock))
-        .transpose()?;
-    if let (Some(r), false) = (&repo, task.dry_run) {
-        r.clean_staging()?;
-    }
-    let sets = repo
-        .as_ref()
-        .map(Repository::sets)
-        .transpose()?
-        .unwrap_or_default();
+    let writing = super::Writing::open(task, Operation::Import)?;
+    let sets = writing.sets()?;
+    // The lock stays held by `writing` until the task returns.
+    let repo = writing.repo;
     if let Some(id) = &opts.backup_id
         && let Some(set) = sets.iter().find(|s| &s.id == id)
     {

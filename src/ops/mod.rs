@@ -37,6 +37,42 @@ pub fn run(task: &Task) -> Result<TaskResult> {
     }
 }
 
+/// The repository a writing task (backup, import) works on: created (mode 0700) unless this
+/// is a dry run — a dry run must not create it, and without one every set is new — locked for
+/// `operation`, and cleaned of what interrupted tasks left. Dropping it releases the lock.
+pub struct Writing {
+    pub repo: Option<Repository>,
+    _lock: Option<crate::repository::backend::Held>,
+}
+
+impl Writing {
+    pub fn open(task: &Task, operation: crate::task::Operation) -> Result<Writing> {
+        let repo = if task.dry_run && !Repository::exists(&task.repository) {
+            None
+        } else {
+            Some(Repository::create(&task.repository)?)
+        };
+        let lock = repo
+            .as_ref()
+            .map(|r| r.lock(operation, task.wait_for_lock))
+            .transpose()?;
+        if let (Some(r), false) = (&repo, task.dry_run) {
+            r.clean_staging()?;
+        }
+        Ok(Writing { repo, _lock: lock })
+    }
+
+    /// The complete sets, newest first (none without a repository).
+    pub fn sets(&self) -> Result<Vec<crate::repository::Set>> {
+        Ok(self
+            .repo
+            .as_ref()
+            .map(Repository::sets)
+            .transpose()?
+            .unwrap_or_default())
+    }
+}
+
 /// A volume of the task, found: the component it is, and its live directory.
 #[derive(Debug, Clone)]
 pub struct LiveVolume {
