@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::backup::{self, same_encryption};
-use super::{LiveVolume, check, db_outcome, set_components};
+use super::{LiveVolume, check, component_outcome, set_components};
 use crate::clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::remove_tree;
@@ -309,22 +309,12 @@ fn fill(result: &mut TaskResult, set: &Set, changed: bool) {
         .manifest
         .components
         .iter()
-        .map(|c| match c.tree() {
-            Some(t) => crate::result::ComponentOutcome {
-                name: c.name.clone(),
-                kind: c.kind_name().to_string(),
-                changed,
-                files: Some(t.files),
-                bytes: Some(t.expanded_bytes),
-                content_digest: Some(c.content_digest.clone()),
-                path: match &t.source {
-                    Source::Import(p) | Source::Path(p) => Some(p.clone()),
-                    Source::DockerVolume(_) => None,
-                },
-                backup_id: None,
-                status_message: None,
-            },
-            None => db_outcome(c, changed, None),
+        .map(|c| {
+            let path = c.tree().and_then(|t| match &t.source {
+                Source::Import(p) | Source::Path(p) => Some(p.clone()),
+                Source::DockerVolume(_) => None,
+            });
+            component_outcome(c, changed, path)
         })
         .collect();
     set_components(result, outcomes);

@@ -144,20 +144,36 @@ impl LiveVolume {
         })
     }
 
-    /// The outcome of this volume as a component.
+    /// The outcome of this volume as a component: named as the task names it, with its live
+    /// directory.
     pub fn outcome(&self, component: &Component, changed: bool) -> ComponentOutcome {
-        let tree = component.tree();
         ComponentOutcome {
             name: self.name.clone(),
+            ..component_outcome(component, changed, Some(self.dir.display().to_string()))
+        }
+    }
+}
+
+/// The outcome of any component of a set: a tree's entry count, expanded size and digest (and
+/// `path`, where the caller knows one), or the database file's (see [`db_outcome`]).
+pub fn component_outcome(
+    component: &Component,
+    changed: bool,
+    path: Option<String>,
+) -> ComponentOutcome {
+    match component.tree() {
+        Some(t) => ComponentOutcome {
+            name: component.name.clone(),
             kind: component.kind_name().to_string(),
             changed,
-            files: tree.map(|t| t.files),
-            bytes: tree.map(|t| t.expanded_bytes),
+            files: Some(t.files),
+            bytes: Some(t.expanded_bytes),
             content_digest: Some(component.content_digest.clone()),
-            path: Some(self.dir.display().to_string()),
+            path,
             backup_id: None,
             status_message: None,
-        }
+        },
+        None => db_outcome(component, changed, None),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::layers::Opening;
 use crate::fsutil::remove_tree;
 use crate::repository::manifest::Kind;
 use crate::repository::{Repository, Set};
-use crate::result::{ComponentOutcome, Finding, Level, TaskResult};
+use crate::result::{Finding, Level, TaskResult};
 use crate::task::{Operation, Task, VerifyOptions};
 use crate::volume;
 use crate::volume::digest::{self, Lines};
@@ -142,20 +142,7 @@ pub fn run(task: &Task, opts: &VerifyOptions) -> Result<TaskResult> {
             .manifest
             .components
             .iter()
-            .map(|c| match c.tree() {
-                Some(t) => ComponentOutcome {
-                    name: c.name.clone(),
-                    kind: c.kind_name().to_string(),
-                    changed: false,
-                    files: Some(t.files),
-                    bytes: Some(t.expanded_bytes),
-                    content_digest: Some(c.content_digest.clone()),
-                    path: None,
-                    backup_id: None,
-                    status_message: None,
-                },
-                None => super::db_outcome(c, false, None),
-            })
+            .map(|c| super::component_outcome(c, false, None))
             .collect::<Vec<_>>()
     });
     let errors = findings.iter().filter(|f| f.level == Level::Error).count();

@@ -66,14 +66,6 @@ impl Api {
     }
 }
 
-fn kind(r: &Run) -> ErrorKind {
-    r.result
-        .error
-        .as_ref()
-        .unwrap_or_else(|| panic!("expected a failure: {}", r.stdout))
-        .kind
-}
-
 #[test]
 fn both_halves_are_backed_up_and_db_tgz_is_what_the_server_sent() {
     let a = Api::default();

@@ -149,6 +149,15 @@ pub fn run(task: &Value) -> Run {
 }
 
 /// Runs and insists on success.
+/// The error kind of a run that must have failed.
+pub fn kind(r: &Run) -> cwbackup::error::ErrorKind {
+    r.result
+        .error
+        .as_ref()
+        .unwrap_or_else(|| panic!("expected a failure: {}", r.stdout))
+        .kind
+}
+
 pub fn run_ok(task: &Value) -> TaskResult {
     let r = run(task);
     assert!(

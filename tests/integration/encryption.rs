@@ -20,14 +20,6 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (file, String::from_utf8(public.stdout).unwrap().trim().to_string())
 }
 
-fn kind(r: &Run) -> ErrorKind {
-    r.result
-        .error
-        .as_ref()
-        .unwrap_or_else(|| panic!("expected a failure: {}", r.stdout))
-        .kind
-}
-
 /// `task` with `encryption` set.
 fn with(task: &Value, encryption: Value) -> Value {
     let mut t = task.clone();

@@ -60,14 +60,6 @@ impl HandMade {
     }
 }
 
-fn kind(r: &Run) -> ErrorKind {
-    r.result
-        .error
-        .as_ref()
-        .unwrap_or_else(|| panic!("expected a failure: {}", r.stdout))
-        .kind
-}
-
 #[test]
 fn the_vendors_hand_made_files_import_verify_deep_and_restore_into_an_equal_tree() {
     let h = HandMade::new();
