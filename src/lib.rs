@@ -88,6 +88,27 @@ pub(crate) fn test_panic(place: &str) {
     }
 }
 
+/// Test only: with the environment variable `var` set to a file name, writes `<file>.reached`
+/// and waits, at most 60 s, until `<file>` exists, so that a test can act (kill the process,
+/// change a volume) at exactly that point. Only debug builds (the ones the integration tests
+/// run) read the variable.
+pub(crate) fn test_pause(var: &str) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Some(file) = std::env::var_os(var) else {
+        return;
+    };
+    let file = std::path::PathBuf::from(file);
+    let mut reached = file.clone().into_os_string();
+    reached.push(".reached");
+    let _ = std::fs::write(&reached, b"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Logs a panic on stderr as one line, with every secret of the run redacted, instead of the
 /// default report (whose message could hold anything the panicking code formatted).
 pub fn install_panic_hook() {

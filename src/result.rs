@@ -50,6 +50,12 @@ pub struct TaskResult {
     /// verify: every problem found, in every set checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<Vec<Finding>>,
+    /// installation with `quiesce: stop`: the containers this run stopped and started again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<String>>,
+    /// installation with `quiesce: stop`: how long the containers were stopped, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
     /// Connectware must be restarted (and Admin-UI sessions renewed) to use what was restored.
     pub restart_required: bool,
     /// Before and after, when the task asked for `diff`.
@@ -204,6 +210,8 @@ impl TaskResult {
             components: None,
             sets: None,
             findings: None,
+            containers: None,
+            downtime_ms: None,
             restart_required: false,
             diff: None,
             warnings: Vec::new(),

@@ -41,6 +41,13 @@ pub struct RawTask {
     #[schemars(length(min = 1, max = 64))]
     pub volumes: Option<Vec<NamedVolumeSpec>>,
 
+    /// The whole compose installation (SPEC §9): every volume of the compose project (or the
+    /// ones named), the install directory's files, with the containers stopped while they are
+    /// read. backup and restore only; not together with `volume` or `volumes`.
+    #[serde(default)]
+    #[schemars(with = "InstallationSpec")]
+    pub installation: Option<InstallationSpec>,
+
     /// Access to the Connectware REST API for the database half. Absent: the database half is
     /// skipped.
     #[serde(default)]
@@ -248,6 +255,88 @@ pub struct NamedVolumeSpec {
     pub name: Option<String>,
 }
 
+/// A compose installation (SPEC §9); every key has a default.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallationSpec {
+    /// The compose project: its volumes and containers carry the label
+    /// `com.docker.compose.project=<compose_project>`.
+    #[serde(default = "default_project")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
+    pub compose_project: String,
+    /// The directory holding `.env` and `docker-compose.yml`; a restore creates it if missing.
+    #[serde(default = "default_install_dir")]
+    pub install_dir: PathBuf,
+    /// `"all"` the project's volumes, or a list of their short names (label
+    /// `com.docker.compose.volume`, e.g. `service-manager`, `postgresql`). restore: the set's
+    /// volumes, or the ones named.
+    #[serde(default)]
+    pub volumes: InstallationVolumes,
+    /// Files directly in `install_dir`, archived with their modes as the component `files`.
+    /// Default `[".env", "docker-compose.yml"]` (one missing is a warning); a file named here
+    /// that is missing is `volume_not_found`. `[]`: no files.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub files: Option<Vec<String>>,
+    /// `stop`: the project's running containers are stopped while the volumes are read (a
+    /// running PostgreSQL copied by tar is not a usable database) and started again after,
+    /// also on failure; `none`: nothing is stopped (warns about live databases).
+    #[serde(default)]
+    pub quiesce: Quiesce,
+    /// How long one container may take to stop (SIGTERM, then SIGKILL), in seconds; a
+    /// container killed after it fails the task once the others were started again. 1 to 3600.
+    #[serde(default = "default_stop_timeout_s")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub stop_timeout_s: u32,
+}
+
+/// Which volumes of the project.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum InstallationVolumes {
+    /// Every volume.
+    All(AllVolumes),
+    /// These short names.
+    Named(#[schemars(length(min = 1, max = 64))] Vec<String>),
+}
+
+impl Default for InstallationVolumes {
+    fn default() -> Self {
+        InstallationVolumes::All(AllVolumes::All)
+    }
+}
+
+/// `"all"`.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllVolumes {
+    All,
+}
+
+/// Whether an installation's containers are stopped while it is read or restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Quiesce {
+    /// Stop the project's running containers while reading, start exactly those again.
+    #[default]
+    Stop,
+    /// Stop nothing.
+    None,
+}
+
+fn default_project() -> String {
+    "connectware".to_string()
+}
+fn default_install_dir() -> PathBuf {
+    PathBuf::from("/opt/connectware")
+}
+fn default_stop_timeout_s() -> u32 {
+    30
+}
+
+/// The files an installation backup takes by default.
+pub const DEFAULT_FILES: [&str; 2] = [".env", "docker-compose.yml"];
+
 /// The upper bounds of the task's numbers (SPEC §6: no value may make the tool panic). Each is
 /// far above any sane setting and far below what a `Duration` or an `Instant` can hold.
 ///
@@ -341,6 +430,8 @@ pub struct Task {
     pub repository: PathBuf,
     /// The volumes, if any: none, the one of `volume`, or the list of `volumes`.
     pub volumes: Volumes,
+    /// The compose installation, if the task names one (then `volumes` is `None`).
+    pub installation: Option<Installation>,
     /// The API, if the database half is wanted.
     pub api: Option<ApiConfig>,
     /// age keys: whom new sets are encrypted to, and what opens a set.
@@ -370,6 +461,22 @@ impl Volumes {
     pub fn is_none(&self) -> bool {
         matches!(self, Volumes::None)
     }
+}
+
+/// The task's `installation`, checked.
+#[derive(Debug, Clone)]
+pub struct Installation {
+    pub compose_project: String,
+    /// Absolute.
+    pub install_dir: PathBuf,
+    /// The short names asked for; None: all.
+    pub volumes: Option<Vec<String>>,
+    /// The file names to take.
+    pub files: Vec<String>,
+    /// Whether `files` was given (then a missing file is an error, not a warning).
+    pub files_given: bool,
+    pub quiesce: Quiesce,
+    pub stop_timeout_s: u64,
 }
 
 /// One of the task's `volumes`.
@@ -525,6 +632,7 @@ const COMMON_KEYS: &[&str] = &[
 fn operation_keys(op: Operation) -> &'static [&'static str] {
     match op {
         Operation::Backup => &[
+            "installation",
             "encryption",
             "backup_id",
             "force",
@@ -533,7 +641,7 @@ fn operation_keys(op: Operation) -> &'static [&'static str] {
             "verify",
             "compression",
         ],
-        Operation::Restore => &["encryption", "backup_id", "force", "safety_backup", "restart"],
+        Operation::Restore => &["installation", "encryption", "backup_id", "force", "safety_backup", "restart"],
         Operation::Verify => &["encryption", "backup_id", "deep", "against_live"],
         Operation::List => &[],
         Operation::Prune => &["keep_last", "keep_safety"],
@@ -763,15 +871,26 @@ fn validate(raw: RawTask) -> Result<Task> {
         .map(|spec| encryption(spec, &op))
         .transpose()?
         .unwrap_or_default();
-    if matches!(op, Op::Backup(_) | Op::Restore(_)) && volumes.is_none() && api.is_none() {
+    let installation = raw.installation.map(installation).transpose()?;
+    if installation.is_some() && !volumes.is_none() {
+        return Err(invalid(
+            "/installation: names the volumes itself (`installation.volumes`); leave out `volume` and `volumes`",
+        ));
+    }
+    if matches!(op, Op::Backup(_) | Op::Restore(_))
+        && volumes.is_none()
+        && installation.is_none()
+        && api.is_none()
+    {
         return Err(invalid(format!(
-            "{} needs `volume` (or `volumes`), `api` or both: there is nothing to {0}",
+            "{} needs `installation`, `volume` (or `volumes`), `api` or both: there is nothing to {0}",
             raw.operation
         )));
     }
     Ok(Task {
         repository: absolute(&raw.repository)?,
         volumes,
+        installation,
         api,
         encryption,
         dry_run: raw.dry_run,
@@ -840,6 +959,55 @@ fn encryption(spec: EncryptionSpec, op: &Op) -> Result<Encryption> {
         }
     }
     Ok(Encryption { to, identities })
+}
+
+/// The task's `installation`, checked: short names unique, files plain names in `install_dir`.
+fn installation(spec: InstallationSpec) -> Result<Installation> {
+    let volumes = match spec.volumes {
+        InstallationVolumes::All(_) => None,
+        InstallationVolumes::Named(names) => {
+            for (i, name) in names.iter().enumerate() {
+                if !crate::repository::manifest::safe_component_name(name)
+                    || RESERVED_NAMES.contains(&name.as_str())
+                {
+                    return Err(invalid(format!(
+                        "/installation/volumes/{i}: `{name}` is not a volume's short name (letters, digits, `._-`), e.g. `service-manager`"
+                    )));
+                }
+                if names[..i].contains(name) {
+                    return Err(invalid(format!(
+                        "/installation/volumes/{i}: `{name}` is named twice"
+                    )));
+                }
+            }
+            Some(names)
+        }
+    };
+    let files_given = spec.files.is_some();
+    let files = spec
+        .files
+        .unwrap_or_else(|| DEFAULT_FILES.iter().map(|f| f.to_string()).collect());
+    for (i, file) in files.iter().enumerate() {
+        if file.is_empty() || file == "." || file == ".." || file.contains('/') || file.contains('\0')
+            || file == crate::volume::WORK_DIR
+        {
+            return Err(invalid(format!(
+                "/installation/files/{i}: `{file}` is not the name of a file directly in install_dir (no `/`), e.g. `.env`"
+            )));
+        }
+        if files[..i].contains(file) {
+            return Err(invalid(format!("/installation/files/{i}: `{file}` is named twice")));
+        }
+    }
+    Ok(Installation {
+        compose_project: spec.compose_project,
+        install_dir: absolute(&spec.install_dir)?,
+        volumes,
+        files,
+        files_given,
+        quiesce: spec.quiesce,
+        stop_timeout_s: u64::from(spec.stop_timeout_s),
+    })
 }
 
 /// A volume given as exactly one of `path` or `docker_volume`; `at` is its place in the task.

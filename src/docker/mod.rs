@@ -366,6 +366,22 @@ impl Engine {
             .map_err(|e| self.failed(&format!("stop container {id}"), e))
     }
 
+    /// Whether a container (by id or name) exists, and if so its state: (running, exit code
+    /// of its last run). A stopped container's exit code 137 means SIGKILL: `docker stop`
+    /// killed it when it did not stop within its timeout.
+    pub fn state(&self, id: &str) -> Result<Option<(bool, Option<i64>)>> {
+        self.check_container(id)?;
+        match block_on(self.docker.inspect_container(id, None))? {
+            Ok(c) => Ok(Some(c.state.map_or((false, None), |s| {
+                (s.running.unwrap_or(false), s.exit_code)
+            }))),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.failed(&format!("inspect container {id}"), e)),
+        }
+    }
+
     /// Starts a container (by id or name). Starting a running container is no error.
     pub fn start(&self, id: &str) -> Result<()> {
         self.check_container(id)?;

@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 
 use serde_json::json;
 
-use super::{LiveVolume, check, db_outcome, set_components};
+use super::{LiveVolume, check, db_outcome, installation, set_components};
 use crate::clock;
 use crate::connectware::{self, Client, Downloaded};
 use crate::error::{Error, ErrorKind, Result};
@@ -25,10 +25,12 @@ use crate::layers::{Opening, Sealed, Sink, Tee};
 use crate::ops::prune;
 use crate::repository::backend::NewSet;
 use crate::repository::check::{Problem, checksums};
-use crate::repository::manifest::{self, Component, DbFile, EncryptionInfo, Kind, Manifest, Tree};
+use crate::repository::manifest::{
+    self, Component, DbFile, EncryptionInfo, InstallationInfo, Kind, Manifest, Tree,
+};
 use crate::repository::{Repository, Set};
 use crate::result::{Diff, SetRef, TaskResult};
-use crate::task::{BackupOptions, Compression, Operation, Task};
+use crate::task::{BackupOptions, Compression, Operation, Quiesce, Task};
 use crate::volume::{self, archive, swap, tree};
 
 /// How often a volume is archived again when it changed while being archived.
@@ -93,8 +95,17 @@ pub fn decide(newest: Option<&Manifest>, live: &[(&str, Option<&str>)]) -> Plan 
 }
 
 pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
-    let volumes = super::resolve_volumes(task)?;
     let mut warnings = Vec::new();
+    // An installation's volumes and files are found through the engine (SPEC §9).
+    let engine = task
+        .installation
+        .as_ref()
+        .map(|_| crate::docker::Engine::connect())
+        .transpose()?;
+    let volumes = match (&task.installation, &engine) {
+        (Some(inst), Some(e)) => installation::for_backup(task, inst, e, &mut warnings)?,
+        _ => super::resolve_volumes(task)?,
+    };
     let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
     let writing = super::Writing::open(task, Operation::Backup)?;
@@ -118,6 +129,10 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         let (done, more) = g.recover()?;
         warnings.extend(more);
         warnings.extend(done.iter().filter_map(|(dir, d)| d.describe(dir)));
+    }
+    // Containers a killed backup or restore of the installation left stopped start again.
+    if let (Some(inst), Some(e)) = (&task.installation, &engine) {
+        warnings.extend(installation::recover(e, inst, task.dry_run)?);
     }
     let sets = writing.sets()?;
     // The lock stays held by `writing` until the task returns.
@@ -148,7 +163,7 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     {
         let digests = volumes
             .iter()
-            .map(|v| Ok(Some(volume::live_digest(&v.dir)?)))
+            .map(|v| Ok(Some(volume::live_digest(v.root())?)))
             .collect::<Result<Vec<_>>>()?;
         let plan = decide(Some(&set.manifest), &named(&volumes, &digests));
         if plan.is_empty() {
@@ -191,7 +206,12 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         Some(repo) => repo,
         None => Repository::create(&task.repository)?,
     };
-    let taking = Taking {
+    let stopping = task
+        .installation
+        .as_ref()
+        .zip(engine.as_ref())
+        .filter(|(inst, _)| inst.quiesce == Quiesce::Stop);
+    let mut taking = Taking {
         repo: &repo,
         volumes: &volumes,
         client: client.as_ref(),
@@ -202,8 +222,64 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         id: opts.backup_id.clone(),
         // Without the database, the volumes were compared above: they changed.
         comparable: comparable.filter(|_| client.is_some()),
+        installation: task.installation.as_ref().map(|inst| InstallationInfo {
+            compose_project: inst.compose_project.clone(),
+            install_dir: inst.install_dir.display().to_string(),
+            quiesced: stopping.is_some(),
+            downtime_ms: None,
+            files: volumes
+                .iter()
+                .filter_map(|v| v.only.as_ref())
+                .flatten()
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect(),
+        }),
+        quiesce: None,
     };
-    let result = match taking.take(None, &mut warnings)? {
+    // With `quiesce: stop` (SPEC §9): the database through the API first, while Connectware
+    // runs; whether anything changed is found without a stop; then the project's running
+    // containers stop while every volume is archived, and start again before the set is
+    // checked and committed.
+    let mut started = None;
+    let quiesced;
+    if let Some((inst, e)) = stopping {
+        if let Some(c) = &client {
+            let new_set = repo.create_set()?;
+            let db = take_db(c, new_set.as_ref(), to)?;
+            if let Some(set) = taking.comparable {
+                let digests = volumes
+                    .iter()
+                    .map(|v| Ok(Some(volume::live_digest(v.root())?)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut live = named(&volumes, &digests);
+                live.push((manifest::DB, Some(db.content_digest.as_str())));
+                if decide(Some(&set.manifest), &live).is_empty() {
+                    let msg = format!(
+                        "{} and the database are unchanged since backup set {}; nothing to do (force writes a new set)",
+                        what_is(&volumes, true),
+                        set.id
+                    );
+                    let mut result = unchanged(task, set, &volumes, msg, warnings);
+                    if let Some(r) = result.db.as_mut() {
+                        r.status_message = db.downloaded.status_message.clone();
+                    }
+                    return retain(Some(&repo), task, opts, result);
+                }
+            }
+            started = Some((new_set, db));
+        }
+        quiesced = Some(installation::stop(e, inst)?);
+        taking.comparable = None;
+        taking.quiesce = quiesced.as_ref();
+    } else {
+        quiesced = None;
+    }
+    let taken = taking.take(started, &mut warnings);
+    // Started again whatever the outcome (dropping it would too, without the error).
+    let resumed = quiesced.as_ref().map(installation::Quiesced::resume).transpose();
+    let taken = taken?;
+    resumed?;
+    let result = match taken {
         Taken::Unchanged(set, status) => {
             let msg = format!(
                 "{} and the database are unchanged since backup set {}; nothing to do (force writes a new set)",
@@ -234,6 +310,11 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
             result
         }
     };
+    let mut result = result;
+    if let Some(q) = &quiesced {
+        result.containers = Some(q.containers());
+        result.downtime_ms = q.downtime_ms();
+    }
     retain(Some(&repo), task, opts, result)
 }
 
@@ -241,7 +322,7 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
 /// database with `api`.
 fn same_components(m: &Manifest, volumes: &[LiveVolume], with_db: bool) -> bool {
     m.components.len() == volumes.len() + usize::from(with_db)
-        && volumes.iter().all(|v| m.component(&v.name).is_some_and(|c| c.is_volume()))
+        && volumes.iter().all(|v| m.component(&v.name).is_some_and(|c| v.same_kind(c)))
         && (!with_db || m.db().is_some())
 }
 
@@ -411,6 +492,11 @@ pub struct Taking<'a> {
     pub id: Option<String>,
     /// The set to compare with: if every component equals it, nothing is written.
     pub comparable: Option<&'a Set>,
+    /// The installation the set is taken from (SPEC §9), for the manifest.
+    pub installation: Option<InstallationInfo>,
+    /// The containers stopped while the volumes are read: started again as soon as every
+    /// component is archived, before the set is checked.
+    pub quiesce: Option<&'a installation::Quiesced<'a>>,
 }
 
 /// What taking a set came to.
@@ -515,6 +601,7 @@ impl<'a> Taking<'a> {
             })
             .collect();
         components.extend(db_component);
+        let downtime_ms = self.quiesce.map(|q| q.resume()).transpose()?;
         let connectware_version = db
             .as_ref()
             .and_then(|d| connectware::version_of(&d.downloaded.backup_id));
@@ -537,7 +624,7 @@ impl<'a> Taking<'a> {
             connectware_version,
             server_version,
             skew_ms,
-            installation: None,
+            installation: self.installation.clone().map(|i| InstallationInfo { downtime_ms, ..i }),
             encryption: self.to.map(|to| EncryptionInfo {
                 scheme: "age".to_string(),
                 recipients: to.strings(),
@@ -572,7 +659,7 @@ impl<'a> Taking<'a> {
             .iter()
             .map(|v| {
                 if let Some(c) = comparable.and_then(|m| m.component(&v.name))
-                    && volume::live_digest(&v.dir)? == c.content_digest
+                    && volume::live_digest(v.root())? == c.content_digest
                 {
                     return Ok(VolumeTaken::Same);
                 }
@@ -644,7 +731,7 @@ pub fn archive_volume(
     let file = v.file(compression, to.is_some());
     for attempt in 1..=CONSISTENCY_ATTEMPTS {
         let started_at = clock::now();
-        let before = tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+        let before = tree::scan(v.root()).map_err(|e| Error::io("cannot read volume", dir, e))?;
         let out = set.create(&file)?;
         let mut sink = Sink::new(out, Some(compression), to)
             .map_err(|e| Error::io("cannot archive volume", dir, e))?;
@@ -656,7 +743,8 @@ pub fn archive_volume(
             }
         })?;
         let stored = sink.finish().map_err(|e| Error::storing(&file, e))?;
-        let after = tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))?;
+        let after =
+            tree::fingerprint(v.root()).map_err(|e| Error::io("cannot read volume", dir, e))?;
         if !written.changed && before.fingerprint() == after {
             for link in &written.escaping_links {
                 warnings.push(format!(
@@ -673,6 +761,11 @@ pub fn archive_volume(
                     "{skipped} in the volume is a socket, FIFO or device and was not archived"
                 ));
             }
+            let tree = Tree {
+                files: written.files,
+                expanded_bytes: written.expanded_bytes,
+                source: v.source.clone(),
+            };
             return Ok(Component {
                 name: v.name.clone(),
                 file,
@@ -682,11 +775,7 @@ pub fn archive_volume(
                 started_at,
                 finished_at: clock::now(),
                 content_digest: written.content_digest,
-                kind: Kind::Volume(Tree {
-                    files: written.files,
-                    expanded_bytes: written.expanded_bytes,
-                    source: v.source.clone(),
-                }),
+                kind: if v.is_files() { Kind::Files(tree) } else { Kind::Volume(tree) },
             });
         }
         crate::progress::log(&format!(

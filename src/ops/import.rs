@@ -184,6 +184,7 @@ fn write_set(
             dir: dir.to_path_buf(),
             source: Source::Import(path.display().to_string()),
             listed: false,
+            only: None,
         };
         let c = backup::archive_volume(&live, new.as_ref(), Compression::Gzip, to, warnings)?;
         if c.content_digest != contents.content_digest {

@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod check;
 pub mod import;
+pub mod installation;
 pub mod list;
 pub mod prune;
 pub mod restore;
@@ -82,8 +83,10 @@ pub struct LiveVolume {
     pub dir: PathBuf,
     /// Where it came from, as the manifest records it.
     pub source: Source,
-    /// Given with the task key `volumes` (stored under `volumes/`).
+    /// Given with the task key `volumes` or `installation` (stored under `volumes/`).
     pub listed: bool,
+    /// The installation's files (the component `files`): only these root entries of `dir`.
+    pub only: Option<Vec<std::ffi::OsString>>,
 }
 
 impl LiveVolume {
@@ -94,7 +97,9 @@ impl LiveVolume {
             Compression::Zstd => "tar.zst",
         };
         let age = if encrypted { crate::layers::AGE_SUFFIX } else { "" };
-        if self.listed {
+        if self.is_files() {
+            format!("{}.{ext}{age}", manifest::FILES)
+        } else if self.listed {
             format!("volumes/{}.{ext}{age}", self.name)
         } else {
             format!("volume.{ext}{age}")
@@ -105,7 +110,9 @@ impl LiveVolume {
     /// key `volume`, the component named `volume` or the set's only volume; for `volumes`, the
     /// component of its name.
     pub fn component_in<'m>(&self, manifest: &'m Manifest) -> Result<(&'m Component, &'m Tree)> {
-        let found = if self.listed {
+        let found = if self.is_files() {
+            manifest.component(manifest::FILES).filter(|c| c.kind_name() == manifest::FILES)
+        } else if self.listed {
             manifest.component(&self.name).filter(|c| c.is_volume())
         } else {
             manifest.single_volume()
@@ -142,6 +149,28 @@ impl LiveVolume {
                 .detail("components", manifest.names())
             }
         })
+    }
+
+    /// Whether this is the installation's files rather than a volume.
+    pub fn is_files(&self) -> bool {
+        self.only.is_some()
+    }
+
+    /// What of its directory the component is made of.
+    pub fn root(&self) -> volume::Root<'_> {
+        volume::Root {
+            dir: &self.dir,
+            only: self.only.as_deref(),
+        }
+    }
+
+    /// Whether a set's component is of this one's kind (a volume, or the files).
+    pub fn same_kind(&self, c: &Component) -> bool {
+        if self.is_files() {
+            c.kind_name() == manifest::FILES
+        } else {
+            c.is_volume()
+        }
     }
 
     /// The outcome of this volume as a component: named as the task names it, with its live
@@ -356,6 +385,7 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
             dir,
             source,
             listed,
+            only: None,
         });
     }
     Ok(out)
@@ -392,7 +422,7 @@ fn canonical(p: &Path) -> PathBuf {
 
 /// Refuses a repository inside the volume, or a volume inside the repository, comparing
 /// canonical paths (the repository may not exist yet).
-fn check_apart(repository: &Path, volume_dir: &Path, source: &VolumeSource) -> Result<()> {
+pub(crate) fn check_apart(repository: &Path, volume_dir: &Path, source: &VolumeSource) -> Result<()> {
     let repo = canonical(repository);
     let vol = canonical(volume_dir);
     let shown_vol = match source {

@@ -20,7 +20,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -28,17 +28,17 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use super::backup::{self, DbTaken, Taken, Taking};
-use super::{LiveVolume, check, db_outcome, set_components};
+use super::{LiveVolume, check, db_outcome, installation, set_components};
 use crate::clock;
 use crate::connectware::{self, Client};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Recipients;
 use crate::layers::{self, Opening};
 use crate::repository::backend::NewSet;
-use crate::repository::manifest::{Component, Tree};
+use crate::repository::manifest::{Component, InstallationInfo, Source, Tree};
 use crate::repository::{Repository, SAFETY_PREFIX, Set};
 use crate::result::{Diff, SetRef, TaskResult};
-use crate::task::{Compression, Operation, RestoreOptions, Task};
+use crate::task::{Compression, Operation, Quiesce, RestoreOptions, Task};
 use crate::volume;
 use crate::volume::digest::{self, Lines};
 use crate::volume::extract::Contents;
@@ -172,13 +172,37 @@ struct Target<'s> {
 }
 
 pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
-    let volumes = super::resolve_volumes(task)?;
-    let single = !volumes.iter().any(|v| v.listed);
+    let engine = task
+        .installation
+        .as_ref()
+        .map(|_| crate::docker::Engine::connect())
+        .transpose()?;
+    let mut volumes = match &task.installation {
+        None => super::resolve_volumes(task)?,
+        Some(_) => Vec::new(),
+    };
     let mut warnings = Vec::new();
-    let client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
+    let mut client = connectware::client_for(task.api.as_ref(), &mut warnings)?;
 
     let repo = Repository::open(&task.repository)?;
     let _repo_lock = repo.lock(Operation::Restore, task.wait_for_lock)?;
+    // An installation's volumes are the set's (SPEC §9): the set is chosen first, and a volume
+    // this host lacks is created (not in a dry run, where an empty stand-in takes its place).
+    let mut chosen = None;
+    let mut fresh = None;
+    if let (Some(inst), Some(e)) = (&task.installation, &engine) {
+        let set = choose(&repo, opts)?;
+        let found = installation::for_restore(task, inst, e, &set.manifest)?;
+        volumes = found.volumes.clone();
+        // The database comes back inside the postgresql volume: no API restore beside it.
+        if client.is_some() && volumes.iter().any(|v| v.name == "postgresql") {
+            client = None;
+            warnings.push("the database is restored inside the postgresql volume, so `api` is not used to restore it".to_string());
+        }
+        chosen = Some(set);
+        fresh = Some(found);
+    }
+    let single = !volumes.iter().any(|v| v.listed);
     // Every volume of the task, locked together (in one order, so two tasks never wait for
     // each other in a cycle), and made whole first if a killed restore left any half-swapped.
     let all = volumes
@@ -205,8 +229,26 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         }
     }
     let works = all.as_ref().map(Group::members).unwrap_or_default();
+    if let (Some(inst), Some(e)) = (&task.installation, &engine) {
+        warnings.extend(installation::recover(e, inst, task.dry_run)?);
+    }
+    // With `quiesce: stop`, the project's running containers stop before the volumes are
+    // read for the plan (a running service writes to them), unless the database is restored
+    // through the API, which needs Connectware running: then they stop just before the swap.
+    let stopping = task
+        .installation
+        .as_ref()
+        .zip(engine.as_ref())
+        .filter(|(inst, _)| inst.quiesce == Quiesce::Stop && !task.dry_run);
+    let mut quiesced = match stopping {
+        Some((inst, e)) if client.is_none() => Some(installation::stop(e, inst)?),
+        _ => None,
+    };
 
-    let set = choose(&repo, opts)?;
+    let set = match chosen {
+        Some(set) => set,
+        None => choose(&repo, opts)?,
+    };
     // The key is checked before anything is read or written (SPEC §11); the safety set is
     // encrypted to the recipients of the set restored.
     let opening = super::opening(task, &repo, &set, "a restore")?;
@@ -241,7 +283,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     // has it.
     let decided = targets
         .iter()
-        .map(|t| volume::fingerprint(&t.live.dir))
+        .map(|t| volume::fingerprint(t.live.root()))
         .collect::<Result<Vec<_>>>()?;
     // Independent reads at once: the set's checksums (one thread for the whole set), and per
     // volume its live digest and the extraction of the set's archive into its staging, which
@@ -269,7 +311,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                 std::thread::scope(|inner| {
                     let staging = (!task.dry_run)
                         .then(|| inner.spawn(|| Staged::extract(t.work, &repo, &set, opening, t, stop)));
-                    let live = live_state(&t.live.dir, t.tree, task.diff);
+                    let live = live_state(t.live.root(), t.tree, task.diff);
                     let needed = matches!(&live, Ok(l) if opts.force || l.digest() != Some(&t.component.content_digest));
                     if !needed {
                         stop.store(true, Ordering::Relaxed);
@@ -371,6 +413,10 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
                 after: before,
             });
         }
+        if let Some(q) = &quiesced {
+            q.resume()?;
+            report_quiesce(&mut result, q);
+        }
         return Ok(result);
     }
     if let Some(c) = &client {
@@ -394,13 +440,26 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     }
 
     // Apply.
-    let safety = if opts.safety_backup {
+    // The safety set holds what exists of what the restore changes: not the volumes (or the
+    // install directory) this run created on a fresh host; nothing at all if none existed.
+    let existed: Vec<LiveVolume> = targets
+        .iter()
+        .filter(|t| {
+            fresh.as_ref().is_none_or(|f| match &t.live.source {
+                Source::DockerVolume(name) if !t.live.is_files() => !f.created.contains(name),
+                _ => !f.created_dir,
+            })
+        })
+        .map(|t| t.live.clone())
+        .collect();
+    let safety = if opts.safety_backup && (!existed.is_empty() || client.is_some()) {
         Some(safety_backup(
             &repo,
-            &targets,
+            &existed,
             client.as_ref(),
             to.as_ref(),
             fresh_db.take(),
+            set.manifest.installation.as_ref(),
             &mut warnings,
         )?)
     } else {
@@ -416,7 +475,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     // drops the staged trees, which removes them: no volume was touched.
     for (i, t) in targets.iter().enumerate() {
         if staged[i].is_some() {
-            still_as_decided(&t.live.dir, &decided[i], &set, safety.as_ref())?;
+            still_as_decided(t.live.root(), &decided[i], &set, safety.as_ref())?;
         }
     }
     // The volumes to swap in, as one group: one journal for all of them, so that after an
@@ -452,6 +511,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             return Err(database_may_have_changed(e, safety.as_ref()));
         }
     }
+    if let (Some((inst, e)), None) = (stopping, &quiesced) {
+        quiesced = Some(installation::stop(e, inst)?);
+    }
     if let Some(g) = &swap {
         let swapped = (|| {
             test_pause();
@@ -459,14 +521,19 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             let mut kept = Vec::with_capacity(restoring.len());
             for &i in &restoring {
                 let t = &targets[i];
-                let specials = still_as_decided(&t.live.dir, &decided[i], &set, safety.as_ref())?;
-                kept.push(special_files(
+                let specials = still_as_decided(t.live.root(), &decided[i], &set, safety.as_ref())?;
+                let mut keep = special_files(
                     &t.live.dir,
                     &specials,
                     &t.work.staged(),
                     &set.id,
                     &mut warnings,
-                ));
+                );
+                // The install directory's other entries are none of the files component's.
+                if let Some(only) = &t.live.only {
+                    keep.extend(others_in(&t.live.dir, only)?);
+                }
+                kept.push(keep);
             }
             // From here on the staged trees belong to the swap's journal: recovery needs them
             // after a kill, and the volume lock's release removes them otherwise.
@@ -542,6 +609,22 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     });
     result.diff = diff;
     result.restart_required = true;
+    if targets
+        .iter()
+        .enumerate()
+        .any(|(i, t)| t.live.is_files() && plan.volume_needed(i))
+        && set
+            .manifest
+            .installation
+            .as_ref()
+            .is_some_and(|i| i.files.iter().any(|f| f == "docker-compose.yml"))
+    {
+        result.warnings.push(format!(
+            "the restore put back the set's docker-compose.yml, and with it the Connectware version of set {} ({}): the containers run the images it names",
+            set.id,
+            set.manifest.connectware_version.as_deref().unwrap_or("version not recorded")
+        ));
+    }
     if let Some(argv) = &opts.restart {
         let secret_env = task.api.as_ref().and_then(|a| a.secret_env.as_deref());
         match restart(argv, secret_env) {
@@ -553,8 +636,37 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             }
         }
     }
+    // Exactly the containers this run stopped run again (after `restart`, which may have
+    // started them already: starting a running container changes nothing).
+    if let Some(q) = &quiesced {
+        q.resume()?;
+        report_quiesce(&mut result, q);
+        if !q.containers().is_empty() && result.error.is_none() {
+            result.restart_required = false;
+        }
+    }
+    warnings.append(&mut result.warnings);
     result.warnings = warnings;
     Ok(result)
+}
+
+/// The containers a restore stopped, and for how long.
+fn report_quiesce(result: &mut TaskResult, q: &installation::Quiesced<'_>) {
+    result.containers = Some(q.containers());
+    result.downtime_ms = q.downtime_ms();
+}
+
+/// The root entries of the install directory that are not among the files component's.
+fn others_in(dir: &Path, only: &[OsString]) -> Result<Vec<OsString>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("cannot read", dir, e))?;
+    let mut others = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| Error::io("cannot read", dir, e))?.file_name();
+        if name != volume::WORK_DIR && !only.contains(&name) {
+            others.push(name);
+        }
+    }
+    Ok(others)
 }
 
 /// The set's database file, streamed (decrypted when the set is encrypted), with its length
@@ -598,11 +710,11 @@ fn choose(repo: &Repository, opts: &RestoreOptions) -> Result<Set> {
 
 /// Reads the live volume; unless `every_file` (for a diff), stops at the listing when that
 /// already differs from the set's.
-fn live_state(dir: &Path, tree: &Tree, every_file: bool) -> Result<Live> {
+fn live_state(root: volume::Root<'_>, tree: &Tree, every_file: bool) -> Result<Live> {
     let hashed = if every_file {
-        Some(volume::live(dir)?)
+        Some(volume::live(root)?)
     } else {
-        volume::live_unless_counts_differ(dir, tree.files, tree.expanded_bytes)?
+        volume::live_unless_counts_differ(root, tree.files, tree.expanded_bytes)?
     };
     Ok(
         hashed.map_or(Live::Differs, |(entries, digest)| Live::Hashed {
@@ -711,20 +823,20 @@ fn plan_diff(
 /// task and, with `api`, the database backup already taken (in `fresh_db`'s new set).
 fn safety_backup(
     repo: &Repository,
-    targets: &[Target<'_>],
+    volumes: &[LiveVolume],
     client: Option<&Client>,
     to: Option<&Recipients>,
     fresh_db: Option<(Box<dyn NewSet>, DbTaken)>,
+    installation: Option<&InstallationInfo>,
     warnings: &mut Vec<String>,
 ) -> Result<Set> {
     let id = repo.unique_id(&format!(
         "{SAFETY_PREFIX}{}",
         clock::id_stamp(SystemTime::now())
     ))?;
-    let volumes: Vec<LiveVolume> = targets.iter().map(|t| t.live.clone()).collect();
     let taking = Taking {
         repo,
-        volumes: &volumes,
+        volumes,
         client,
         compression: Compression::default(),
         verify: false,
@@ -732,6 +844,23 @@ fn safety_backup(
         identities: None,
         id: Some(id),
         comparable: None,
+        // Restorable as an installation: the files it holds are those that existed.
+        installation: installation.map(|i| InstallationInfo {
+            quiesced: false,
+            downtime_ms: None,
+            files: volumes
+                .iter()
+                .flat_map(|v| {
+                    v.only
+                        .iter()
+                        .flatten()
+                        .filter(|f| std::fs::symlink_metadata(v.dir.join(f)).is_ok())
+                })
+                .map(|f| f.to_string_lossy().into_owned())
+                .collect(),
+            ..i.clone()
+        }),
+        quiesce: None,
     };
     let mut more = Vec::new();
     let taken = taking.take(fresh_db, &mut more).map_err(|e| Error {
@@ -837,12 +966,13 @@ fn fill(result: &mut TaskResult, set: &Set, targets: &[Target<'_>], plan: &Plan)
 /// differs from the one the plan decided on: something wrote to it meanwhile. Returns the
 /// relative paths of the volume's sockets, FIFOs and devices.
 fn still_as_decided(
-    dir: &Path,
+    root: volume::Root<'_>,
     decided: &tree::Fingerprint,
     set: &Set,
     safety: Option<&Set>,
 ) -> Result<Vec<Vec<u8>>> {
-    let (now, specials) = volume::fingerprint_and_specials(dir)?;
+    let dir = root.dir;
+    let (now, specials) = volume::fingerprint_and_specials(root)?;
     if now == *decided {
         return Ok(specials);
     }
@@ -993,20 +1123,7 @@ fn special_files(
 
 /// See [`TEST_PAUSE_BEFORE_SWAP`].
 fn test_pause() {
-    if !cfg!(debug_assertions) {
-        return;
-    }
-    let Some(file) = std::env::var_os(TEST_PAUSE_BEFORE_SWAP) else {
-        return;
-    };
-    let file = PathBuf::from(file);
-    let mut reached = file.clone().into_os_string();
-    reached.push(".reached");
-    let _ = std::fs::write(&reached, b"");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    crate::test_pause(TEST_PAUSE_BEFORE_SWAP);
 }
 
 #[cfg(test)]

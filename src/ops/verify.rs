@@ -293,7 +293,7 @@ fn drift(
     set_entries: &Lines,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
-    let (live, live_digest_value) = volume::live(&v.dir)?;
+    let (live, live_digest_value) = volume::live(v.root())?;
     if live_digest_value == expected {
         return Ok(());
     }

@@ -20,6 +20,8 @@ pub const FORMAT_V1: &str = "cwbackup/1";
 pub const FILE: &str = "manifest.json";
 /// The component name of the task key `volume` (and of a v1 set's volume half).
 pub const VOLUME: &str = "volume";
+/// The component name of an installation's files.
+pub const FILES: &str = "files";
 /// The component name of the database file.
 pub const DB: &str = "db";
 
@@ -64,6 +66,9 @@ pub struct InstallationInfo {
     pub quiesced: bool,
     /// How long they were stopped, in milliseconds.
     pub downtime_ms: Option<u64>,
+    /// The names of the files (in `install_dir`) the component `files` holds.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 /// How a set's files are encrypted.
@@ -225,6 +230,11 @@ impl Manifest {
             }
             if !safe_file_name(&c.file) {
                 return Err(format!("the manifest names an unsafe file name {:?}", c.file));
+            }
+        }
+        for f in self.installation.iter().flat_map(|i| &i.files) {
+            if f.is_empty() || f == "." || f == ".." || f.contains('/') || f.contains('\0') {
+                return Err(format!("the manifest names an installation file {f:?} that is not a plain name"));
             }
         }
         Ok(())

@@ -12,6 +12,7 @@ pub mod xattr;
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
+pub use tree::Root;
 
 /// The tool's work directory inside a volume (staged tree, old entries, journal, lock
 /// holder), so that every rename stays on the volume's own file system. Every listing,
@@ -20,13 +21,16 @@ pub const WORK_DIR: &str = ".cwbackup-work";
 
 /// The live volume's content: its digest lines (sorted by path) and its content digest, from
 /// one read of every file.
-pub fn live(dir: &Path) -> Result<(digest::Lines, String)> {
-    hash_listed(dir, &scan(dir)?)
+pub fn live<'a>(root: impl Into<Root<'a>>) -> Result<(digest::Lines, String)> {
+    let root = root.into();
+    hash_listed(root.dir, &scan(root)?)
 }
 
 /// The live volume's content digest alone, from one read of every file, keeping no line.
-pub fn live_digest(dir: &Path) -> Result<String> {
-    let listing = scan(dir)?;
+pub fn live_digest<'a>(root: impl Into<Root<'a>>) -> Result<String> {
+    let root = root.into();
+    let dir = root.dir;
+    let listing = scan(root)?;
     let mut hasher = digest::DigestHasher::default();
     digest::live_lines(dir, &listing, |line| hasher.line(line))
         .map_err(|e| Error::io("cannot read volume", dir, e))?;
@@ -38,12 +42,14 @@ pub fn live_digest(dir: &Path) -> Result<String> {
 /// (different counts make different digest lines, so a different digest). The lines returned
 /// are empty: only the digest is computed, so a restore that needs no diff does not hold a
 /// million entries' lines (~77 MB) while it extracts the set beside.
-pub fn live_unless_counts_differ(
-    dir: &Path,
+pub fn live_unless_counts_differ<'a>(
+    root: impl Into<Root<'a>>,
     files: u64,
     bytes: u64,
 ) -> Result<Option<(digest::Lines, String)>> {
-    let listing = scan(dir)?;
+    let root = root.into();
+    let dir = root.dir;
+    let listing = scan(root)?;
     let archived = listing.iter().filter(|e| e.kind != tree::Kind::Other);
     let live_files = archived.clone().count() as u64;
     let live_bytes: u64 = archived
@@ -61,17 +67,21 @@ pub fn live_unless_counts_differ(
 
 /// The fingerprint of a live volume's cheap listing (names, types, sizes, times, inodes; no
 /// file read), without the work directory: 32 bytes however large the volume.
-pub fn fingerprint(dir: &Path) -> Result<tree::Fingerprint> {
-    tree::fingerprint(dir).map_err(|e| Error::io("cannot read volume", dir, e))
+pub fn fingerprint<'a>(root: impl Into<Root<'a>>) -> Result<tree::Fingerprint> {
+    let root = root.into();
+    tree::fingerprint(root).map_err(|e| Error::io("cannot read volume", root.dir, e))
 }
 
 /// [`fingerprint`], and the relative paths of the volume's sockets, FIFOs and devices.
-pub fn fingerprint_and_specials(dir: &Path) -> Result<(tree::Fingerprint, Vec<Vec<u8>>)> {
-    tree::fingerprint_and_specials(dir).map_err(|e| Error::io("cannot read volume", dir, e))
+pub fn fingerprint_and_specials<'a>(
+    root: impl Into<Root<'a>>,
+) -> Result<(tree::Fingerprint, Vec<Vec<u8>>)> {
+    let root = root.into();
+    tree::fingerprint_and_specials(root).map_err(|e| Error::io("cannot read volume", root.dir, e))
 }
 
-fn scan(dir: &Path) -> Result<tree::Listing> {
-    tree::scan(dir).map_err(|e| Error::io("cannot read volume", dir, e))
+fn scan(root: Root<'_>) -> Result<tree::Listing> {
+    tree::scan(root).map_err(|e| Error::io("cannot read volume", root.dir, e))
 }
 
 fn hash_listed(dir: &Path, listing: &tree::Listing) -> Result<(digest::Lines, String)> {

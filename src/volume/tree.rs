@@ -7,7 +7,7 @@
 //! it is listed is left out: the listing taken after the archive then differs, which is the
 //! backup's consistency retry, not an error. [`Opener`] opens the listed files the same way.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -16,6 +16,35 @@ use std::path::{Path, PathBuf};
 
 use super::WORK_DIR;
 use crate::safe_open::{self, Refused};
+
+/// A tree to read: a whole directory (a volume), or only some of its root entries (an
+/// installation's files in its install directory, among files that are none of ours).
+#[derive(Debug, Clone, Copy)]
+pub struct Root<'a> {
+    pub dir: &'a Path,
+    /// The root names the tree is made of; None: every entry.
+    pub only: Option<&'a [OsString]>,
+}
+
+impl<'a> From<&'a Path> for Root<'a> {
+    fn from(dir: &'a Path) -> Root<'a> {
+        Root { dir, only: None }
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Root<'a> {
+    fn from(dir: &'a PathBuf) -> Root<'a> {
+        Root { dir, only: None }
+    }
+}
+
+impl Root<'_> {
+    /// Whether a root entry of this name belongs to the tree.
+    fn has(&self, name: &OsStr) -> bool {
+        name.as_bytes() != WORK_DIR.as_bytes()
+            && self.only.is_none_or(|only| only.iter().any(|n| n == name))
+    }
+}
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +167,7 @@ impl Listing {
 
 /// Lists every entry below `root` (not following symlinks), sorted by path bytes, leaving out
 /// restore's work directory [`WORK_DIR`] at the root.
-pub fn scan(root: &Path) -> io::Result<Listing> {
+pub fn scan<'a>(root: impl Into<Root<'a>>) -> io::Result<Listing> {
     let mut listing = Listing::default();
     walk(root, |path, target, entry| {
         listing.push(path, target, entry)
@@ -150,7 +179,7 @@ pub fn scan(root: &Path) -> io::Result<Listing> {
 /// The [`Listing::fingerprint`] of `root`'s listing, without keeping the listing: a backup
 /// compares the listing after its archive with the one before by this, so it holds one
 /// listing of the volume, not two.
-pub fn fingerprint(root: &Path) -> io::Result<Fingerprint> {
+pub fn fingerprint<'a>(root: impl Into<Root<'a>>) -> io::Result<Fingerprint> {
     let mut hashes = Vec::new();
     walk(root, |path, target, entry| {
         hashes.push(entry_hash(path, target, &entry))
@@ -161,7 +190,9 @@ pub fn fingerprint(root: &Path) -> io::Result<Fingerprint> {
 /// [`fingerprint`] of the tree below `root`, and the paths of its sockets, FIFOs and devices
 /// (which backups skip), in one walk that keeps no listing: restore's check just before its
 /// swap, which must not hold a second listing of a large volume.
-pub fn fingerprint_and_specials(root: &Path) -> io::Result<(Fingerprint, Vec<Vec<u8>>)> {
+pub fn fingerprint_and_specials<'a>(
+    root: impl Into<Root<'a>>,
+) -> io::Result<(Fingerprint, Vec<Vec<u8>>)> {
     let mut hashes = Vec::new();
     let mut specials = Vec::new();
     walk(root, |path, target, entry| {
@@ -222,7 +253,12 @@ impl Listing {
 }
 
 /// Calls `each` for every entry below `root`, in no particular order.
-fn walk(root: &Path, mut each: impl FnMut(&[u8], Option<&[u8]>, Entry)) -> io::Result<()> {
+fn walk<'a>(
+    root: impl Into<Root<'a>>,
+    mut each: impl FnMut(&[u8], Option<&[u8]>, Entry),
+) -> io::Result<()> {
+    let scope = root.into();
+    let root = scope.dir;
     let root_fd = open_root(root)?;
     let mut pending = vec![Vec::<u8>::new()];
     let mut rel = Vec::new();
@@ -240,7 +276,7 @@ fn walk(root: &Path, mut each: impl FnMut(&[u8], Option<&[u8]>, Entry)) -> io::R
             Err(e) => return Err(annotate(e, root, &dir_rel)),
         };
         for name in names {
-            if dir_rel.is_empty() && name.as_bytes() == WORK_DIR.as_bytes() {
+            if dir_rel.is_empty() && !scope.has(OsStr::from_bytes(name.as_bytes())) {
                 continue;
             }
             rel.clear();

@@ -24,14 +24,14 @@ use serde_json::json;
 
 use crate::common::*;
 
-const IMAGE: &str = "cwbackup-test/busybox:1";
+pub(crate) const IMAGE: &str = "cwbackup-test/busybox:1";
 
 /// A container's loop: write the time into its volume five times a second; exit at once on
 /// SIGTERM (a shell that is PID 1 would otherwise ignore it until the stop timeout).
-const WRITER: &str = "trap 'exit 0' TERM; while true; do date > /data/now; sleep 0.2; done";
+pub(crate) const WRITER: &str = "trap 'exit 0' TERM; while true; do date > /data/now; sleep 0.2; done";
 
 /// Runs the docker CLI; its stdout, trimmed, or a panic with its stderr.
-fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -47,7 +47,7 @@ fn docker(args: &[&str]) -> String {
 
 /// The engine, with the test image built; `None` (after saying why) when the engine cannot be
 /// reached outside CI. Under CI an unreachable engine or a missing image fails the test.
-fn engine(test: &str) -> Option<Engine> {
+pub(crate) fn engine(test: &str) -> Option<Engine> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let ready = READY.get_or_init(|| {
         Engine::connect().map_err(|e| e.message)?;
@@ -81,7 +81,7 @@ fn engine(test: &str) -> Option<Engine> {
 }
 
 /// A name no other test or run uses: `cwbt<pid>x<n>`.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(
         "cwbt{}x{}{prefix}",
@@ -91,14 +91,14 @@ fn unique(prefix: &str) -> String {
 }
 
 /// A compose-labelled project on the engine: its volumes and containers, removed on drop.
-struct Project {
-    name: String,
-    volumes: Vec<String>,
-    containers: Vec<String>,
+pub(crate) struct Project {
+    pub(crate) name: String,
+    pub(crate) volumes: Vec<String>,
+    pub(crate) containers: Vec<String>,
 }
 
 impl Project {
-    fn new() -> Project {
+    pub(crate) fn new() -> Project {
         Project {
             name: unique("proj"),
             volumes: Vec::new(),
@@ -107,7 +107,7 @@ impl Project {
     }
 
     /// Creates the volume `<project>_<short>` with the compose labels; its full name.
-    fn volume(&mut self, short: &str) -> String {
+    pub(crate) fn volume(&mut self, short: &str) -> String {
         let full = format!("{}_{short}", self.name);
         self.volumes.push(full.clone());
         docker(&[
@@ -124,7 +124,7 @@ impl Project {
 
     /// Starts a container of service `service` that runs `script` with `volume` at /data;
     /// its id.
-    fn container(&mut self, service: &str, volume: &str, script: &str) -> String {
+    pub(crate) fn container(&mut self, service: &str, volume: &str, script: &str) -> String {
         let name = format!("{}-{service}-1", self.name);
         self.containers.push(name.clone());
         docker(&[
@@ -146,7 +146,7 @@ impl Project {
     }
 
     /// A volume that belongs to no project (removed with the project).
-    fn plain_volume(&mut self) -> String {
+    pub(crate) fn plain_volume(&mut self) -> String {
         let name = unique("plain");
         self.volumes.push(name.clone());
         docker(&["volume", "create", &name]);
@@ -169,7 +169,7 @@ impl Drop for Project {
 }
 
 /// The mountpoint the CLI reports for a volume.
-fn cli_mountpoint(volume: &str) -> PathBuf {
+pub(crate) fn cli_mountpoint(volume: &str) -> PathBuf {
     PathBuf::from(docker(&[
         "volume",
         "inspect",
@@ -180,7 +180,7 @@ fn cli_mountpoint(volume: &str) -> PathBuf {
 }
 
 /// Whether `file` changes within `within` (a container is writing it).
-fn changes(file: &Path, within: Duration) -> bool {
+pub(crate) fn changes(file: &Path, within: Duration) -> bool {
     let before = fs::read(file).ok();
     let started = Instant::now();
     while started.elapsed() < within {
@@ -193,7 +193,7 @@ fn changes(file: &Path, within: Duration) -> bool {
 }
 
 /// Waits until `file` exists (a container's first write).
-fn wait_for(file: &Path) {
+pub(crate) fn wait_for(file: &Path) {
     let started = Instant::now();
     while !file.exists() {
         assert!(
@@ -205,7 +205,7 @@ fn wait_for(file: &Path) {
     }
 }
 
-fn running(engine: &Engine, project: &str, id: &str) -> bool {
+pub(crate) fn running(engine: &Engine, project: &str, id: &str) -> bool {
     engine
         .project_containers(project)
         .unwrap()

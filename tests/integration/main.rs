@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod human;
 mod import;
+mod installation;
 mod list;
 mod prune;
 mod restore;
