@@ -39,6 +39,7 @@ export ANSIBLE_COLLECTIONS_PATH="$root/ansible"
 
 echo "== ansible-doc"
 ansible-doc cwbackup.connectware.backup > /dev/null
+ansible-doc cwbackup.connectware.backup_info > /dev/null
 
 echo "== example playbooks"
 for playbook in "$root"/ansible/playbooks/*.yml; do

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-"""Unit tests of the cwbackup module's mapping: options -> task, output -> result, and the
-check that the options are exactly the task schema's keys."""
+"""Unit tests of the modules' mapping: options -> task, output -> result, and the check that
+the options of backup are exactly the task schema's keys and those of backup_info the subset
+that applies to list and verify."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -9,7 +10,7 @@ import json
 import os
 
 from ansible_collections.cwbackup.connectware.plugins.module_utils import cwbackup
-from ansible_collections.cwbackup.connectware.plugins.modules import backup
+from ansible_collections.cwbackup.connectware.plugins.modules import backup, backup_info
 
 # Task keys that come from Ansible's modes rather than from options.
 FROM_MODES = {'dry_run', 'diff'}
@@ -93,6 +94,23 @@ def schema_required(schema, where):
 def test_options_are_the_task_schema():
     schema = task_schema()
     check_options(schema, schema['properties'], backup.argument_spec(), 'task')
+
+
+# Task keys that do not apply to list or verify: what backup_info leaves out, on purpose.
+NOT_READ_ONLY = {'api', 'force', 'keep_last', 'keep_safety', 'verify', 'compression', 'safety_backup', 'restart',
+                 'volume_archive', 'db_file', 'connectware_version'}
+
+
+def test_info_options_are_the_task_keys_of_list_and_verify():
+    schema = task_schema()
+    spec = backup_info.argument_spec()
+    check_options(schema, schema['properties'], spec, 'task', subset=True)
+    assert spec['operation']['choices'] == ['list', 'verify']
+    assert set(spec['encryption']['options']) == {'identity_file'}
+    # A task key added later is either taken by backup_info or named here as not applying.
+    left_out = set(schema['properties']) - FROM_MODES - set(spec)
+    assert left_out == NOT_READ_ONLY, 'task keys neither in backup_info nor in NOT_READ_ONLY: %s' % sorted(
+        left_out ^ NOT_READ_ONLY)
 
 
 def test_defaults_and_unset_options_are_not_passed():
