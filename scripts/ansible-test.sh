@@ -34,12 +34,19 @@ sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'install', *args]))
 PY
 done
 
+# The install role's target checks the rendered unit files with `systemd-analyze verify`, which
+# needs no running systemd (it works in a container or a chroot, as root or not).
+if ! command -v systemd-analyze > /dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd > /dev/null
+fi
+
 cargo build --quiet --locked -p cwbackup -p cw-emulator
 export ANSIBLE_COLLECTIONS_PATH="$root/ansible"
 
 echo "== ansible-doc"
 ansible-doc cwbackup.connectware.backup > /dev/null
 ansible-doc cwbackup.connectware.backup_info > /dev/null
+ansible-doc -t role cwbackup.connectware.install > /dev/null
 
 echo "== example playbooks"
 for playbook in "$root"/ansible/playbooks/*.yml; do
