@@ -80,6 +80,7 @@ cw_url: $url
 cw_password: $password
 cw_ca_file: $work/ca.pem
 cw_workdir: $work
+cw_playbooks: $root/ansible/playbooks
 YAML
 # The inventory names this machine's venv: generated here, never committed (.gitignore).
 cat > tests/integration/inventory <<INI
