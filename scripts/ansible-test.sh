@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the Ansible collection: ansible-doc renders, ansible-test sanity / units /
 # integration pass, and the example playbooks parse. Installs ansible-core into a venv first
-# and runs the integration targets against the project's Connectware emulator.
+# (and systemd-analyze, if missing, for the install role's unit files) and runs the
+# integration targets against the project's Connectware emulator: the modules, the role, and
+# each example playbook twice and in check mode. Any deprecation warning fails the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 collection="$root/ansible/ansible_collections/cwbackup/connectware"
@@ -87,5 +89,9 @@ cat > tests/integration/inventory <<INI
 [testgroup]
 testhost ansible_connection='local' ansible_pipelining='yes' ansible_python_interpreter='$venv/bin/python3'
 INI
-ansible-test integration --local --python 3.11 --color no
+ansible-test integration --local --python 3.11 --color no 2>&1 | tee "$work/integration.log"
+if grep -n 'DEPRECATION' "$work/integration.log"; then
+    echo "a deprecation warning in the integration runs (above)"
+    exit 1
+fi
 echo "ansible collection: all checks passed"
