@@ -37,9 +37,13 @@ PY
 done
 
 # The install role's target checks the rendered unit files with `systemd-analyze verify`, which
-# needs no running systemd (it works in a container or a chroot, as root or not).
-if ! command -v systemd-analyze > /dev/null; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd > /dev/null
+# needs no running systemd (it works in a container or a chroot, as root or not); ansible-test
+# sanity skips its shellcheck test, with a warning only, when shellcheck is missing.
+missing=()
+command -v systemd-analyze > /dev/null || missing+=(systemd)
+command -v shellcheck > /dev/null || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
 
 cargo build --quiet --locked -p cwbackup -p cw-emulator

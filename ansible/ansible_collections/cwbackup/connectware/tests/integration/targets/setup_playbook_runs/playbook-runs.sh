@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the runme.sh of targets that test whole playbooks (aliases: needs/target/setup_playbook_runs).
 #
 # expect EXPECTED ansible-playbook ARGS...: runs the playbook, shows its output, and exits
