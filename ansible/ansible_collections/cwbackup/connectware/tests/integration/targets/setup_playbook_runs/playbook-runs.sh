@@ -1,5 +1,7 @@
 # shellcheck shell=bash
-# Sourced by the runme.sh of targets that test whole playbooks (aliases: needs/target/setup_playbook_runs).
+# Sourced by the runme.sh of every target (aliases: needs/target/setup_playbook_runs): ansible-test
+# sets ANSIBLE_DEPRECATION_WARNINGS=false for what it runs itself, so each target runs
+# ansible-playbook through expect, which turns them on again.
 #
 # expect EXPECTED ansible-playbook ARGS...: runs the playbook, shows its output, and exits
 # unless the outcome is EXPECTED, read from the play recap of the one host:
