@@ -284,7 +284,7 @@ dry_run:
   sample: false
 backup:
   description:
-    - The set written, restored or found unchanged. In check mode, a backup names no new set.
+    - The set written, restored or found unchanged. In check mode, a backup that would write a new set returns none (it has no id yet).
   returned: backup, restore and import, when a set is involved
   type: dict
   contains:
