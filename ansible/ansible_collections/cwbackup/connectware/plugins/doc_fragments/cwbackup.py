@@ -46,7 +46,8 @@ seealso:
 options:
   volume:
     description:
-      - The service-manager volume. Absent (and without O(volumes)), the volume half is skipped.
+      - The service-manager volume, the component C(volume) of a set; what a backup archives, a restore replaces and a
+        verify with C(against_live) compares with a set. Absent (and without O(volumes)), the volume half is skipped.
       - Give exactly one of O(volume.path) or O(volume.docker_volume).
     type: dict
     suboptions:
