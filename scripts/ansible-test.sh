@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the Ansible collection: ansible-doc renders, ansible-test sanity / units /
 # integration pass, and the example playbooks parse. Installs ansible-core into a venv first
-# and runs the integration targets against the project's Connectware emulator.
+# (and systemd-analyze, if missing, for the install role's unit files) and runs the
+# integration targets against the project's Connectware emulator: the modules, the role, and
+# each example playbook twice and in check mode. Any deprecation warning fails the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 collection="$root/ansible/ansible_collections/cwbackup/connectware"
@@ -34,11 +36,23 @@ sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'install', *args]))
 PY
 done
 
+# The install role's target checks the rendered unit files with `systemd-analyze verify`, which
+# needs no running systemd (it works in a container or a chroot, as root or not); ansible-test
+# sanity skips its shellcheck test, with a warning only, when shellcheck is missing.
+missing=()
+command -v systemd-analyze > /dev/null || missing+=(systemd)
+command -v shellcheck > /dev/null || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+fi
+
 cargo build --quiet --locked -p cwbackup -p cw-emulator
 export ANSIBLE_COLLECTIONS_PATH="$root/ansible"
 
 echo "== ansible-doc"
 ansible-doc cwbackup.connectware.backup > /dev/null
+ansible-doc cwbackup.connectware.backup_info > /dev/null
+ansible-doc -t role cwbackup.connectware.install > /dev/null
 
 echo "== example playbooks"
 for playbook in "$root"/ansible/playbooks/*.yml; do
@@ -72,11 +86,16 @@ cw_url: $url
 cw_password: $password
 cw_ca_file: $work/ca.pem
 cw_workdir: $work
+cw_playbooks: $root/ansible/playbooks
 YAML
 # The inventory names this machine's venv: generated here, never committed (.gitignore).
 cat > tests/integration/inventory <<INI
 [testgroup]
 testhost ansible_connection='local' ansible_pipelining='yes' ansible_python_interpreter='$venv/bin/python3'
 INI
-ansible-test integration --local --python 3.11 --color no
+ansible-test integration --local --python 3.11 --color no 2>&1 | tee "$work/integration.log"
+if grep -n 'DEPRECATION' "$work/integration.log"; then
+    echo "a deprecation warning in the integration runs (above)"
+    exit 1
+fi
 echo "ansible collection: all checks passed"

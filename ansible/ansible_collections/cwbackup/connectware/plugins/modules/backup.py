@@ -23,12 +23,28 @@ description:
     O(operation) is refused only when it is set to something else.
 author:
   - cwbackup developers (@cwbackup)
+extends_documentation_fragment:
+  - cwbackup.connectware.cwbackup
+  - cwbackup.connectware.cwbackup.volumes
 attributes:
   check_mode:
-    description: Sets the task's C(dry_run); the binary decides and reports what would change and changes nothing.
-    support: full
+    description:
+      - Sets the task's C(dry_run); the binary decides what would change and changes nothing (no set is written or
+        deleted, no file of the volume is touched, no POST reaches the Connectware API).
+    support: partial
+    details:
+      - The volume half, O(operation=prune), O(operation=import), O(operation=verify) and O(operation=list) are
+        predicted exactly.
+      - The database half is not. Whether the database changed since the newest set (backup), or differs from the
+        set's (restore), is only known from a fresh server-side database backup, which check mode does not start.
+        With O(api), check mode therefore reports the database as to be backed up or restored (C(changed=true))
+        and warns that it was not compared, where a real run may find it unchanged.
   diff_mode:
-    description: Sets the task's C(diff); the result's C(diff) holds C(before) and C(after).
+    description:
+      - Sets the task's C(diff); the result's RV(diff) holds C(before) and C(after).
+      - They summarise rather than list files (a volume can hold many thousands). O(operation=backup) the newest set
+        before and after; O(operation=restore) the live content digests before and after, and how many files the
+        restore adds, removes and changes; O(operation=prune) the sets before and after.
     support: full
 options:
   operation:
@@ -39,39 +55,6 @@ options:
     type: str
     required: true
     choices: [backup, restore, verify, list, prune, import]
-  repository:
-    description: Directory that holds the backup sets; created with mode 0700 on the first backup.
-    type: path
-    required: true
-  volume:
-    description:
-      - The service-manager volume. Absent, the volume half is skipped.
-      - Give exactly one of O(volume.path) or O(volume.docker_volume).
-    type: dict
-    suboptions:
-      path:
-        description: The volume's directory.
-        type: path
-      docker_volume:
-        description: The Docker volume's name, for example V(connectware_service-manager).
-        type: str
-  volumes:
-    description:
-      - Several volumes, each a component of its own in the set (C(volumes/<name>.tar.gz)). Not together with O(volume).
-      - Each item gives exactly one of O(volumes[].path) or O(volumes[].docker_volume); O(volumes[].name) is required with O(volumes[].path).
-    type: list
-    elements: dict
-    suboptions:
-      path:
-        description: The volume's directory.
-        type: path
-      docker_volume:
-        description: The Docker volume's name, for example V(connectware_postgresql).
-        type: str
-      name:
-        description:
-          - The component's name in the set; default for a Docker volume its compose short name (label C(com.docker.compose.volume)), else its full name.
-        type: str
   api:
     description:
       - Access to the Connectware REST API for the database half. Absent, the database half is skipped.
@@ -148,10 +131,6 @@ options:
           - An age identity file as C(age-keygen -o) writes it; it opens an encrypted set.
           - With O(operation=backup), lets O(verify) read the new set back.
         type: path
-  wait_for_lock_s:
-    description: How long to wait for another cwbackup task to release the repository lock; V(0) fails at once. At most V(604800) (7 days).
-    type: int
-    default: 0
   backup_id:
     description:
       - O(operation=backup) the name of the new set (default C(<UTC time>-<Connectware version>)).
@@ -215,16 +194,12 @@ options:
   connectware_version:
     description: O(operation=import) the Connectware version the files were taken from, recorded in the manifest.
     type: str
-  binary_path:
-    description: Path of the cwbackup binary on the managed host. Default C(cwbackup) found on E(PATH).
-    type: path
 notes:
   - After a restore, Connectware must be restarted (use O(restart) or a handler on RV(restart_required))
     and every Admin-UI browser session must be restarted.
 seealso:
-  - name: cwbackup README
-    description: The task and result formats, the backup set layout, and manual recovery with GNU tar.
-    link: https://example.invalid/cwbackup
+  - module: cwbackup.connectware.backup_info
+    description: Lists and verifies sets without ever changing anything (C(changed=false), full check mode).
 '''
 
 EXAMPLES = r'''
@@ -288,106 +263,319 @@ EXAMPLES = r'''
 
 RETURN = r'''
 ok:
-  description: Whether the task succeeded.
+  description: Whether the task succeeded; the module fails exactly when it is false.
   returned: always
   type: bool
+  sample: true
 msg:
   description: One human sentence saying what happened.
   returned: always
   type: str
+  sample: wrote backup set 20261127T021500.123Z-1.10.2
 operation:
-  description: The operation that ran.
+  description: The operation that ran; null when the binary could not read the task.
   returned: always
   type: str
+  sample: backup
 dry_run:
-  description: Whether this was a check-mode run.
+  description: Whether this was a check-mode run (nothing was changed).
   returned: always
   type: bool
+  sample: false
 backup:
-  description: The set written, restored or found unchanged (C(id), C(path), C(manifest)).
-  returned: when a set is involved
+  description:
+    - The set written, restored or found unchanged. In check mode, a backup that would write a new set returns none (it has no id yet).
+  returned: backup, restore and import, when a set is involved
   type: dict
+  contains:
+    id:
+      description: The set's id, its directory name.
+      type: str
+      sample: 20261127T021500.123Z-1.10.2
+    path:
+      description: The set's directory.
+      type: str
+      sample: /backup/connectware/20261127T021500.123Z-1.10.2
+    manifest:
+      description:
+        - The set's C(manifest.json) (format C(cwbackup/2), C(schemas/manifest.schema.json)).
+        - C(components) has one entry per file of the set, with C(name), C(kind), C(file), C(compression),
+          C(sha256), C(bytes), C(content_digest) and, for volumes, C(files), C(expanded_bytes) and C(source).
+      type: dict
+      sample:
+        format: cwbackup/2
+        id: 20261127T021500.123Z-1.10.2
+        created_at: "2026-11-27T02:15:00.123Z"
+        tool_version: 0.1.0
+        connectware_version: 1.10.2
+        server_version: 1.10.2
+        skew_ms: 0
+        installation: null
+        encryption: null
+        components:
+          - name: volume
+            kind: volume
+            file: volume.tar.gz
+            compression: gzip
+            sha256: 9b2e3f8735626a36a0656440eca749c87e6996689ac7b79bed2ace214af77b84
+            bytes: 156
+            files: 2
+            expanded_bytes: 19
+            content_digest: "sha256:708c226ce4efc14646e12450ae1b54f2f632309ba1f632f92d6ccde0a2284fe3"
+            source: {path: /var/lib/docker/volumes/connectware_service-manager/_data}
+            started_at: "2026-11-27T02:15:00.211Z"
+            finished_at: "2026-11-27T02:15:00.213Z"
+          - name: db
+            kind: db
+            file: db.tgz
+            compression: null
+            sha256: f2bc574f830c6c219ab83dcf4154c58d68f343ff0d7df1cf5f90b56a8d20e0f2
+            bytes: 285
+            backup_id: 1.10.2_2026-11-27T02:15:00.213Z
+            status_message: OK
+            content_digest: "sha256:dc80f02072e9c2862ff5c2c988f0ebac5e6115db08529c3128e0ef185103c1d8"
+            started_at: "2026-11-27T02:15:00.211Z"
+            finished_at: "2026-11-27T02:15:00.373Z"
 safety_backup:
-  description: On restore, the C(pre-restore-) set holding the state from before.
-  returned: when a restore changed something and O(safety_backup) is true
+  description: The C(pre-restore-) set holding the state from before the restore (C(id), C(path), C(manifest) as in RV(backup)).
+  returned: restore, when it changed something and O(safety_backup) is true
   type: dict
+  sample:
+    id: pre-restore-20261128T091500.042Z
+    path: /backup/connectware/pre-restore-20261128T091500.042Z
 volume:
-  description: What happened to the volume half (C(changed), C(path), C(files), C(bytes), C(content_digest)).
-  returned: when the volume half was involved
+  description: What happened to the component named C(volume) (task key O(volume)); the same as its entry in RV(components).
+  returned: backup, restore and import, when the task has O(volume)
   type: dict
+  contains:
+    changed:
+      description: The volume was written into a new set (backup) or the live volume was changed (restore).
+      type: bool
+      sample: true
+    path:
+      description: The volume's directory.
+      type: str
+      sample: /var/lib/docker/volumes/connectware_service-manager/_data
+    files:
+      description: Entries below the volume's root.
+      type: int
+      sample: 2
+    bytes:
+      description: Sum of the file sizes in bytes.
+      type: int
+      sample: 19
+    content_digest:
+      description: The volume's content digest, independent of archive bytes (README, "content digest").
+      type: str
+      sample: "sha256:708c226ce4efc14646e12450ae1b54f2f632309ba1f632f92d6ccde0a2284fe3"
+db:
+  description: What happened to the database half; the same as the C(db) entry of RV(components).
+  returned: backup, restore and import, when the task has O(api) (import, O(db_file))
+  type: dict
+  contains:
+    changed:
+      description: A database backup was taken into a new set (backup), or restored (restore).
+      type: bool
+      sample: true
+    backup_id:
+      description: The server's id of the database backup, C(<Connectware version>_<ISO time>).
+      type: str
+      sample: 1.10.2_2026-11-27T02:15:00.213Z
+    status_message:
+      description: The server's last status message.
+      type: str
+      sample: OK
 components:
   description:
-    - One entry per component written, found unchanged, restored or checked.
-    - Each has C(name), C(kind), C(changed), and where they apply C(files), C(bytes), C(content_digest), C(path), C(backup_id), C(status_message).
-  returned: backup, restore, verify, import
+    - One entry per component written, found unchanged or restored (backup, restore, import), or of the set checked
+      (verify, the named set or else the newest that is not a safety set).
+  returned: backup, restore, verify and import
   type: list
   elements: dict
-db:
-  description: What happened to the database half (C(changed), C(backup_id), C(status_message)).
-  returned: when the database half was involved
-  type: dict
+  contains:
+    name:
+      description: The component's name, C(volume), a volume's name (O(volumes)), C(files) or C(db).
+      type: str
+      sample: volume
+    kind:
+      description: C(volume), C(files) or C(db).
+      type: str
+      sample: volume
+    changed:
+      description: The component was written (backup) or its live state changed (restore).
+      type: bool
+      sample: true
+    files:
+      description: Entries below the tree's root (volumes and files only).
+      type: int
+      sample: 2
+    bytes:
+      description: Sum of the file sizes (trees), or the database file's size.
+      type: int
+      sample: 19
+    content_digest:
+      description: The component's content digest.
+      type: str
+      sample: "sha256:708c226ce4efc14646e12450ae1b54f2f632309ba1f632f92d6ccde0a2284fe3"
+    path:
+      description: The live directory (volumes and files only).
+      type: str
+      sample: /var/lib/docker/volumes/connectware_service-manager/_data
+    backup_id:
+      description: The server's id of the database backup (db only).
+      type: str
+      sample: 1.10.2_2026-11-27T02:15:00.213Z
+    status_message:
+      description: The server's last status message (db only).
+      type: str
+      sample: OK
 sets:
-  description: O(operation=list) the complete sets, newest first; O(operation=prune) and backup retention, the sets deleted.
-  returned: list, prune, backup with keep_last
+  description:
+    - O(operation=list) every complete set, newest first.
+    - O(operation=prune) and O(operation=backup) with O(keep_last), the sets retention deleted (in check mode, would delete).
+  returned: list, prune, and backup with O(keep_last) when not in check mode
   type: list
   elements: dict
+  contains:
+    id:
+      description: The set's id.
+      type: str
+      sample: 20261127T021500.123Z-1.10.2
+    created_at:
+      description: When the set was made (RFC 3339, UTC).
+      type: str
+      sample: "2026-11-27T02:15:00.123Z"
+    age_s:
+      description: Seconds since the set was made.
+      type: int
+      sample: 3600
+    bytes:
+      description: Bytes on disk of the set's files.
+      type: int
+      sample: 441
+    components:
+      description: The names of the set's components.
+      type: list
+      elements: str
+      sample: [volume, db]
+    connectware_version:
+      description: The Connectware version the set was taken from, if known.
+      type: str
+      sample: 1.10.2
 findings:
-  description: O(operation=verify) every problem found (C(level), C(set), C(component), C(message)).
+  description: O(operation=verify) every problem found in every set checked; C(error) findings fail the task.
   returned: verify
   type: list
   elements: dict
+  contains:
+    level:
+      description: C(error) (the set cannot be trusted) or C(warning) (worth knowing, for example drift of the live volume).
+      type: str
+      sample: error
+    set:
+      description: The set the finding is about.
+      type: str
+      sample: 20261127T021500.123Z-1.10.2
+    component:
+      description: C(manifest), a component's name, or C(live) for the live volume (O(against_live)).
+      type: str
+      sample: volume
+    message:
+      description: What is wrong.
+      type: str
+      sample: >-
+        volume.tar.gz has sha256 0e10015282a5d6a532a3d244919acf99ea98b7f8983e6b3374934d59ae875a9c,
+        the manifest says 13979588ee0116f956fc14ea0410a7f6c30ece97e14c35e1f1d49350159a6765
 restart_required:
-  description: Connectware must be restarted to use what was restored.
+  description: Connectware must be restarted (and Admin-UI sessions renewed) to use what was restored.
   returned: always
   type: bool
+  sample: false
+diff:
+  description:
+    - Before and after, in diff mode; a summary (set ids, content digests, file counts), not a list of files.
+  returned: in diff mode, for backup, restore, prune and import
+  type: dict
+  contains:
+    before:
+      description: The state before the task.
+      type: dict
+      sample: {newest_set: 20261126T021500.087Z-1.10.2}
+    after:
+      description: The state after the task, or that check mode predicts.
+      type: dict
+      sample: {newest_set: 20261127T021500.123Z-1.10.2}
+warnings:
+  description:
+    - What the operator should know that did not stop the task, as Ansible shows warnings.
+    - For example that check mode did not compare the database, that a set was restored onto another Connectware version,
+      or that O(api.validate_certs=false) is insecure.
+  returned: when the binary warned
+  type: list
+  elements: str
+  sample: ["a dry run cannot tell whether the database changed: that needs a server-side backup, which a dry run does not start"]
 error:
-  description: Why the task failed (C(kind), C(message), C(retryable), C(details)); C(kind) is one of a stable list.
+  description: Why the task failed.
   returned: on failure
   type: dict
+  contains:
+    kind:
+      description:
+        - One of a stable list that playbooks may match on, C(invalid_task), C(volume_not_found), C(repository_error),
+          C(backup_not_found), C(integrity_error), C(unsafe_archive), C(consistency_error), C(api_unreachable),
+          C(api_auth_failed), C(api_tls_error), C(api_protocol_error), C(db_backup_failed), C(db_restore_failed),
+          C(version_incompatible), C(timeout), C(busy), C(no_space), C(io_error), C(docker_error),
+          C(encryption_error) or C(internal_error).
+      type: str
+      sample: busy
+    message:
+      description: What failed, on what, and what to do about it.
+      type: str
+      sample: >-
+        repository /backup/connectware is in use by backup (pid 4242 on cw-prod-1, since 2026-11-27T02:15:00.000Z):
+        run again when it has finished, or set wait_for_lock_s
+    retryable:
+      description: Whether the same task may succeed if simply run again later.
+      type: bool
+      sample: true
+    details:
+      description: Machine-readable facts, for example the lock holder for C(busy), C(last_compatible_version) for C(version_incompatible).
+      type: dict
+      sample: {host: cw-prod-1, pid: 4242, operation: backup, since: "2026-11-27T02:15:00.000Z", lock_file: /backup/connectware/.lock}
 duration_ms:
   description: Wall-clock time of the task in milliseconds.
-  returned: always
+  returned: when the binary printed a result
   type: int
+  sample: 292
+stderr:
+  description: The binary's log and progress (its standard error).
+  returned: when the binary wrote any
+  type: str
+  sample: "cwbackup: backup: volume 3 files, 38 B; database 1.10.2_2026-11-27T02:15:00.213Z\n"
 rc:
-  description: Exit code of the binary, when its output could not be read.
+  description: Exit code of the binary, when its output could not be read as a result.
   returned: when the binary printed no JSON result
   type: int
+  sample: 139
+stdout:
+  description: What the binary printed instead of a result.
+  returned: when the binary printed no JSON result
+  type: str
+  sample: ""
 '''
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
-
-# Options of this wrapper that are not task keys.
-WRAPPER_ONLY = ('binary_path',)
+from ansible_collections.cwbackup.connectware.plugins.module_utils.cwbackup import (
+    build_task, common_options, finish, run, volume_options,
+)
 
 
 def argument_spec():
     """The module's options: the task's keys (but dry_run and diff, which come from the modes)."""
-    return dict(
+    spec = common_options()
+    spec.update(volume_options())
+    spec.update(
         operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune', 'import']),
-        repository=dict(type='path', required=True),
-        volume=dict(
-            type='dict',
-            options=dict(
-                path=dict(type='path'),
-                docker_volume=dict(type='str'),
-            ),
-            mutually_exclusive=[('path', 'docker_volume')],
-            required_one_of=[('path', 'docker_volume')],
-        ),
-        volumes=dict(
-            type='list',
-            elements='dict',
-            options=dict(
-                path=dict(type='path'),
-                docker_volume=dict(type='str'),
-                name=dict(type='str'),
-            ),
-            mutually_exclusive=[('path', 'docker_volume')],
-            required_one_of=[('path', 'docker_volume')],
-            required_by={'path': 'name'},
-        ),
         api=dict(
             type='dict',
             options=dict(
@@ -415,7 +603,6 @@ def argument_spec():
             ),
             mutually_exclusive=[('recipients', 'recipients_file')],
         ),
-        wait_for_lock_s=dict(type='int', default=0),
         backup_id=dict(type='str'),
         force=dict(type='bool', default=False),
         keep_last=dict(type='int', no_log=False),
@@ -429,78 +616,19 @@ def argument_spec():
         volume_archive=dict(type='path'),
         db_file=dict(type='path'),
         connectware_version=dict(type='str'),
-        binary_path=dict(type='path'),
     )
-
-
-def without_defaults(params, spec):
-    """Keeps the values that are set and differ from their default, recursively. The binary
-    treats an absent key as its default, so nothing is lost, and a key that does not apply to
-    the operation reaches it (and is refused) only when it was really set."""
-    kept = {}
-    for name, value in params.items():
-        option = spec.get(name, {})
-        if value is None or name in WRAPPER_ONLY:
-            continue
-        if option.get('type') == 'dict' and isinstance(value, dict):
-            value = without_defaults(value, option.get('options', {}))
-        elif option.get('type') == 'list' and option.get('elements') == 'dict':
-            value = [without_defaults(item, option.get('options', {})) for item in value]
-        elif 'default' in option and value == option['default']:
-            continue
-        kept[name] = value
-    return kept
-
-
-def build_task(params, check_mode, diff_mode):
-    """The cwbackup task for the module's parameters."""
-    task = without_defaults(params, argument_spec())
-    task['dry_run'] = bool(check_mode)
-    task['diff'] = bool(diff_mode)
-    return task
-
-
-def interpret(rc, stdout, stderr):
-    """The module result for what the binary printed: its JSON result, with `failed` set from
-    `ok`; anything else is a failure carrying rc, stdout and stderr."""
-    lines = [line for line in (stdout or '').splitlines() if line.strip()]
-    try:
-        result = json.loads(lines[-1])
-        if not isinstance(result, dict) or 'ok' not in result:
-            raise ValueError('not a cwbackup result')
-    except (IndexError, ValueError):
-        return dict(
-            failed=True,
-            changed=False,
-            msg='cwbackup printed no JSON result (exit code %s): see stdout and stderr' % rc,
-            rc=rc,
-            stdout=stdout,
-            stderr=stderr,
-        )
-    result['failed'] = not result.get('ok', False)
-    result['changed'] = bool(result.get('changed', False))
-    if stderr:
-        result['stderr'] = stderr
-    return result
+    return spec
 
 
 def main():
+    spec = argument_spec()
     module = AnsibleModule(
-        argument_spec=argument_spec(),
+        argument_spec=spec,
         mutually_exclusive=[('volume', 'volumes')],
         supports_check_mode=True,
     )
-    binary = module.params['binary_path'] or module.get_bin_path('cwbackup', required=True)
-    task = build_task(module.params, module.check_mode, module._diff)
-    rc, stdout, stderr = module.run_command([binary], data=json.dumps(task), binary_data=True)
-    result = interpret(rc, stdout, stderr)
-    # Ansible reports warnings given through module.warn; passing them to exit_json is
-    # deprecated (ansible-core 2.19 warns on every call).
-    for warning in result.pop('warnings', None) or []:
-        module.warn(warning)
-    if result['failed']:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    task = build_task(module.params, spec, module.check_mode, module._diff)
+    finish(module, run(module, task))
 
 
 if __name__ == '__main__':
