@@ -47,6 +47,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --quiet --locked -p cwbackup -p cw-emulator
+# The installation playbooks run containers from the offline test image.
+"$root/scripts/docker-test-image.sh"
 export ANSIBLE_COLLECTIONS_PATH="$root/ansible"
 
 echo "== ansible-doc"
@@ -87,6 +89,7 @@ cw_password: $password
 cw_ca_file: $work/ca.pem
 cw_workdir: $work
 cw_playbooks: $root/ansible/playbooks
+cw_docker_required: $([ -n "${CI:-}" ] && echo true || echo false)
 YAML
 # The inventory names this machine's venv: generated here, never committed (.gitignore).
 cat > tests/integration/inventory <<INI

@@ -37,6 +37,15 @@ pub fn render(result: &TaskResult) -> String {
         line(&mut out, format!("safety:   {}  ({})", set.id, set.path));
     }
     components(&mut out, result);
+    if let Some(containers) = result.containers.as_ref().filter(|c| !c.is_empty()) {
+        let down = result
+            .downtime_ms
+            .map_or_else(String::new, |ms| format!(", stopped for {}", duration(ms)));
+        line(
+            &mut out,
+            format!("stopped:  {} container(s){down}: {}", containers.len(), containers.join(", ")),
+        );
+    }
     if let Some(sets) = &result.sets {
         sets_table(&mut out, result, sets);
     }
@@ -465,6 +474,20 @@ mod tests {
              warning:  skipped the socket run/app.sock\n\
              took 1.8 s\n"
         );
+    }
+
+    #[test]
+    fn a_quiesced_backup_names_the_containers_it_stopped_and_for_how_long() {
+        let mut r = TaskResult::ok(Operation::Backup, false, true, "wrote backup set S1");
+        r.containers = Some(vec!["connectware-postgresql-1".into(), "connectware-broker-1".into()]);
+        r.downtime_ms = Some(4_200);
+        let text = render(&r);
+        assert!(
+            text.contains("stopped:  2 container(s), stopped for 4.2 s: connectware-postgresql-1, connectware-broker-1\n"),
+            "{text}"
+        );
+        r.containers = Some(Vec::new());
+        assert!(!render(&r).contains("stopped:"));
     }
 
     #[test]

@@ -291,7 +291,7 @@ pub struct InstallationSpec {
 }
 
 /// Which volumes of the project.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum InstallationVolumes {
     /// Every volume.
@@ -307,7 +307,7 @@ impl Default for InstallationVolumes {
 }
 
 /// `"all"`.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AllVolumes {
     All,

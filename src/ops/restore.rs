@@ -240,8 +240,12 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         .as_ref()
         .zip(engine.as_ref())
         .filter(|(inst, _)| inst.quiesce == Quiesce::Stop && !task.dry_run);
-    let mut quiesced = match stopping {
-        Some((inst, e)) if client.is_none() => Some(installation::stop(e, inst)?),
+    let mut quiesced = match (stopping, &chosen) {
+        (Some((inst, e)), Some(set))
+            if client.is_none() && (opts.force || !all_equal(&volumes, &set.manifest)?) =>
+        {
+            Some(installation::stop(e, inst)?)
+        }
         _ => None,
     };
 
@@ -648,6 +652,20 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     warnings.append(&mut result.warnings);
     result.warnings = warnings;
     Ok(result)
+}
+
+/// Whether every volume (and the files) already holds the set's content, read while the
+/// containers run: then a restore has nothing to do and stops nothing. A listing that already
+/// differs (a fresh host's empty volume) says no without reading a file.
+fn all_equal(volumes: &[LiveVolume], set: &crate::repository::manifest::Manifest) -> Result<bool> {
+    for v in volumes {
+        let (c, t) = v.component_in(set)?;
+        match volume::live_unless_counts_differ(v.root(), t.files, t.expanded_bytes)? {
+            Some((_, digest)) if digest == c.content_digest => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// The containers a restore stopped, and for how long.

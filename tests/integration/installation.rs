@@ -386,8 +386,12 @@ fn a_restore_on_the_same_host_puts_back_volumes_and_files_with_the_containers_st
     assert_eq!(m.installation.as_ref().unwrap().files, [".env", "docker-compose.yml"]);
     assert!(m.component("postgresql").is_some() && m.component("files").is_some());
 
+    let started: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
     let again = run_ok(&inst.task("restore"));
     assert!(!again.changed, "{}", again.msg);
+    assert!(again.containers.is_none(), "nothing to restore: nothing stopped");
+    let after: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    assert_eq!(started, after);
 }
 
 #[test]

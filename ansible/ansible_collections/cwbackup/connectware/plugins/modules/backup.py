@@ -55,6 +55,48 @@ options:
     type: str
     required: true
     choices: [backup, restore, verify, list, prune, import]
+  installation:
+    description:
+      - The whole compose installation (backup and restore only; not together with O(volume) or O(volumes)).
+      - Every volume of the compose project (found by the label C(com.docker.compose.project)), each a component named by
+        its short name, and the files of O(installation.install_dir) as the component C(files).
+      - With O(installation.quiesce=stop), the project's running containers are stopped while the volumes are read or
+        replaced and exactly those are started again, also when the task fails.
+      - A restore onto a fresh host creates the missing volumes with the compose labels and the install directory, so
+        that C(docker compose up) adopts them; no safety set is written when nothing existed.
+      - Needs the Docker Engine (C(/var/run/docker.sock) or E(DOCKER_HOST)) and root.
+    type: dict
+    suboptions:
+      compose_project:
+        description: The compose project's name.
+        type: str
+        default: connectware
+      install_dir:
+        description: The directory holding C(.env) and C(docker-compose.yml); a restore creates it if missing.
+        type: path
+        default: /opt/connectware
+      volumes:
+        description:
+          - V(all) the project's volumes, or a list of their short names (for example V(service-manager), V(postgresql)).
+          - "Restore: the set's volumes, or the ones named."
+        type: raw
+        default: all
+      files:
+        description:
+          - Names of files directly in O(installation.install_dir), archived with their modes.
+          - Default V(.env) and V(docker-compose.yml) (a missing one is a warning); a file named here that is missing
+            fails the task. V([]) takes no files.
+        type: list
+        elements: str
+      quiesce:
+        description: V(stop) stops the running containers while reading; V(none) stops nothing (warns about live databases).
+        type: str
+        choices: [stop, none]
+        default: stop
+      stop_timeout_s:
+        description: Seconds one container may take to stop before it is killed, which fails the task.
+        type: int
+        default: 30
   api:
     description:
       - Access to the Connectware REST API for the database half. Absent, the database half is skipped.
@@ -594,6 +636,17 @@ def argument_spec():
             mutually_exclusive=[('password', 'password_file', 'password_env', 'token')],
             required_one_of=[('password', 'password_file', 'password_env', 'token')],
         ),
+        installation=dict(
+            type='dict',
+            options=dict(
+                compose_project=dict(type='str', default='connectware'),
+                install_dir=dict(type='path', default='/opt/connectware'),
+                volumes=dict(type='raw', default='all'),
+                files=dict(type='list', elements='str'),
+                quiesce=dict(type='str', choices=['stop', 'none'], default='stop'),
+                stop_timeout_s=dict(type='int', default=30),
+            ),
+        ),
         encryption=dict(
             type='dict',
             options=dict(
@@ -624,7 +677,7 @@ def main():
     spec = argument_spec()
     module = AnsibleModule(
         argument_spec=spec,
-        mutually_exclusive=[('volume', 'volumes')],
+        mutually_exclusive=[('volume', 'volumes', 'installation')],
         supports_check_mode=True,
     )
     task = build_task(module.params, spec, module.check_mode, module._diff)

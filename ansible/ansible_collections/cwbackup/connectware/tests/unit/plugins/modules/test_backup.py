@@ -15,7 +15,7 @@ from ansible_collections.cwbackup.connectware.plugins.modules import backup, bac
 # Task keys that come from Ansible's modes rather than from options.
 FROM_MODES = {'dry_run', 'diff'}
 SCHEMA_TYPES = {'str': 'string', 'path': 'string', 'bool': 'boolean', 'int': 'integer',
-                'float': 'number', 'list': 'array', 'dict': 'object'}
+                'float': 'number', 'list': 'array', 'dict': 'object', 'raw': None}
 
 
 def task_schema():
@@ -63,7 +63,9 @@ def check_options(schema, properties, spec, where, subset=False):
         option = spec[name]
         expected = SCHEMA_TYPES[option['type']]
         got = json_types(prop)
-        if expected == 'number':
+        if expected is None:
+            assert 'anyOf' in prop, '%s.%s: a raw option is a schema anyOf' % (where, name)
+        elif expected == 'number':
             assert got <= {'number', 'integer'}, '%s.%s: type %s' % (where, name, got)
         else:
             assert got == {expected}, '%s.%s: option type %s, schema type %s' % (where, name, option['type'], got)
@@ -87,7 +89,8 @@ def check_options(schema, properties, spec, where, subset=False):
 def schema_required(schema, where):
     if where == 'task':
         return set(schema.get('required', []))
-    defs = {'volume': 'VolumeSpec', 'volumes': 'NamedVolumeSpec', 'api': 'ApiSpec', 'encryption': 'EncryptionSpec'}
+    defs = {'volume': 'VolumeSpec', 'volumes': 'NamedVolumeSpec', 'api': 'ApiSpec', 'encryption': 'EncryptionSpec',
+            'installation': 'InstallationSpec'}
     return set(schema['$defs'][defs[where]].get('required', []))
 
 
@@ -97,7 +100,7 @@ def test_options_are_the_task_schema():
 
 
 # Task keys that do not apply to list or verify: what backup_info leaves out, on purpose.
-NOT_READ_ONLY = {'api', 'force', 'keep_last', 'keep_safety', 'verify', 'compression', 'safety_backup', 'restart',
+NOT_READ_ONLY = {'installation', 'api', 'force', 'keep_last', 'keep_safety', 'verify', 'compression', 'safety_backup', 'restart',
                  'volume_archive', 'db_file', 'connectware_version'}
 
 
