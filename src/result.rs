@@ -50,7 +50,8 @@ pub struct TaskResult {
     /// verify: every problem found, in every set checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<Vec<Finding>>,
-    /// installation with `quiesce: stop`: the containers this run stopped and started again.
+    /// installation with `quiesce: stop`: the containers this run stopped and started again
+    /// (a dry run: those it would stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containers: Option<Vec<String>>,
     /// installation with `quiesce: stop`: how long the containers were stopped, in ms.

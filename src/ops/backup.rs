@@ -191,7 +191,25 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
                     .to_string(),
             );
         }
+        // The containers a real run would stop, as the engine lists them now.
+        let would_stop = match (&task.installation, &engine) {
+            (Some(inst), Some(e)) if inst.quiesce == Quiesce::Stop => Some(
+                e.project_containers(&inst.compose_project)?
+                    .into_iter()
+                    .filter(|c| c.running)
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        if let Some(names) = &would_stop {
+            msg = format!(
+                "{msg}; would stop {} running container(s) while the volumes are read",
+                names.len()
+            );
+        }
         let mut result = TaskResult::ok(Operation::Backup, true, true, msg);
+        result.containers = would_stop;
         result.warnings = warnings;
         if task.diff {
             result.diff = Some(Diff {

@@ -209,7 +209,8 @@ fn an_unchanged_installation_is_not_stopped_and_check_mode_changes_nothing() {
     assert!(r.changed && r.dry_run);
     assert!(!inst.fixture.repo.exists(), "a dry run creates no repository");
     let started: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
-    assert!(r.containers.is_none());
+    assert_eq!(r.containers.as_ref().map(Vec::len), Some(2), "the containers it would stop");
+    assert!(r.msg.contains("would stop 2 running container(s)"), "{}", r.msg);
 
     let first = run_ok(&inst.task("backup"));
     assert!(first.changed);
