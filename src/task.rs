@@ -887,6 +887,9 @@ pub fn parse(input: &[u8]) -> Result<Task> {
     object.retain(|key, _| !key.starts_with("_ansible_"));
     check_operation(object.get("operation"))?;
 
+    for key in ["repository", "to"] {
+        check_repository_form(&value, key)?;
+    }
     check_against_schema(&value)?;
     let operation: Operation = serde_json::from_value(value["operation"].clone())
         .map_err(|e| invalid(format!("/operation: {e}")))?;
@@ -950,7 +953,7 @@ fn check_operation(operation: Option<&Value>) -> Result<()> {
 /// because it may carry `user:password@`.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "token", "secret", "url", "key"]
+    ["password", "token", "secret", "url", "key", "endpoint"]
         .iter()
         .any(|s| key.contains(s))
 }
@@ -986,15 +989,36 @@ fn redacted_problem(kind: &jsonschema::error::ValidationErrorKind) -> String {
     }
 }
 
+/// A repository given as an object (`repository`, `to`) checked against the schema of its
+/// form, so that a bad key inside is named by its pointer rather than by "matches none of the
+/// forms".
+fn check_repository_form(task: &Value, key: &str) -> Result<()> {
+    let Some(Value::Object(form)) = task.get(key) else {
+        return Ok(());
+    };
+    let schema = if form.contains_key("s3") {
+        schemars::schema_for!(S3RepositorySpec)
+    } else {
+        schemars::schema_for!(DirSpec)
+    };
+    let schema = serde_json::to_value(schema).expect("a schema is JSON");
+    check_with(&schema, &task[key], &format!("/{key}"))
+}
+
 /// Checks the task JSON against the generated schema and names every bad key by pointer. A
 /// value that is or may hold a secret is never echoed (SPEC §4).
 fn check_against_schema(value: &Value) -> Result<()> {
-    let validator =
-        jsonschema::validator_for(&schema()).expect("the generated task schema compiles");
+    check_with(&schema(), value, "")
+}
+
+/// Checks `value` against `schema`; pointers are prefixed with `at` (where `value` is in the
+/// task).
+fn check_with(schema: &Value, value: &Value, at: &str) -> Result<()> {
+    let validator = jsonschema::validator_for(schema).expect("the generated task schema compiles");
     let problems: Vec<String> = validator
         .iter_errors(value)
         .map(|e| {
-            let pointer = e.instance_path().as_str().to_string();
+            let pointer = format!("{at}{}", e.instance_path().as_str());
             let at = if pointer.is_empty() { "/" } else { &pointer };
             if may_show_secret(&pointer, e.instance()) {
                 format!("{at}: {}", redacted_problem(e.kind()))
@@ -1433,5 +1457,38 @@ mod tests {
         .unwrap();
         assert!(!format!("{t:?}").contains("hunter2"));
         assert_eq!(t.api.unwrap().url, "https://x");
+    }
+
+    fn s3_task(s3: &str) -> Result<Task> {
+        parse_str(&format!(r#"{{"operation":"list","repository":{{"s3":{s3}}}}}"#))
+    }
+
+    #[test]
+    fn an_s3_repository_is_checked_as_the_task_is_read() {
+        let ok = r#""endpoint":"https://minio.example:9000","bucket":"backups","access_key_id":"AKID","secret_access_key":"wJalrXUtnFEMI""#;
+        let t = s3_task(&format!("{{{ok},\"prefix\":\"connectware/plant-7/\"}}")).unwrap();
+        let RepositoryConfig::S3(c) = &t.repository else { panic!("an S3 repository") };
+        assert_eq!((c.prefix.as_str(), c.region.as_str(), c.path_style), ("connectware/plant-7", "us-east-1", true));
+        assert!(!format!("{t:?}").contains("wJalrXUtnFEMI"), "the secret is not in Debug output");
+        for (bad, named) in [
+            (r#""endpoint":"minio.example:9000""#, "/repository/s3/endpoint"),
+            (r#""endpoint":"ftp://minio.example""#, "/repository/s3/endpoint"),
+            (r#""bucket":"Backups_1""#, "/repository/s3/bucket"),
+            (r#""bucket":"ab""#, "/repository/s3/bucket"),
+            (r#""prefix":"a/../b""#, "/repository/s3/prefix"),
+            (r#""prefix":"/a""#, "/repository/s3/prefix"),
+            (r#""secret_access_key_env":"X""#, "not several"),
+            (r#""secret_acess_key":"x""#, "secret_acess_key"),
+        ] {
+            // The later key wins in serde_json, so `bad` replaces the good one of its name.
+            let e = s3_task(&format!("{{{ok},{bad}}}")).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidTask, "{bad}");
+            assert!(e.message.contains(named), "{bad}: {}", e.message);
+            assert!(!e.message.contains("wJalrXUtnFEMI"), "{}", e.message);
+        }
+        let e = parse_str(r#"{"operation":"copy","repository":"/r"}"#).unwrap_err();
+        assert!(e.message.contains("/to"), "{}", e.message);
+        let e = parse_str(r#"{"operation":"list","repository":"/r","to":"/s"}"#).unwrap_err();
+        assert!(e.message.contains("/to"), "{}", e.message);
     }
 }

@@ -132,7 +132,7 @@ pub fn run(task: &Task, opts: &CopyOptions) -> Result<TaskResult> {
         });
     }
     result.copied = Some(copied);
-    result.sets = Some(deleted);
+    result.sets = opts.retention.map(|_| deleted);
     Ok(result)
 }
 

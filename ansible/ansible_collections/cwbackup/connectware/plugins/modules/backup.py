@@ -35,14 +35,24 @@ options:
     description:
       - V(backup) writes a new backup set (unless nothing changed), V(restore) puts one back,
         V(verify) checks sets against their manifests, V(list) shows the sets, V(prune) applies
-        retention, V(import) turns backups made by hand with the vendor's tar and curl commands into a set.
+        retention, V(copy) copies complete sets to the repository O(to), V(import) turns backups made by hand
+        with the vendor's tar and curl commands into a set.
     type: str
     required: true
-    choices: [backup, restore, verify, list, prune, import]
+    choices: [backup, restore, verify, list, prune, copy, import]
   repository:
-    description: Directory that holds the backup sets; created with mode 0700 on the first backup.
-    type: path
+    description:
+      - Where the backup sets are. A directory path (created with mode 0700 on the first backup),
+        a dict C({path: DIR}), or an S3-compatible bucket C({s3: {endpoint, bucket, prefix, region,
+        access_key_id, secret_access_key_file, path_style, ca_file, validate_certs}}).
+      - For S3 give one secret, C(secret_access_key_file), C(secret_access_key_env) or
+        C(secret_access_key) (hidden from the output); with neither a key id nor a secret the
+        binary reads C(AWS_ACCESS_KEY_ID) and C(AWS_SECRET_ACCESS_KEY) from its environment.
+    type: raw
     required: true
+  to:
+    description: O(operation=copy) the repository the sets are copied to, in the forms of O(repository).
+    type: raw
   volume:
     description:
       - The service-manager volume. Absent, the volume half is skipped.
@@ -365,8 +375,9 @@ WRAPPER_ONLY = ('binary_path',)
 def argument_spec():
     """The module's options: the task's keys (but dry_run and diff, which come from the modes)."""
     return dict(
-        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune', 'import']),
-        repository=dict(type='path', required=True),
+        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune', 'copy', 'import']),
+        repository=dict(type='raw', required=True),
+        to=dict(type='raw'),
         volume=dict(
             type='dict',
             options=dict(
@@ -490,6 +501,11 @@ def main():
         mutually_exclusive=[('volume', 'volumes')],
         supports_check_mode=True,
     )
+    # A secret inside a repository dict (type raw has no suboptions to mark no_log).
+    for repo in (module.params['repository'], module.params['to']):
+        s3 = repo.get('s3') if isinstance(repo, dict) else None
+        if isinstance(s3, dict) and s3.get('secret_access_key'):
+            module.no_log_values.add(s3['secret_access_key'])
     binary = module.params['binary_path'] or module.get_bin_path('cwbackup', required=True)
     task = build_task(module.params, module.check_mode, module._diff)
     rc, stdout, stderr = module.run_command([binary], data=json.dumps(task), binary_data=True)

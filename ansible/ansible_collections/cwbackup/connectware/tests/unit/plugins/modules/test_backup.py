@@ -12,7 +12,7 @@ from ansible_collections.cwbackup.connectware.plugins.modules import backup
 
 # Task keys that come from Ansible's modes rather than from options.
 FROM_MODES = {'dry_run', 'diff'}
-SCHEMA_TYPES = {'str': 'string', 'path': 'string', 'bool': 'boolean', 'int': 'integer',
+SCHEMA_TYPES = {'raw': 'string or object', 'str': 'string', 'path': 'string', 'bool': 'boolean', 'int': 'integer',
                 'float': 'number', 'list': 'array', 'dict': 'object'}
 
 
@@ -37,8 +37,11 @@ def resolve(schema, node):
     return node
 
 
-def json_types(node):
-    """The JSON types a schema node allows (for a oneOf of consts, their types), null aside."""
+def json_types(node, schema=None):
+    """The JSON types a schema node allows (for a oneOf of consts, their types; for an anyOf of
+    forms, theirs), null aside."""
+    if 'anyOf' in node and 'type' not in node:
+        return set().union(*(json_types(resolve(schema, form), schema) for form in node['anyOf']))
     if 'oneOf' in node and 'type' not in node:
         return set().union(*(json_types(alternative) for alternative in node['oneOf']))
     t = node.get('type')
@@ -56,8 +59,10 @@ def check_options(schema, properties, spec, where):
         prop = resolve(schema, properties[name])
         option = spec[name]
         expected = SCHEMA_TYPES[option['type']]
-        got = json_types(prop)
-        if expected == 'number':
+        got = json_types(prop, schema)
+        if option['type'] == 'raw':
+            assert got == {'string', 'object'}, '%s.%s: type %s' % (where, name, got)
+        elif expected == 'number':
             assert got <= {'number', 'integer'}, '%s.%s: type %s' % (where, name, got)
         else:
             assert got == {expected}, '%s.%s: option type %s, schema type %s' % (where, name, option['type'], got)
