@@ -935,6 +935,7 @@ impl NewSet for S3NewSet {
             buf: Vec::with_capacity(PART),
             parts: None,
             bytes: 0,
+            dirty: true,
             failed: None,
             files: self.files.clone(),
         }))
@@ -1018,8 +1019,10 @@ struct Parts {
     next: u16,
 }
 
-/// One file being uploaded: a single PUT when it fits in one part, else multipart. The
-/// upload finishes when it is dropped (`Write` has no close); the outcome is recorded for
+/// One file being uploaded: a single PUT when it fits in one part, else multipart. `Write`
+/// has no close, so a file that fits in one part is PUT on every `flush` that follows a
+/// write (the layers flush at the end, so a failure there is the writer's error), and a
+/// multipart upload is finished when the writer is dropped; the outcome is recorded for
 /// [`NewSet::read`] and [`NewSet::commit`].
 struct Upload {
     client: Arc<Client>,
@@ -1028,6 +1031,8 @@ struct Upload {
     buf: Vec<u8>,
     parts: Option<Parts>,
     bytes: u64,
+    /// Written to since the last PUT of a one-part file.
+    dirty: bool,
     failed: Option<String>,
     files: Files,
 }
@@ -1088,8 +1093,9 @@ impl Upload {
     /// Sends what is left and finishes the upload.
     fn finish(&mut self) -> Result<u64> {
         if self.parts.is_none() {
-            let body = std::mem::take(&mut self.buf);
-            self.client.put(&self.key, &body, &[], &[])?;
+            if self.dirty {
+                self.client.put(&self.key, &self.buf, &[], &[])?;
+            }
             return Ok(self.bytes);
         }
         if !self.buf.is_empty() {
@@ -1116,6 +1122,7 @@ impl Write for Upload {
         let n = data.len().min(PART - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         self.bytes += n as u64;
+        self.dirty = true;
         if self.buf.len() == PART
             && let Err(e) = self.ship()
         {
@@ -1126,7 +1133,26 @@ impl Write for Upload {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if let Some(why) = &self.failed {
+            return Err(io::Error::other(why.clone()));
+        }
+        let outcome = match &self.parts {
+            None if self.dirty => self
+                .client
+                .put(&self.key, &self.buf, &[], &[])
+                .map(|_| self.dirty = false),
+            // The upload thread ended before it was told to: it failed.
+            Some(p) if p.sender.as_ref().is_some_and(JoinHandle::is_finished) => {
+                Err(self.join().err().unwrap_or_else(|| {
+                    Error::new(ErrorKind::RepositoryError, "the upload thread stopped")
+                }))
+            }
+            _ => Ok(()),
+        };
+        outcome.map_err(|e| {
+            self.failed = Some(e.message.clone());
+            io::Error::other(e.message)
+        })
     }
 }
 

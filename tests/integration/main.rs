@@ -10,6 +10,7 @@ mod crash;
 mod docker;
 mod encryption;
 pub mod disk_full;
+mod faultproxy;
 mod faults;
 mod hostile;
 mod human;

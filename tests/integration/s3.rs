@@ -10,6 +10,7 @@ use cwbackup::error::ErrorKind;
 use serde_json::{Value, json};
 
 use crate::common::*;
+use crate::faultproxy::{Faults, Proxy};
 use crate::weed::{self, Weed};
 
 /// A task on an S3 repository: `f`'s task with `repository` replaced.
@@ -350,4 +351,92 @@ fn an_unreachable_endpoint_is_repository_error_naming_the_url() {
         "no signed URL: {}",
         r.stdout
     );
+}
+
+/// The test bucket's repository at `prefix`, reached through `proxy`.
+fn through(proxy: &Proxy, prefix: &str) -> Value {
+    json!({"s3": {"endpoint": proxy.endpoint(), "bucket": weed::BUCKET, "prefix": prefix,
+                  "access_key_id": weed::KEY_ID, "secret_access_key": weed::SECRET}})
+}
+
+#[test]
+fn slow_down_answers_and_cut_uploads_are_retried() {
+    let Some(w) = Weed::start("slow_down_answers_and_cut_uploads_are_retried") else {
+        return;
+    };
+    let f = Fixture::sample();
+    // Three parts of a multipart upload.
+    big_file(&f.vol.join("data/big.bin"), 20);
+    let proxy = Proxy::start(
+        w.port,
+        Faults {
+            slow_down: 3,
+            cut_uploads: 3,
+            ..Faults::default()
+        },
+    );
+    let repo = through(&proxy, "flaky");
+    let r = run_ok(&on(f.task("backup"), &repo));
+    let left = proxy.faults();
+    assert_eq!(
+        (left.slow_down, left.cut_uploads),
+        (0, 0),
+        "every fault was met"
+    );
+    let id = r.backup.unwrap().id;
+    proxy.faults.lock().unwrap().slow_down = 2;
+    let v = run_ok(&json!({"operation": "verify", "repository": repo, "backup_id": id}));
+    assert!(v.findings.unwrap().is_empty());
+    assert_eq!(ids(&w.repo("flaky")), vec![id]);
+}
+
+#[test]
+fn an_upload_that_keeps_failing_leaves_no_set_behind() {
+    let Some(w) = Weed::start("an_upload_that_keeps_failing_leaves_no_set_behind") else {
+        return;
+    };
+    let f = Fixture::sample();
+    let proxy = Proxy::start(
+        w.port,
+        Faults {
+            cut_uploads: 1000,
+            ..Faults::default()
+        },
+    );
+    let r = run(&on(f.task("backup"), &through(&proxy, "cut")));
+    assert_eq!(kind(&r), ErrorKind::RepositoryError, "{}", r.stdout);
+    let message = r.result.error.unwrap().message;
+    assert!(message.contains("volume.tar.gz") && message.contains("tried"), "{message}");
+    assert!(ids(&w.repo("cut")).is_empty());
+    let keys = w.keys("cut/");
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("manifest") && !k.contains(".staging/")),
+        "{keys:?}"
+    );
+}
+
+#[test]
+fn a_server_that_ignores_conditional_writes_is_refused() {
+    let Some(w) = Weed::start("a_server_that_ignores_conditional_writes_is_refused") else {
+        return;
+    };
+    let f = Fixture::sample();
+    let proxy = Proxy::start(
+        w.port,
+        Faults {
+            strip_conditions: true,
+            ..Faults::default()
+        },
+    );
+    let r = run(&on(f.task("backup"), &through(&proxy, "nocond")));
+    assert_eq!(kind(&r), ErrorKind::RepositoryError, "{}", r.stdout);
+    assert!(
+        r.result
+            .error
+            .unwrap()
+            .message
+            .contains("conditional writes")
+    );
+    assert!(ids(&w.repo("nocond")).is_empty());
 }
