@@ -246,6 +246,9 @@ impl Client {
                 )
                 .detail("url", url));
             }
+            crate::progress::log(&format!(
+                "cwbackup: {what} {url}: {retry_because}; trying again in {wait:?}"
+            ));
             std::thread::sleep(wait);
             wait = (wait * 2).min(MAX_BACKOFF);
         }
@@ -1289,16 +1292,19 @@ impl S3Lock {
                 .expect("a lock record is JSON");
                 match c.put(&key, &record, &[("if-match", tag.as_str())], &[412]) {
                     Ok((412, _)) => {
-                        eprintln!(
+                        crate::progress::log(&format!(
                             "cwbackup: the repository lock {} was taken over by another task",
                             c.url(&key)
-                        );
+                        ));
                         return false;
                     }
                     Ok((_, new_tag)) => tag = new_tag,
                     // Not renewed this time; the next attempt may be, before it expires.
                     Err(e) => {
-                        eprintln!("cwbackup: cannot renew the repository lock: {}", e.message)
+                        crate::progress::log(&format!(
+                            "cwbackup: cannot renew the repository lock: {}",
+                            e.message
+                        ))
                     }
                 }
             }
