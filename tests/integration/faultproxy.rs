@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 pub struct Faults {
     /// Answer this many requests with `503 SlowDown`.
     pub slow_down: u32,
+    /// Answer this many requests for a set's files (under `.staging/`) with `503 SlowDown`.
+    pub slow_down_staged: u32,
     /// Cut this many uploads of a set's files (PUTs with a body under `.staging/`) after
     /// half their body.
     pub cut_uploads: u32,
@@ -78,11 +80,16 @@ fn serve(client: TcpStream, upstream: u16, faults: &Mutex<Faults>) -> std::io::R
     let mut body = vec![0; length];
     let (slow, cut, strip) = {
         let mut f = faults.lock().unwrap();
-        let slow = f.slow_down > 0;
-        if slow {
-            f.slow_down -= 1;
-        }
         let staged = head[0].contains("/.staging/");
+        let slow = if f.slow_down > 0 {
+            f.slow_down -= 1;
+            true
+        } else if staged && f.slow_down_staged > 0 {
+            f.slow_down_staged -= 1;
+            true
+        } else {
+            false
+        };
         let cut = !slow && method == "PUT" && staged && length > 0 && f.cut_uploads > 0;
         if cut {
             f.cut_uploads -= 1;

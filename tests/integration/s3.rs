@@ -406,7 +406,10 @@ fn an_upload_that_keeps_failing_leaves_no_set_behind() {
     let r = run(&on(f.task("backup"), &through(&proxy, "cut")));
     assert_eq!(kind(&r), ErrorKind::RepositoryError, "{}", r.stdout);
     let message = r.result.error.unwrap().message;
-    assert!(message.contains("volume.tar.gz") && message.contains("tried"), "{message}");
+    assert!(
+        message.contains("volume.tar.gz") && message.contains("tried"),
+        "{message}"
+    );
     assert!(ids(&w.repo("cut")).is_empty());
     let keys = w.keys("cut/");
     assert!(
@@ -439,4 +442,45 @@ fn a_server_that_ignores_conditional_writes_is_refused() {
             .contains("conditional writes")
     );
     assert!(ids(&w.repo("nocond")).is_empty());
+}
+
+#[test]
+fn a_holder_that_works_longer_than_the_lock_lives_keeps_it_by_renewing_it() {
+    let Some(w) =
+        Weed::start("a_holder_that_works_longer_than_the_lock_lives_keeps_it_by_renewing_it")
+    else {
+        return;
+    };
+    let f = Fixture::sample();
+    // The holder's uploads are answered SlowDown four times: it backs off for almost 4 s,
+    // four lifetimes of a 1 s lock.
+    let proxy = Proxy::start(
+        w.port,
+        Faults {
+            slow_down_staged: 4,
+            ..Faults::default()
+        },
+    );
+    let ttl = [("CWBACKUP_TEST_S3_LOCK_TTL_S", OsStr::new("1"))];
+    let mut holder = start(
+        &on(f.task("backup"), &through(&proxy, "renew")),
+        &ttl,
+        Stdio::null(),
+    );
+    wait_for_object(&w, "renew/lock.json");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the holder still works"
+    );
+    let other = run_raw(
+        on(f.task("backup"), &w.repo("renew"))
+            .to_string()
+            .as_bytes(),
+        &[("CWBACKUP_TEST_S3_LOCK_TTL_S", "1")],
+    );
+    assert_eq!(kind(&other), ErrorKind::Busy, "{}", other.stdout);
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(proxy.faults().slow_down_staged, 0, "the faults were met");
+    assert_eq!(ids(&w.repo("renew")).len(), 1);
 }
