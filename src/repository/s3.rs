@@ -124,7 +124,7 @@ impl S3 {
     /// The repository described by `config`; the bucket is asked once (a listing), so that a
     /// wrong endpoint, key or bucket fails here with the server's answer.
     pub fn open(config: &S3Config) -> Result<S3> {
-        let tls = crate::connectware::tls::client_config(
+        let tls = crate::tls::client_config(
             config.validate_certs,
             config.ca_file.as_deref(),
         )
