@@ -124,11 +124,8 @@ impl S3 {
     /// The repository described by `config`; the bucket is asked once (a listing), so that a
     /// wrong endpoint, key or bucket fails here with the server's answer.
     pub fn open(config: &S3Config) -> Result<S3> {
-        let tls = crate::tls::client_config(
-            config.validate_certs,
-            config.ca_file.as_deref(),
-        )
-        .map_err(|e| Error::new(ErrorKind::RepositoryError, e.message))?;
+        let tls = crate::tls::client_config(config.validate_certs, config.ca_file.as_deref())
+            .map_err(|e| Error::new(ErrorKind::RepositoryError, e.message))?;
         let http = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -222,7 +219,18 @@ impl Client {
                 req = req.timeout(t);
             }
             let retry_because = match req.send() {
-                Err(e) => format!("{}", e.without_url()),
+                Err(e) => {
+                    if let Some(why) = tls_problem(&e) {
+                        return Err(Error::new(
+                            ErrorKind::RepositoryError,
+                            format!(
+                                "cannot {what} {url}: the TLS handshake failed: {why}: give the server's certificate or CA in `ca_file` (validate_certs: false is insecure)"
+                            ),
+                        )
+                        .detail("url", url));
+                    }
+                    format!("{}", e.without_url())
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     if resp.status().is_success() || r.accept.contains(&status) {
@@ -680,6 +688,38 @@ impl Client {
             ))),
         }
     }
+}
+
+/// The TLS error under a failed request (a certificate not trusted…), which no retry mends.
+fn tls_problem(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let inner = s
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(s), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+        }
+        source = s.source();
+    }
+    // Some layers keep only the message of the error underneath (the top one, which names
+    // the signed URL, is left out).
+    let mut text = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    [
+        "invalid peer certificate",
+        "received fatal alert",
+        "peer is incompatible",
+    ]
+    .iter()
+    .find_map(|needle| text.find(needle).map(|at| text[at..].to_string()))
 }
 
 /// Base64 of bytes, as S3's checksum headers take it.
@@ -1300,12 +1340,10 @@ impl S3Lock {
                     }
                     Ok((_, new_tag)) => tag = new_tag,
                     // Not renewed this time; the next attempt may be, before it expires.
-                    Err(e) => {
-                        crate::progress::log(&format!(
-                            "cwbackup: cannot renew the repository lock: {}",
-                            e.message
-                        ))
-                    }
+                    Err(e) => crate::progress::log(&format!(
+                        "cwbackup: cannot renew the repository lock: {}",
+                        e.message
+                    )),
                 }
             }
         });

@@ -484,3 +484,70 @@ fn a_holder_that_works_longer_than_the_lock_lives_keeps_it_by_renewing_it() {
     assert_eq!(proxy.faults().slow_down_staged, 0, "the faults were met");
     assert_eq!(ids(&w.repo("renew")).len(), 1);
 }
+
+#[test]
+fn a_self_signed_server_is_trusted_through_ca_file_and_refused_without_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let Some(w) = Weed::start_tls(
+        "a_self_signed_server_is_trusted_through_ca_file_and_refused_without_it",
+        &cert,
+        &key,
+    ) else {
+        return;
+    };
+    let mut repo = w.repo("tls");
+    repo["s3"]["endpoint"] = json!(format!("https://127.0.0.1:{}", w.https_port.unwrap()));
+    let f = Fixture::sample();
+    let refused = run(&on(f.task("backup"), &repo));
+    assert_eq!(
+        kind(&refused),
+        ErrorKind::RepositoryError,
+        "{}",
+        refused.stdout
+    );
+    assert!(refused.result.error.unwrap().message.contains("ca_file"));
+    assert!(
+        !refused.stdout.contains("X-Amz-"),
+        "no signed URL: {}",
+        refused.stdout
+    );
+    repo["s3"]["ca_file"] = json!(cert);
+    let r = run_ok(&on(f.task("backup"), &repo));
+    assert!(r.changed);
+    assert!(
+        r.warnings.iter().all(|m| !m.contains("http://")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(ids(&repo).len(), 1);
+}

@@ -23,6 +23,8 @@ pub const BUCKET: &str = "cwbackup-test";
 pub struct Weed {
     child: Child,
     pub port: u16,
+    /// The HTTPS port, when started with a certificate.
+    pub https_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +51,15 @@ impl Weed {
     /// A server with the bucket [`BUCKET`]; None (after saying why) when there is no `weed`
     /// outside CI.
     pub fn start(test: &str) -> Option<Weed> {
+        Weed::start_with(test, None)
+    }
+
+    /// A server that also answers HTTPS with `cert` and `key` (PEM files).
+    pub fn start_tls(test: &str, cert: &std::path::Path, key: &std::path::Path) -> Option<Weed> {
+        Weed::start_with(test, Some((cert, key)))
+    }
+
+    fn start_with(test: &str, tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Weed> {
         let Some(bin) = binary() else {
             let why = "no weed binary: run scripts/seaweedfs.sh or set CWBACKUP_TEST_WEED";
             if std::env::var_os("CI").is_some() {
@@ -58,16 +69,16 @@ impl Weed {
             return None;
         };
         for _ in 0..3 {
-            if let Some(w) = Weed::try_start(&bin) {
+            if let Some(w) = Weed::try_start(&bin, tls) {
                 return Some(w);
             }
         }
         panic!("{test}: weed mini did not start");
     }
 
-    fn try_start(bin: &PathBuf) -> Option<Weed> {
+    fn try_start(bin: &PathBuf, tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Weed> {
         let dir = tempfile::tempdir().unwrap();
-        let p = free_ports(14);
+        let p = free_ports(15);
         let flags = [
             ("s3.port", p[0]),
             ("s3.port.grpc", p[1]),
@@ -102,10 +113,16 @@ impl Weed {
         for (flag, port) in flags {
             cmd.arg(format!("-{flag}={port}"));
         }
+        if let Some((cert, key)) = tls {
+            cmd.arg(format!("-s3.port.https={}", p[14]))
+                .arg(format!("-s3.cert.file={}", cert.display()))
+                .arg(format!("-s3.key.file={}", key.display()));
+        }
         let child = cmd.spawn().expect("weed starts");
         let mut weed = Weed {
             child,
             port: p[0],
+            https_port: tls.map(|_| p[14]),
             _dir: dir,
         };
         let started = Instant::now();
