@@ -1008,6 +1008,24 @@ impl NewSet for S3NewSet {
             last.retain(|(f, _)| *f != file);
             last.push((file, size));
         }
+        // Only the files the manifest names are published (an abandoned attempt's are not).
+        let named: Vec<String> = serde_json::from_slice::<serde_json::Value>(manifest)
+            .ok()
+            .and_then(|m| {
+                m["components"].as_array().map(|cs| {
+                    cs.iter()
+                        .filter_map(|c| c["file"].as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        if let Some(missing) = named.iter().find(|f| !last.iter().any(|(l, _)| l == *f)) {
+            return Err(Error::new(
+                ErrorKind::InternalError,
+                format!("the manifest of set {id} names {missing}, which was never uploaded"),
+            ));
+        }
+        last.retain(|(f, _)| named.contains(f));
         let dir = format!("{}{id}/", c.root);
         if !c.list_page(&dir, None, None, Some(1))?.contents.is_empty() {
             return Err(Error::new(

@@ -207,16 +207,6 @@ impl Weed {
             .unwrap();
         assert!(r.status().is_success(), "put {key}: {}", r.status());
     }
-
-    pub fn delete(&self, key: &str) {
-        let creds = Credentials::new(KEY_ID, SECRET);
-        let bucket = self.bucket(BUCKET);
-        let url = bucket
-            .delete_object(Some(&creds), key)
-            .sign(Duration::from_secs(60));
-        let r = reqwest::blocking::Client::new().delete(url).send().unwrap();
-        assert!(r.status().is_success(), "delete {key}: {}", r.status());
-    }
 }
 
 impl Drop for Weed {
