@@ -881,14 +881,17 @@ impl Backend for S3 {
                 format!("{name:?} cannot name a scratch directory"),
             ));
         }
-        let base = std::env::temp_dir().join(format!("cwbackup-scratch.{}", std::process::id()));
-        let dir = base.join(name);
-        let _ = crate::fsutil::remove_tree(&dir);
+        // A fresh directory of its own in the temporary directory (created, never reused:
+        // another user may have put something at a name they could guess).
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("cwbackup-{name}.{}.{nanos}", std::process::id()));
         std::fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| Error::io("cannot create", &dir, e))?;
+            .map_err(|e| Error::io("cannot create the scratch directory", &dir, e))?;
         Ok(dir)
     }
 }
