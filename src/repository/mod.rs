@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ops ──▶ Repository (sets, manifests, ids) ──▶ dyn Backend (bytes: list, read, write, lock)
-//!                                                  └─ Local: a directory (local.rs)
+//!                                                  ├─ Local: a directory (local.rs)
+//!                                                  └─ S3: a bucket (s3.rs)
 //! ```
 //!
 //! Nothing above this module sees a set's path: sets are named by id, their files by their
@@ -12,13 +13,14 @@ pub mod backend;
 pub mod check;
 pub mod local;
 pub mod manifest;
+pub mod s3;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::task::Operation;
+use crate::task::{Operation, RepositoryConfig};
 use backend::{Backend, Held, NewSet};
 use manifest::Manifest;
 
@@ -65,19 +67,35 @@ pub struct Broken {
 }
 
 impl Repository {
-    /// An existing local repository.
-    pub fn open(root: &Path) -> Result<Repository> {
+    /// An existing repository: a directory, or a bucket (whose answer is checked here).
+    pub fn open(config: &RepositoryConfig) -> Result<Repository> {
+        match config {
+            RepositoryConfig::Dir(root) => Ok(Repository::over(local::Local::open(root)?)),
+            RepositoryConfig::S3(s3) => Ok(Repository::over(s3::S3::open(s3)?)),
+        }
+    }
+
+    /// The repository, created if missing: a directory with mode 0700 (a bucket is never
+    /// created: it must exist).
+    pub fn create(config: &RepositoryConfig) -> Result<Repository> {
+        match config {
+            RepositoryConfig::Dir(root) => Ok(Repository::over(local::Local::create(root)?)),
+            RepositoryConfig::S3(s3) => Ok(Repository::over(s3::S3::open(s3)?)),
+        }
+    }
+
+    /// Whether the repository exists (for dry runs, which must not create it): a directory
+    /// that is there; a bucket always (nothing is created in it before the first set).
+    pub fn exists(config: &RepositoryConfig) -> bool {
+        match config {
+            RepositoryConfig::Dir(root) => root.is_dir(),
+            RepositoryConfig::S3(_) => true,
+        }
+    }
+
+    /// An existing local repository directory.
+    pub fn open_dir(root: &Path) -> Result<Repository> {
         Ok(Repository::over(local::Local::open(root)?))
-    }
-
-    /// The local repository at `root`, created (mode 0700) if missing.
-    pub fn create(root: &Path) -> Result<Repository> {
-        Ok(Repository::over(local::Local::create(root)?))
-    }
-
-    /// Whether a local repository exists at `root` (for dry runs, which must not create it).
-    pub fn exists(root: &Path) -> bool {
-        root.is_dir()
     }
 
     /// A repository over any backend.

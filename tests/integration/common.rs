@@ -23,6 +23,8 @@ pub const SECRETS: &[&str] = &[
     crate::api::PASSWORD,
     crate::api::TOKEN,
     crate::api::WRONG_PASSWORD,
+    crate::weed::SECRET,
+    crate::weed::WRONG_SECRET,
 ];
 
 /// One run of the binary.

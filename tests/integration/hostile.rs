@@ -141,7 +141,7 @@ fn refusals_of(repo: &std::path::Path, dir: &std::path::Path, id: &str) -> Vec<S
         Ok(m) => m,
         Err(message) => return vec![message],
     };
-    let (sets, broken) = Repository::open(repo).unwrap().scan().unwrap();
+    let (sets, broken) = Repository::open_dir(repo).unwrap().scan().unwrap();
     out.extend(broken.into_iter().filter(|b| b.id == id).map(|b| b.problem));
     if !sets.iter().any(|s| s.id == id) && out.is_empty() {
         out.push(String::new()); // refused without a message: caught by the caller

@@ -12,8 +12,14 @@ class ModuleDocFragment(object):
     DOCUMENTATION = r'''
 options:
   repository:
-    description: Directory that holds the backup sets; a backup creates it with mode 0700.
-    type: path
+    description:
+      - Where the backup sets are. A directory path (a backup creates it with mode 0700), a dict with C(path),
+        or an S3-compatible bucket, a dict with C(s3) holding C(endpoint), C(bucket), C(prefix), C(region),
+        C(access_key_id), one secret, C(path_style), C(ca_file) and C(validate_certs).
+      - For S3 give one secret, C(secret_access_key_file), C(secret_access_key_env) or C(secret_access_key)
+        (hidden from the output); with neither a key id nor a secret the binary reads C(AWS_ACCESS_KEY_ID) and
+        C(AWS_SECRET_ACCESS_KEY) from its environment.
+    type: raw
     required: true
   wait_for_lock_s:
     description:

@@ -45,7 +45,7 @@ def volume_options():
 def common_options():
     """The options of every module: where the sets are, the lock wait, the binary."""
     return dict(
-        repository=dict(type='path', required=True),
+        repository=dict(type='raw', required=True),
         wait_for_lock_s=dict(type='int', default=0),
         binary_path=dict(type='path'),
     )
@@ -106,6 +106,11 @@ def run(module, task):
     """Runs the binary with `task` on standard input (secrets never reach argv) and returns
     the module result. The binary's warnings go through module.warn: passing `warnings` to
     exit_json is deprecated (ansible-core 2.19 warns on every call)."""
+    # A secret inside a repository dict (a raw option has no suboptions to mark no_log).
+    for repo in (module.params.get('repository'), module.params.get('to')):
+        s3 = repo.get('s3') if isinstance(repo, dict) else None
+        if isinstance(s3, dict) and s3.get('secret_access_key'):
+            module.no_log_values.add(s3['secret_access_key'])
     binary = module.params['binary_path'] or module.get_bin_path('cwbackup', required=True)
     rc, stdout, stderr = module.run_command([binary], data=json.dumps(task), binary_data=True)
     result = interpret(rc, stdout, stderr)

@@ -51,10 +51,14 @@ options:
     description:
       - V(backup) writes a new backup set (unless nothing changed), V(restore) puts one back,
         V(verify) checks sets against their manifests, V(list) shows the sets, V(prune) applies
-        retention, V(import) turns backups made by hand with the vendor's tar and curl commands into a set.
+        retention, V(copy) copies complete sets to the repository O(to), V(import) turns backups made by hand
+        with the vendor's tar and curl commands into a set.
     type: str
     required: true
-    choices: [backup, restore, verify, list, prune, import]
+    choices: [backup, restore, verify, list, prune, copy, import]
+  to:
+    description: O(operation=copy) the repository the sets are copied to, in the forms of O(repository).
+    type: raw
   installation:
     description:
       - The whole compose installation (backup and restore only; not together with O(volume) or O(volumes)).
@@ -617,7 +621,8 @@ def argument_spec():
     spec = common_options()
     spec.update(volume_options())
     spec.update(
-        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune', 'import']),
+        operation=dict(type='str', required=True, choices=['backup', 'restore', 'verify', 'list', 'prune', 'copy', 'import']),
+        to=dict(type='raw'),
         api=dict(
             type='dict',
             options=dict(

@@ -39,8 +39,11 @@ def resolve(schema, node):
     return node
 
 
-def json_types(node):
-    """The JSON types a schema node allows (for a oneOf of consts, their types), null aside."""
+def json_types(node, schema=None):
+    """The JSON types a schema node allows (for a oneOf of consts, their types; for an anyOf of
+    forms, theirs), null aside."""
+    if 'anyOf' in node and 'type' not in node:
+        return set().union(*(json_types(resolve(schema, form), schema) for form in node['anyOf']))
     if 'oneOf' in node and 'type' not in node:
         return set().union(*(json_types(alternative) for alternative in node['oneOf']))
     t = node.get('type')
@@ -62,9 +65,10 @@ def check_options(schema, properties, spec, where, subset=False):
         prop = resolve(schema, properties[name])
         option = spec[name]
         expected = SCHEMA_TYPES[option['type']]
-        got = json_types(prop)
+        got = json_types(prop, schema)
         if expected is None:
-            assert 'anyOf' in prop, '%s.%s: a raw option is a schema anyOf' % (where, name)
+            assert 'anyOf' in prop and len(got) > 1, '%s.%s: a raw option is a schema anyOf of several types: %s' % (
+                where, name, got)
         elif expected == 'number':
             assert got <= {'number', 'integer'}, '%s.%s: type %s' % (where, name, got)
         else:
@@ -100,7 +104,7 @@ def test_options_are_the_task_schema():
 
 
 # Task keys that do not apply to list or verify: what backup_info leaves out, on purpose.
-NOT_READ_ONLY = {'installation', 'api', 'force', 'keep_last', 'keep_safety', 'verify', 'compression', 'safety_backup', 'restart',
+NOT_READ_ONLY = {'installation', 'to', 'api', 'force', 'keep_last', 'keep_safety', 'verify', 'compression', 'safety_backup', 'restart',
                  'volume_archive', 'db_file', 'connectware_version'}
 
 

@@ -1,4 +1,5 @@
-//! TLS as Connectware operators have it (SPEC §6).
+//! TLS as Connectware operators have it (SPEC §6), for the API client and the S3 repository
+//! alike (a leaf: both use it, it uses neither).
 //!
 //! Trusted: the platform's roots plus every certificate in `ca_file`. A default install's
 //! `cybus_server.crt` is signed by `cybus_ca.crt`: that is ordinary chain validation. Operators
@@ -23,7 +24,8 @@ use x509_cert::der::Decode;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The rustls configuration for the API client.
+/// The rustls configuration for an HTTPS client (the API's, the S3 repository's). Its
+/// errors are `api_tls_error`; the S3 repository reports them as `repository_error`.
 pub fn client_config(validate_certs: bool, ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let pinned = match ca_file {
