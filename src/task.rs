@@ -1346,6 +1346,7 @@ fn installation(spec: InstallationSpec) -> Result<Installation> {
     for (i, file) in files.iter().enumerate() {
         if file.is_empty() || file == "." || file == ".." || file.contains('/') || file.contains('\0')
             || file == crate::volume::WORK_DIR
+            || file.starts_with(".cwbackup-quiesce")
         {
             return Err(invalid(format!(
                 "/installation/files/{i}: `{file}` is not the name of a file directly in install_dir (no `/`), e.g. `.env`"

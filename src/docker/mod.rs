@@ -36,6 +36,9 @@ pub const VOLUME_LABEL: &str = "com.docker.compose.volume";
 /// The label compose puts on a project's container: its service.
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 
+/// The label compose puts on a `docker compose run` container: `True`.
+pub const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
+
 /// Where the engine listens unless `DOCKER_HOST` says otherwise.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
@@ -83,6 +86,8 @@ pub struct ContainerInfo {
     pub running: bool,
     /// Its compose service (label `com.docker.compose.service`).
     pub service: Option<String>,
+    /// A one-off container of `docker compose run` (label `com.docker.compose.oneoff=True`).
+    pub oneoff: bool,
 }
 
 /// A connection to the Docker Engine.
@@ -338,6 +343,11 @@ impl Engine {
                                 | ContainerSummaryStateEnum::RESTARTING
                         )
                     ),
+                    oneoff: c
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(ONEOFF_LABEL))
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true")),
                     service: c.labels.and_then(|mut l| l.remove(SERVICE_LABEL)),
                     id,
                     name,

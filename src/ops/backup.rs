@@ -102,7 +102,7 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
         .as_ref()
         .map(|_| crate::docker::Engine::connect())
         .transpose()?;
-    let volumes = match (&task.installation, &engine) {
+    let mut volumes = match (&task.installation, &engine) {
         (Some(inst), Some(e)) => installation::for_backup(task, inst, e, &mut warnings)?,
         _ => super::resolve_volumes(task)?,
     };
@@ -110,10 +110,17 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
 
     let writing = super::Writing::open(task, Operation::Backup)?;
     // Backup and restore of one volume exclude each other, whatever repositories they use.
-    let works = volumes
+    let mut works = volumes
         .iter()
         .map(|v| swap::Work::of(&v.dir))
         .collect::<Result<Vec<_>>>()?;
+    // An installation's install directory too, files or not: a killed restore may have its
+    // files half-swapped, which must be made whole before they are looked for.
+    if let Some(inst) = &task.installation
+        && inst.install_dir.is_dir()
+    {
+        works.push(swap::Work::of(&inst.install_dir)?);
+    }
     let group = if works.is_empty() {
         None
     } else {
@@ -132,7 +139,8 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
     }
     // Containers a killed backup or restore of the installation left stopped start again.
     if let (Some(inst), Some(e)) = (&task.installation, &engine) {
-        warnings.extend(installation::recover(e, inst, task.dry_run)?);
+        warnings.extend(installation::recover(e, inst, Operation::Backup, task.dry_run)?);
+        volumes.extend(installation::files_for_backup(task, inst, &mut warnings)?);
     }
     let sets = writing.sets()?;
     // The lock stays held by `writing` until the task returns.
@@ -286,17 +294,26 @@ pub fn run(task: &Task, opts: &BackupOptions) -> Result<TaskResult> {
             }
             started = Some((new_set, db));
         }
-        quiesced = Some(installation::stop(e, inst)?);
+        quiesced = Some(installation::stop(e, inst, Operation::Backup, task.wait_for_lock)?);
         taking.comparable = None;
         taking.quiesce = quiesced.as_ref();
     } else {
         quiesced = None;
     }
     let taken = taking.take(started, &mut warnings);
-    // Started again whatever the outcome (dropping it would too, without the error).
+    // Started again whatever the outcome (dropping it would too, without the error). A set
+    // already taken stays: a container that does not start is said in a warning (by take).
     let resumed = quiesced.as_ref().map(installation::Quiesced::resume).transpose();
-    let taken = taken?;
-    resumed?;
+    let taken = match (taken, resumed) {
+        (Ok(taken), _) => taken,
+        (Err(e), Ok(_)) => return Err(e),
+        (Err(e), Err(again)) => {
+            return Err(Error {
+                message: format!("{}; {}", e.message, again.message),
+                ..e
+            });
+        }
+    };
     let result = match taken {
         Taken::Unchanged(set, status) => {
             let msg = format!(
@@ -619,7 +636,16 @@ impl<'a> Taking<'a> {
             })
             .collect();
         components.extend(db_component);
-        let downtime_ms = self.quiesce.map(|q| q.resume()).transpose()?;
+        // Every component is archived: the containers start again before the set is checked.
+        // One that does not start is said, and the set is kept (it is complete).
+        let downtime_ms = match self.quiesce.map(|q| q.resume()) {
+            None => None,
+            Some(Ok(ms)) => Some(ms),
+            Some(Err(e)) => {
+                warnings.push(e.message);
+                self.quiesce.and_then(|q| q.downtime_ms())
+            }
+        };
         let connectware_version = db
             .as_ref()
             .and_then(|d| connectware::version_of(&d.downloaded.backup_id));

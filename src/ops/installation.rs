@@ -19,7 +19,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,10 +27,14 @@ use super::LiveVolume;
 use crate::docker::{self, ContainerInfo, Engine};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::{self, Manifest, Source};
-use crate::task::{Installation, Quiesce, Task};
+use crate::task::{Installation, Operation, Quiesce, Task};
 
 /// The journal of a quiesce, in the install directory.
 pub const JOURNAL: &str = ".cwbackup-quiesce.json";
+/// The lock a task holds while the project's containers are stopped: another task's
+/// recovery leaves a journal alone while its owner is alive, and two tasks never stop the
+/// project at once.
+pub const LOCK: &str = ".cwbackup-quiesce.lock";
 
 /// Test-only hook: with `CWBACKUP_TEST_PAUSE_QUIESCED=<file>`, a task that stopped the
 /// containers writes `<file>.reached` and waits (at most 60 s) for `<file>`; debug builds only.
@@ -92,28 +96,49 @@ pub fn for_backup(
             }
         }
     }
+    Ok(volumes)
+}
+
+/// The files component a backup takes (None: no file to take). Call with the install
+/// directory locked and recovered (a killed restore may have its files in its work directory).
+/// A listed entry must be a regular file: a symlink's target would not be in the set (and an
+/// absolute one is refused on restore), a directory is more than a file.
+pub fn files_for_backup(
+    task: &Task,
+    inst: &Installation,
+    warnings: &mut Vec<String>,
+) -> Result<Option<LiveVolume>> {
+    for name in &inst.files {
+        check_repository_apart(task, &inst.install_dir.join(name))?;
+    }
     let mut present = Vec::new();
     for name in &inst.files {
         let path = inst.install_dir.join(name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(_) => present.push(OsString::from(name)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !inst.files_given => {
-                warnings.push(format!(
-                    "{} does not exist, so the set holds no copy of it",
+        let problem = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => {
+                present.push(OsString::from(name));
+                continue;
+            }
+            Ok(m) => format!(
+                "is a {}, not a regular file, so it cannot be backed up as one of the installation's files",
+                if m.is_symlink() { "symlink" } else if m.is_dir() { "directory" } else { "special file" }
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "does not exist, so the set holds no copy of it".to_string()
+            }
+            Err(e) => format!("cannot be read ({e})"),
+        };
+        if inst.files_given {
+            return Err(Error::new(
+                ErrorKind::VolumeNotFound,
+                format!(
+                    "{} {problem}: check installation.install_dir and installation.files",
                     path.display()
-                ));
-            }
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::VolumeNotFound,
-                    format!(
-                        "{} cannot be read ({e}): check installation.install_dir and installation.files",
-                        path.display()
-                    ),
-                )
-                .detail("install_dir", inst.install_dir.display().to_string()));
-            }
+                ),
+            )
+            .detail("install_dir", inst.install_dir.display().to_string()));
         }
+        warnings.push(format!("{} {problem}", path.display()));
     }
     if present.iter().any(|f| f == ".env") && task.encryption.to.is_none() {
         warnings.push(
@@ -121,10 +146,20 @@ pub fn for_backup(
                 .to_string(),
         );
     }
-    if !present.is_empty() {
-        volumes.push(files_of(&inst.install_dir, present));
+    Ok((!present.is_empty()).then(|| files_of(&inst.install_dir, present)))
+}
+
+/// Refuses a directory repository at or below one of the installation's files (a restore
+/// would replace it with the set's entry).
+fn check_repository_apart(task: &Task, path: &Path) -> Result<()> {
+    match task.repository.dir() {
+        Some(repository) => super::check_apart(
+            repository,
+            path,
+            &crate::task::VolumeSource::Path(path.to_path_buf()),
+        ),
+        None => Ok(()),
     }
-    Ok(volumes)
 }
 
 /// The files component: the install directory, limited to `names`.
@@ -182,6 +217,8 @@ pub fn for_restore(
     inst: &Installation,
     engine: &Engine,
     set: &Manifest,
+    verify_first: &mut dyn FnMut() -> Result<()>,
+    warnings: &mut Vec<String>,
 ) -> Result<ForRestore> {
     let in_set: Vec<&str> = set
         .components
@@ -219,15 +256,41 @@ pub fn for_restore(
         created_dir: false,
         _placeholders: Vec::new(),
     };
+    // The set is checked (key, checksums) before this host gets anything new.
+    let mut checked = false;
+    let mut check = |checked: &mut bool| -> Result<()> {
+        if !*checked {
+            verify_first()?;
+            *checked = true;
+        }
+        Ok(())
+    };
     for name in wanted {
         let found = existing
             .iter()
             .find(|v| short_name(&inst.compose_project, v) == name);
         let full = format!("{}_{name}", inst.compose_project);
-        let (dir, full) = match found {
+        // A volume of that name without the project's labels still holds data: it is restored
+        // like any existing one (into the safety set first), never taken as new.
+        let unlabelled = match found {
+            Some(_) => None,
+            None => match engine.volume(&full) {
+                Ok(v) => Some(v),
+                Err(e) if e.kind == ErrorKind::VolumeNotFound => None,
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some(v) = &unlabelled {
+            warnings.push(format!(
+                "Docker volume {} exists without the labels of compose project {} (com.docker.compose.project, com.docker.compose.volume): it is restored as it is, and `docker compose up` may refuse to adopt it",
+                v.name, inst.compose_project
+            ));
+        }
+        let (dir, full) = match found.or(unlabelled.as_ref()) {
             Some(v) => (v.mountpoint.clone(), v.name.clone()),
             None if task.dry_run => (placeholder(&mut out)?, full),
             None => {
+                check(&mut checked)?;
                 let labels = [
                     (docker::PROJECT_LABEL.to_string(), inst.compose_project.clone()),
                     (docker::VOLUME_LABEL.to_string(), name.to_string()),
@@ -250,17 +313,43 @@ pub fn for_restore(
             only: None,
         });
     }
-    let files = set
+    let in_set = set
         .installation
         .as_ref()
         .map(|i| i.files.clone())
         .unwrap_or_default();
+    // `files` given: `[]` leaves the install directory alone; otherwise the set's files come
+    // back together (one component, one digest), so the list must name all of them.
+    let files = if inst.files_given && inst.files.is_empty() {
+        Vec::new()
+    } else if inst.files_given {
+        let mut given = inst.files.clone();
+        let mut all = in_set.clone();
+        given.sort();
+        all.sort();
+        if given != all {
+            return Err(Error::new(
+                ErrorKind::InvalidTask,
+                format!(
+                    "/installation/files: a restore puts back the set's files together ({}): name all of them, or give [] to leave the install directory alone",
+                    in_set.join(", ")
+                ),
+            ));
+        }
+        in_set
+    } else {
+        in_set
+    };
+    for f in &files {
+        check_repository_apart(task, &inst.install_dir.join(f))?;
+    }
     if set.component(manifest::FILES).is_some() && !files.is_empty() {
         let dir = if inst.install_dir.is_dir() {
             inst.install_dir.clone()
         } else if task.dry_run {
             placeholder(&mut out)?
         } else {
+            check(&mut checked)?;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .create(&inst.install_dir)
@@ -320,6 +409,8 @@ struct Stopped {
 /// exactly those again.
 pub struct Quiesced<'e> {
     engine: &'e Engine,
+    /// Held until the containers are started again.
+    lock: Mutex<Option<crate::lockfile::Lock>>,
     journal: PathBuf,
     stopped: Vec<ContainerInfo>,
     since: Instant,
@@ -330,15 +421,26 @@ pub struct Quiesced<'e> {
 /// Stops the project's running containers (`stop_timeout_s` each), after writing the journal
 /// that names them. A container that had to be killed fails the stop: the ones stopped are
 /// started again first.
-pub fn stop<'e>(engine: &'e Engine, inst: &Installation) -> Result<Quiesced<'e>> {
+pub fn stop<'e>(
+    engine: &'e Engine,
+    inst: &Installation,
+    operation: Operation,
+    wait: Duration,
+) -> Result<Quiesced<'e>> {
     let running: Vec<ContainerInfo> = engine
         .project_containers(&inst.compose_project)?
         .into_iter()
         .filter(|c| c.running)
         .collect();
     let journal = inst.install_dir.join(JOURNAL);
+    let lock = if running.is_empty() {
+        None
+    } else {
+        Some(quiesce_lock(inst, operation, wait)?)
+    };
     let quiesced = Quiesced {
         engine,
+        lock: Mutex::new(lock),
         journal,
         stopped: Vec::new(),
         since: Instant::now(),
@@ -384,7 +486,7 @@ pub fn stop<'e>(engine: &'e Engine, inst: &Installation) -> Result<Quiesced<'e>>
         let mut e = Error::new(
             ErrorKind::DockerError,
             format!(
-                "container(s) {} did not stop within stop_timeout_s ({} s) and were killed; nothing was backed up and the stopped containers were started again: raise installation.stop_timeout_s",
+                "container(s) {} did not stop within stop_timeout_s ({} s) and were killed; the task stopped there, nothing was changed, and the stopped containers were started again: raise installation.stop_timeout_s",
                 killed.join(", "),
                 inst.stop_timeout_s
             ),
@@ -411,27 +513,36 @@ impl Quiesced<'_> {
         if let Some(ms) = *resumed {
             return Ok(ms);
         }
-        let mut failed = None;
+        let mut failed = Vec::new();
         for c in &self.stopped {
-            if let Err(e) = self.engine.start(&c.id) {
-                failed.get_or_insert(e);
+            // A container that is gone (`docker compose up` in a restore's `restart`
+            // recreated it) has nothing to start.
+            let result = match self.engine.state(&c.id) {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => self.engine.start(&c.id),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                failed.push(format!("{}: {}", c.name, e.message));
             }
         }
         let ms = self.since.elapsed().as_millis() as u64;
         *resumed = Some(ms);
-        if let Some(e) = failed {
-            return Err(Error {
-                message: format!(
-                    "{}; the journal {} is kept, so the next installation task starts the project's stopped containers again",
-                    e.message,
+        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if !failed.is_empty() {
+            return Err(Error::new(
+                ErrorKind::DockerError,
+                format!(
+                    "container(s) stopped by this task could not be started again ({}); start them by hand (`docker compose up -d` in the install directory); the journal {} is kept, so the next installation task tries again",
+                    failed.join("; "),
                     self.journal.display()
                 ),
-                ..e
-            });
+            ));
         }
         if !self.stopped.is_empty() {
             remove_journal(&self.journal)?;
         }
+        drop(lock);
         Ok(ms)
     }
 
@@ -450,8 +561,27 @@ impl Drop for Quiesced<'_> {
 /// Starts what a killed task left stopped: the containers its journal names (by id, or, when
 /// `docker compose up` recreated one, the project's stopped container of that service), then
 /// removes the journal. Returns a warning per container started.
-pub fn recover(engine: &Engine, inst: &Installation, dry_run: bool) -> Result<Vec<String>> {
+pub fn recover(
+    engine: &Engine,
+    inst: &Installation,
+    operation: Operation,
+    dry_run: bool,
+) -> Result<Vec<String>> {
     let path = inst.install_dir.join(JOURNAL);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    // A journal whose owner still holds the lock is a live task's, not a crashed one's.
+    let _lock = match quiesce_lock(inst, operation, Duration::ZERO) {
+        Ok(lock) => lock,
+        Err(e) if e.kind == ErrorKind::Busy => {
+            return Ok(vec![format!(
+                "another cwbackup task has the containers of project {} stopped ({}); they are left to it",
+                inst.compose_project, e.message
+            )]);
+        }
+        Err(e) => return Err(e),
+    };
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -476,21 +606,27 @@ pub fn recover(engine: &Engine, inst: &Installation, dry_run: bool) -> Result<Ve
     let mut warnings = Vec::new();
     let now = engine.project_containers(&journal.compose_project)?;
     for c in &journal.containers {
+        // The container itself, or the stopped one `docker compose up` made for its service
+        // (never a one-off `docker compose run` container).
         let target = match engine.state(&c.id)? {
-            Some(_) => Some(c.id.clone()),
+            Some(_) => Some((c.id.clone(), c.name.clone())),
             None => now
                 .iter()
-                .find(|n| !n.running && n.service.is_some() && n.service == c.service)
-                .map(|n| n.id.clone()),
+                .find(|n| !n.running && !n.oneoff && n.service.is_some() && n.service == c.service)
+                .map(|n| (n.id.clone(), n.name.clone())),
         };
         match target {
-            Some(id) => {
-                engine.start(&id)?;
-                warnings.push(format!(
-                    "an interrupted task (pid {}, since {}) had stopped container {}: started it again",
-                    journal.pid, journal.since, c.name
-                ));
-            }
+            Some((id, name)) => match engine.start(&id) {
+                Ok(()) => warnings.push(format!(
+                    "an interrupted task (pid {}, since {}) had stopped container {name}: started it again",
+                    journal.pid, journal.since
+                )),
+                // One that cannot start must not block every later task: said, and left.
+                Err(e) => warnings.push(format!(
+                    "an interrupted task (pid {}) had stopped container {name}, which does not start again ({}): start the project by hand (`docker compose up -d` in the install directory)",
+                    journal.pid, e.message
+                )),
+            },
             None => warnings.push(format!(
                 "an interrupted task had stopped container {}, which no longer exists: start the project with `docker compose up -d`",
                 c.name
@@ -499,6 +635,25 @@ pub fn recover(engine: &Engine, inst: &Installation, dry_run: bool) -> Result<Ve
     }
     remove_journal(&path)?;
     Ok(warnings)
+}
+
+/// The quiesce lock of the installation (in its install directory), waiting up to `wait`.
+fn quiesce_lock(inst: &Installation, operation: Operation, wait: Duration) -> Result<crate::lockfile::Lock> {
+    if !inst.install_dir.is_dir() {
+        return Err(Error::new(
+            ErrorKind::VolumeNotFound,
+            format!(
+                "install directory {} does not exist, so the containers cannot be stopped safely (the journal that restarts them after a crash lives there): check installation.install_dir",
+                inst.install_dir.display()
+            ),
+        ));
+    }
+    crate::lockfile::acquire(
+        &inst.install_dir.join(LOCK),
+        &format!("the containers of compose project {}", inst.compose_project),
+        operation,
+        wait,
+    )
 }
 
 fn write_journal(path: &Path, journal: &Journal) -> Result<()> {

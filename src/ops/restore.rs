@@ -192,7 +192,18 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let mut fresh = None;
     if let (Some(inst), Some(e)) = (&task.installation, &engine) {
         let set = choose(&repo, opts)?;
-        let found = installation::for_restore(task, inst, e, &set.manifest)?;
+        // The key opens the set before anything is stopped or created (SPEC §11); a host that
+        // lacks a volume or the install directory gets nothing before the checksums pass.
+        super::opening(task, &repo, &set, "a restore")?;
+        let mut verify_first = || {
+            let problems = crate::repository::check::checksums(repo.opener(&set), &set.manifest);
+            match problems.first() {
+                None => Ok(()),
+                Some(p) => Err(damaged(&set, p)),
+            }
+        };
+        let found =
+            installation::for_restore(task, inst, e, &set.manifest, &mut verify_first, &mut warnings)?;
         volumes = found.volumes.clone();
         // The database comes back inside the postgresql volume: no API restore beside it.
         if client.is_some() && volumes.iter().any(|v| v.name == "postgresql") {
@@ -205,10 +216,18 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     let single = !volumes.iter().any(|v| v.listed);
     // Every volume of the task, locked together (in one order, so two tasks never wait for
     // each other in a cycle), and made whole first if a killed restore left any half-swapped.
-    let all = volumes
+    let mut all = volumes
         .iter()
         .map(|v| Work::of(&v.dir))
         .collect::<Result<Vec<_>>>()?;
+    // An installation's install directory too, even when no file of it is restored: a killed
+    // restore may have left its files half-swapped.
+    if let Some(inst) = &task.installation
+        && !volumes.iter().any(LiveVolume::is_files)
+        && inst.install_dir.is_dir()
+    {
+        all.push(Work::of(&inst.install_dir)?);
+    }
     let all = if all.is_empty() { None } else { Some(Group::new(all)?) };
     let _volume_locks = all
         .as_ref()
@@ -230,7 +249,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     }
     let works = all.as_ref().map(Group::members).unwrap_or_default();
     if let (Some(inst), Some(e)) = (&task.installation, &engine) {
-        warnings.extend(installation::recover(e, inst, task.dry_run)?);
+        warnings.extend(installation::recover(e, inst, Operation::Restore, task.dry_run)?);
     }
     // With `quiesce: stop`, the project's running containers stop before the volumes are
     // read for the plan (a running service writes to them), unless the database is restored
@@ -244,7 +263,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         (Some((inst, e)), Some(set))
             if client.is_none() && (opts.force || !all_equal(&volumes, &set.manifest)?) =>
         {
-            Some(installation::stop(e, inst)?)
+            Some(installation::stop(e, inst, Operation::Restore, task.wait_for_lock)?)
         }
         _ => None,
     };
@@ -333,13 +352,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     });
     let problems = problems?;
     if let Some(p) = problems.first() {
-        return Err(Error::new(
-            ErrorKind::IntegrityError,
-            format!(
-                "backup set {} is damaged ({}: {}); nothing was changed: restore another set (`list` shows them)",
-                set.id, p.component, p.message
-            ),
-        ));
+        return Err(damaged(&set, p));
     }
     let mut live = Vec::with_capacity(read.len());
     let mut staged: Vec<Option<Staged>> = Vec::with_capacity(read.len());
@@ -418,7 +431,9 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             });
         }
         if let Some(q) = &quiesced {
-            q.resume()?;
+            if let Err(e) = q.resume() {
+                result.warnings.push(e.message);
+            }
             report_quiesce(&mut result, q);
         }
         return Ok(result);
@@ -485,6 +500,14 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     // The volumes to swap in, as one group: one journal for all of them, so that after an
     // error all keep their old trees, and after a kill all end old or all new.
     let restoring: Vec<usize> = (0..targets.len()).filter(|i| staged[*i].is_some()).collect();
+    // Whether the install directory's docker-compose.yml changes (its Connectware version).
+    let compose_changes = restoring.iter().any(|&i| {
+        let t = &targets[i];
+        let name = "docker-compose.yml";
+        t.live.is_files()
+            && t.live.only.iter().flatten().any(|f| f == name)
+            && std::fs::read(t.work.staged().join(name)).ok() != std::fs::read(t.live.dir.join(name)).ok()
+    });
     let swap = if restoring.is_empty() {
         None
     } else {
@@ -516,7 +539,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
         }
     }
     if let (Some((inst, e)), None) = (stopping, &quiesced) {
-        quiesced = Some(installation::stop(e, inst)?);
+        quiesced = Some(installation::stop(e, inst, Operation::Restore, task.wait_for_lock)?);
     }
     if let Some(g) = &swap {
         let swapped = (|| {
@@ -613,16 +636,7 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     });
     result.diff = diff;
     result.restart_required = true;
-    if targets
-        .iter()
-        .enumerate()
-        .any(|(i, t)| t.live.is_files() && plan.volume_needed(i))
-        && set
-            .manifest
-            .installation
-            .as_ref()
-            .is_some_and(|i| i.files.iter().any(|f| f == "docker-compose.yml"))
-    {
+    if compose_changes {
         result.warnings.push(format!(
             "the restore put back the set's docker-compose.yml, and with it the Connectware version of set {} ({}): the containers run the images it names",
             set.id,
@@ -642,12 +656,17 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
     }
     // Exactly the containers this run stopped run again (after `restart`, which may have
     // started them already: starting a running container changes nothing).
+    // The restore is done: a container that does not start again is said, not an error
+    // that would hide what was restored.
     if let Some(q) = &quiesced {
-        q.resume()?;
-        report_quiesce(&mut result, q);
-        if !q.containers().is_empty() && result.error.is_none() {
-            result.restart_required = false;
+        match q.resume() {
+            Ok(_) if !q.containers().is_empty() && result.error.is_none() => {
+                result.restart_required = false
+            }
+            Ok(_) => {}
+            Err(e) => result.warnings.push(e.message),
         }
+        report_quiesce(&mut result, q);
     }
     warnings.append(&mut result.warnings);
     result.warnings = warnings;
@@ -666,6 +685,17 @@ fn all_equal(volumes: &[LiveVolume], set: &crate::repository::manifest::Manifest
         }
     }
     Ok(true)
+}
+
+/// A set whose files do not match its manifest: nothing was changed.
+fn damaged(set: &Set, p: &crate::repository::check::Problem) -> Error {
+    Error::new(
+        ErrorKind::IntegrityError,
+        format!(
+            "backup set {} is damaged ({}: {}); nothing was changed: restore another set (`list` shows them)",
+            set.id, p.component, p.message
+        ),
+    )
 }
 
 /// The containers a restore stopped, and for how long.

@@ -233,7 +233,14 @@ impl Manifest {
             }
         }
         for f in self.installation.iter().flat_map(|i| &i.files) {
-            if f.is_empty() || f == "." || f == ".." || f.contains('/') || f.contains('\0') {
+            if f.is_empty()
+                || f == "."
+                || f == ".."
+                || f.contains('/')
+                || f.contains('\0')
+                || f == ".cwbackup-work"
+                || f.starts_with(".cwbackup-quiesce")
+            {
                 return Err(format!("the manifest names an installation file {f:?} that is not a plain name"));
             }
         }

@@ -461,3 +461,159 @@ fn a_lost_host_is_rebuilt_from_the_set_volumes_labels_files_and_all() {
     let again = run_ok(&inst.task("restore"));
     assert!(!again.changed, "{}", again.msg);
 }
+
+#[test]
+fn a_restart_that_removes_a_stopped_container_still_reports_the_restore() {
+    if engine("a_restart_that_removes_a_stopped_container").is_none() {
+        return;
+    }
+    let inst = Installation::new(IDLE);
+    run_ok(&inst.task("backup"));
+    fs::remove_file(inst.mountpoint("service-manager").join("services/opcua.yml")).unwrap();
+    // `docker compose up` recreating a container looks like this to the task: a container it
+    // stopped is gone when it starts them again.
+    let mut task = inst.task("restore");
+    task["restart"] = json!(["docker", "rm", "-f", inst.ids[0]]);
+    let r = run_ok(&task);
+    assert!(r.changed, "{}", r.msg);
+    assert!(r.msg.contains("restored"), "{}", r.msg);
+    assert!(r.safety_backup.is_some());
+    assert!(is_running(&inst.ids[1]));
+    assert!(!inst.install_dir.join(".cwbackup-quiesce.json").exists());
+    assert!(inst.mountpoint("service-manager").join("services/opcua.yml").is_file());
+}
+
+#[test]
+fn the_install_directory_is_locked_by_every_installation_task_and_a_live_journal_left_alone() {
+    if engine("the_install_directory_is_locked").is_none() {
+        return;
+    }
+    let inst = Installation::new(IDLE);
+    let pause = inst.fixture.path("pause");
+    let mut reached = pause.clone().into_os_string();
+    reached.push(".reached");
+    // A backup of postgresql alone, held with the containers stopped.
+    let mut a = inst.task("backup");
+    a["installation"]["volumes"] = json!(["postgresql"]);
+    let mut child = start(
+        &a,
+        &[("CWBACKUP_TEST_PAUSE_QUIESCED", pause.as_os_str())],
+        std::process::Stdio::piped(),
+    );
+    wait_for(Path::new(&reached));
+    // Another of service-manager alone, without files, into another repository: the install
+    // directory is still the first task's, so it is busy, and the containers stay stopped.
+    let mut b = inst.task("backup");
+    b["repository"] = json!(inst.fixture.path("repo-b"));
+    b["installation"]["volumes"] = json!(["service-manager"]);
+    b["installation"]["files"] = json!([]);
+    b["installation"]["quiesce"] = json!("none");
+    let r = run(&b);
+    assert_eq!(kind(&r), ErrorKind::Busy, "{}", r.stdout);
+    for id in &inst.ids {
+        assert!(!is_running(id), "the first task's containers are left to it");
+    }
+    fs::write(&pause, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let result: cwbackup::result::TaskResult = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(result.ok && result.changed, "{}", result.msg);
+    for id in &inst.ids {
+        assert!(is_running(id));
+    }
+}
+
+#[test]
+fn a_repository_inside_the_install_directory_is_never_one_of_its_files() {
+    if engine("a_repository_inside_the_install_directory").is_none() {
+        return;
+    }
+    let inst = Installation::new(IDLE);
+    let mut task = inst.task("backup");
+    task["repository"] = json!(inst.install_dir.join("backups"));
+    task["installation"]["files"] = json!([".env", "backups"]);
+    fs::create_dir_all(inst.install_dir.join("backups")).unwrap();
+    let r = run(&task);
+    assert_eq!(kind(&r), ErrorKind::InvalidTask, "{}", r.stdout);
+    // Not listed, the repository in the install directory is fine, and a restore keeps it.
+    task["installation"]["files"] = json!([".env", "docker-compose.yml"]);
+    run_ok(&task);
+    write(&inst.install_dir.join(".env"), b"CYBUS_LICENSE_KEY=lost\n", 0o600);
+    let mut restore = task.clone();
+    restore["operation"] = json!("restore");
+    let r = run_ok(&restore);
+    assert!(r.changed);
+    assert!(inst.install_dir.join("backups").is_dir());
+    assert_eq!(fs::read(inst.install_dir.join(".env")).unwrap(), b"CYBUS_LICENSE_KEY=not-a-real-key\n");
+    // A symlink named as a file is refused; as a default file it is a warning.
+    std::os::unix::fs::symlink("/etc/hostname", inst.install_dir.join("link.env")).unwrap();
+    task["installation"]["files"] = json!(["link.env"]);
+    let r = run(&task);
+    assert_eq!(kind(&r), ErrorKind::VolumeNotFound, "{}", r.stdout);
+    assert!(r.result.error.unwrap().message.contains("symlink"));
+}
+
+#[test]
+fn a_restore_keeps_an_unlabelled_volume_of_that_name_in_its_safety_set_and_files_all_or_none() {
+    if engine("a_restore_keeps_an_unlabelled_volume").is_none() {
+        return;
+    }
+    let inst = Installation::new(IDLE);
+    run_ok(&inst.task("backup"));
+    // The host loses the project, but a volume of postgresql's name exists without labels
+    // and holds data.
+    for id in &inst.ids {
+        docker(&["rm", "-f", id]);
+    }
+    let pg = format!("{}_postgresql", inst.project.name);
+    docker(&["volume", "rm", &pg]);
+    docker(&["volume", "create", &pg]);
+    write(&cli_mountpoint(&pg).join("precious"), b"not in any set\n", 0o600);
+    // `files: []` leaves the install directory alone; a part of the set's files is refused.
+    write(&inst.install_dir.join("docker-compose.yml"), b"# the operator's newer compose file\n", 0o644);
+    let mut part = inst.task("restore");
+    part["installation"]["files"] = json!([".env"]);
+    assert_eq!(kind(&run(&part)), ErrorKind::InvalidTask);
+    let mut task = inst.task("restore");
+    task["installation"]["files"] = json!([]);
+    let r = run_ok(&task);
+    assert!(r.changed);
+    assert!(r.warnings.iter().any(|w| w.contains("without the labels")), "{:?}", r.warnings);
+    let safety = r.safety_backup.expect("what existed is kept");
+    let m = safety.manifest.unwrap();
+    assert!(m.component("postgresql").is_some(), "{:?}", m.names());
+    assert_eq!(fs::read(inst.install_dir.join("docker-compose.yml")).unwrap(), b"# the operator's newer compose file\n");
+    assert!(!r.components.unwrap().iter().any(|c| c.name == "files"));
+    assert!(!r.warnings.iter().any(|w| w.contains("docker-compose.yml")), "{:?}", r.warnings);
+    // The whole installation: the compose file comes back, with the warning it deserves.
+    let r = run_ok(&inst.task("restore"));
+    assert!(r.changed);
+    assert!(r.warnings.iter().any(|w| w.contains("docker-compose.yml")), "{:?}", r.warnings);
+}
+
+#[test]
+fn a_fresh_host_gets_nothing_before_the_set_is_checked() {
+    if engine("a_fresh_host_gets_nothing").is_none() {
+        return;
+    }
+    let inst = Installation::new(IDLE);
+    let r = run_ok(&inst.task("backup"));
+    for id in &inst.ids {
+        docker(&["rm", "-f", id]);
+    }
+    for v in &inst.project.volumes {
+        docker(&["volume", "rm", v]);
+    }
+    fs::remove_dir_all(&inst.install_dir).unwrap();
+    // Damage the set: the restore refuses it before any volume or directory is created.
+    let set = inst.fixture.repo.join(r.backup.unwrap().id);
+    let archive = set.join("volumes/postgresql.tar.gz");
+    let mut bytes = fs::read(&archive).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    fs::write(&archive, bytes).unwrap();
+    let r = run(&inst.task("restore"));
+    assert_eq!(kind(&r), ErrorKind::IntegrityError, "{}", r.stdout);
+    assert!(!inst.install_dir.exists());
+    let listed = docker(&["volume", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={}", inst.project.name)]);
+    assert!(listed.is_empty(), "{listed}");
+}
