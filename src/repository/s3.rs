@@ -50,7 +50,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::task::{Operation, S3Config};
 
 /// Size of one part of a multipart upload (S3 wants at least 5 MiB but for the last).
-pub const PART: usize = 8 << 20;
+pub const PART: usize = 5 << 20;
 /// Parts waiting for the upload thread, besides the one it sends and the one being filled.
 const QUEUED_PARTS: usize = 1;
 /// Largest object a single CopyObject may copy; larger ones are copied in parts.

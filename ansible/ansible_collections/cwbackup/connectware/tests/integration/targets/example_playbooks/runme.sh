@@ -69,4 +69,30 @@ expect failed run verify-monitoring.yml -e cwbackup_fail_on_drift=true
 expect_output 'backup set .*: the live volume drifted from the set: 1 added \[services/drift.yml\]'
 expect failed run verify-monitoring.yml -e cwbackup_max_age_h=0
 expect_output 'no backup set younger than 0 h \(newest: [0-9]'
+echo "=== nightly-backup.yml, then a copy off-site (SeaweedFS)"
+s3_endpoint=$(sed -n 's/^cw_s3_endpoint: //p' "$config")
+cat > "$work/offsite.yml" <<YAML
+cwbackup_offsite_repository:
+  s3:
+    endpoint: $s3_endpoint
+    bucket: $(sed -n 's/^cw_s3_bucket: //p' "$config")
+    prefix: connectware/plant-7
+    region: us-east-1
+    access_key_id: $(sed -n 's/^cw_s3_key_id: //p' "$config")
+    secret_access_key_file: $(sed -n 's/^cw_s3_secret_file: //p' "$config")
+cwbackup_offsite_keep_last: 2
+YAML
+offsite_sets() {
+    printf '{"operation":"list","repository":%s}' \
+        "$(python3 -c 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["cwbackup_offsite_repository"]))' "$work/offsite.yml")" |
+        "$(sed -n 's/^cwbackup_binary: //p' "$config")" | python3 -c 'import json, sys; print(" ".join(s["id"] for s in json.load(sys.stdin)["sets"]))'
+}
+expect changed run nightly-backup.yml -e "@$work/offsite.yml"
+expect_output 'off-site: copied'
+local_sets=$(sets | xargs -n1 basename | sort -r | tr '\n' ' ' | sed 's/ $//')
+remote=$(offsite_sets)
+[ -n "$remote" ] || { echo "FAIL: nothing in the off-site repository"; exit 1; }
+case " $local_sets " in *" ${remote%% *} "*) ;; *) echo "FAIL: off-site holds $remote, local $local_sets"; exit 1 ;; esac
+expect unchanged run nightly-backup.yml -e "@$work/offsite.yml"
+[ "$(offsite_sets)" = "$remote" ] || { echo "FAIL: the second run changed the off-site sets"; exit 1; }
 echo "example playbooks: all runs as expected"
