@@ -19,6 +19,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -405,6 +406,71 @@ struct Stopped {
     service: Option<String>,
 }
 
+/// What a SIGTERM, SIGINT or SIGHUP needs to start the containers a task stopped: set from
+/// the first stop until they run again. `systemctl stop`, a CI timeout or Ctrl-C then leaves
+/// the installation running, not down until the next task reads the journal.
+struct OnSignal {
+    engine: Engine,
+    containers: Vec<(String, String)>,
+    journal: PathBuf,
+}
+
+static ON_SIGNAL: Mutex<Option<OnSignal>> = Mutex::new(None);
+/// Set while a restore swaps the volumes in: starting the containers then would run them on a
+/// half-swapped volume, so a signal leaves them stopped (the swap's journal and the quiesce
+/// journal let the next task finish the restore and start them).
+static SWAPPING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the swap of a restore: signals leave the containers stopped while it runs.
+pub fn swapping(on: bool) {
+    SWAPPING.store(on, Ordering::SeqCst);
+}
+
+/// Starts (once per process) the thread that answers SIGTERM, SIGINT and SIGHUP: it starts the
+/// stopped containers (unless a swap runs), removes the journal, and ends the process as the
+/// signal would have.
+fn watch_signals() {
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let pending = ON_SIGNAL.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match pending {
+                    Some(_) if SWAPPING.load(Ordering::SeqCst) => crate::progress::log(
+                        "cwbackup: interrupted while the restore swaps the volumes: the containers stay stopped; the next task finishes the restore and starts them",
+                    ),
+                    Some(p) => {
+                        let mut started = 0;
+                        for (id, name) in &p.containers {
+                            match p.engine.start(id) {
+                                Ok(()) => started += 1,
+                                Err(e) => crate::progress::log(&format!(
+                                    "cwbackup: cannot start container {name} again: {}",
+                                    e.message
+                                )),
+                            }
+                        }
+                        if started == p.containers.len() {
+                            let _ = remove_journal(&p.journal);
+                        }
+                        crate::progress::log(&format!(
+                            "cwbackup: interrupted (signal {signal}): started {started} of the {} container(s) it had stopped; nothing was written",
+                            p.containers.len()
+                        ));
+                    }
+                    None => {}
+                }
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+                std::process::exit(128 + signal);
+            }
+        });
+    });
+}
+
 /// The project's containers, stopped by this run until [`Quiesced::resume`] (or drop) starts
 /// exactly those again.
 pub struct Quiesced<'e> {
@@ -463,6 +529,12 @@ pub fn stop<'e>(
         pid: std::process::id(),
     };
     write_journal(&quiesced.journal, &record)?;
+    watch_signals();
+    *ON_SIGNAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(OnSignal {
+        engine: engine.clone(),
+        containers: running.iter().map(|c| (c.id.clone(), c.name.clone())).collect(),
+        journal: quiesced.journal.clone(),
+    });
     let mut quiesced = quiesced;
     quiesced.since = Instant::now();
     crate::progress::log(&format!(
@@ -513,6 +585,9 @@ impl Quiesced<'_> {
         if let Some(ms) = *resumed {
             return Ok(ms);
         }
+        // From here on this task starts them; a signal meanwhile waits for it, then finds
+        // nothing to do.
+        let mut on_signal = ON_SIGNAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut failed = Vec::new();
         for c in &self.stopped {
             // A container that is gone (`docker compose up` in a restore's `restart`
@@ -542,6 +617,7 @@ impl Quiesced<'_> {
         if !self.stopped.is_empty() {
             remove_journal(&self.journal)?;
         }
+        *on_signal = None;
         drop(lock);
         Ok(ms)
     }

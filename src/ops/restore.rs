@@ -567,7 +567,12 @@ pub fn run(task: &Task, opts: &RestoreOptions) -> Result<TaskResult> {
             for s in staged.iter_mut().flatten() {
                 s.remove_on_drop = false;
             }
-            g.swap(&set.id, &kept)
+            // A signal while the entries move leaves the containers stopped (see
+            // installation::swapping): the journals finish the job in the next task.
+            installation::swapping(true);
+            let swapped = g.swap(&set.id, &kept);
+            installation::swapping(false);
+            swapped
         })();
         match swapped {
             Ok(more) => warnings.extend(more),

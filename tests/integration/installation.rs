@@ -617,3 +617,35 @@ fn a_fresh_host_gets_nothing_before_the_set_is_checked() {
     let listed = docker(&["volume", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={}", inst.project.name)]);
     assert!(listed.is_empty(), "{listed}");
 }
+
+#[test]
+fn a_sigterm_while_the_containers_are_stopped_starts_them_before_the_process_ends() {
+    if engine("a_sigterm_while_the_containers_are_stopped").is_none() {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let inst = Installation::new(IDLE);
+    for (signal, name) in [(libc::SIGTERM, "TERM"), (libc::SIGINT, "INT")] {
+        let pause = inst.fixture.path(&format!("pause-{name}"));
+        let mut reached = pause.clone().into_os_string();
+        reached.push(".reached");
+        let mut child = start(
+            &inst.task("backup"),
+            &[("CWBACKUP_TEST_PAUSE_QUIESCED", pause.as_os_str())],
+            std::process::Stdio::null(),
+        );
+        wait_for(Path::new(&reached));
+        for id in &inst.ids {
+            assert!(!is_running(id), "stopped while the backup reads");
+        }
+        // systemctl stop, a CI timeout, Ctrl-C.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(signal), "ends as the signal would: {status:?}");
+        for id in &inst.ids {
+            assert!(is_running(id), "SIG{name}: the containers run again");
+        }
+        assert!(!inst.install_dir.join(".cwbackup-quiesce.json").exists(), "SIG{name}: no journal left");
+        assert!(inst.fixture.set_ids().is_empty(), "SIG{name}: no set");
+    }
+}
