@@ -89,7 +89,9 @@ options:
         description:
           - Names of files directly in O(installation.install_dir), archived with their modes.
           - Default V(.env) and V(docker-compose.yml) (a missing one is a warning); a file named here that is missing
-            fails the task. V([]) takes no files.
+            fails the task. V([]) takes no files. Each must be a regular file.
+          - "Restore: the set's files come back together; name all of them, or give V([]) to leave the install
+            directory alone."
         type: list
         elements: str
       quiesce:
