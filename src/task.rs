@@ -286,9 +286,10 @@ pub struct InstallationSpec {
     /// volumes, or the ones named.
     #[serde(default)]
     pub volumes: InstallationVolumes,
-    /// Files directly in `install_dir`, archived with their modes as the component `files`.
-    /// Default `[".env", "docker-compose.yml"]` (one missing is a warning); a file named here
-    /// that is missing is `volume_not_found`. `[]`: no files.
+    /// Regular files directly in `install_dir`, archived with their modes as the component
+    /// `files`. Default `[".env", "docker-compose.yml"]` (one missing is a warning); a file
+    /// named here that is missing is `volume_not_found`. `[]`: no files. restore: the set's
+    /// files come back together; name all of them, or `[]` to leave `install_dir` alone.
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub files: Option<Vec<String>>,
