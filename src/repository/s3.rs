@@ -60,6 +60,14 @@ const QUEUED_PARTS: usize = 0;
 const COPY_MAX: u64 = 5 << 30;
 /// Size of one part of a multipart copy.
 const COPY_PART: u64 = 1 << 30;
+/// Largest listing page read.
+const MAX_LISTING: u64 = 16 << 20;
+/// The longest one download request may take; a longer download goes on from where it
+/// stopped (a `Range` request), so this bounds a stalled connection, not a file's size.
+const DOWNLOAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where a set being published (or deleted) is named, inside its staging directory, so that
+/// a clean after an interruption deletes exactly that set's leftovers and nothing else.
+const PUBLISHING: &str = ".publishing";
 /// How long a presigned request stays valid.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 /// Attempts of one request before giving up (connection errors, 5xx, 429, SlowDown).
@@ -96,6 +104,40 @@ struct Client {
     credentials: Credentials,
     /// `<prefix>/`, or empty for the bucket's root.
     root: String,
+    /// The repository lock this task holds, as far as its renewals know: every destructive
+    /// step (publishing a manifest, deleting) checks it first, so a task that lost its lock
+    /// (taken over after a stall) never publishes or deletes under another's.
+    lock: Mutex<Option<LockState>>,
+}
+
+/// What the renewals of a held lock know.
+#[derive(Debug, Clone, Copy)]
+struct LockState {
+    /// Another task took the lock over.
+    lost: bool,
+    /// Until when the lock is surely still ours: the last renewal plus three quarters of the
+    /// lifetime (another task takes it over only after its `expires_at`).
+    until: Instant,
+}
+
+impl Client {
+    /// Refuses a destructive step when this task held the lock and may have lost it.
+    fn check_lock(&self, what: &str) -> Result<()> {
+        match *self.lock.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(state) if state.lost || Instant::now() > state.until => Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "the repository lock {} was lost (taken over after this task could not renew it), so cwbackup did not {what}: run the task again",
+                    self.url(&format!("{}{LOCK}", self.root))
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn set_lock(&self, state: Option<LockState>) {
+        *self.lock.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
 }
 
 /// The methods the backend sends.
@@ -199,6 +241,7 @@ impl S3 {
                 config.secret_access_key.0.clone(),
             ),
             root,
+            lock: Mutex::new(None),
         };
         client.list_page(&client.root, Some("/"), None, Some(1))?;
         Ok(S3 {
@@ -323,7 +366,27 @@ impl Client {
                 timeout: Some(REQUEST_TIMEOUT),
             },
         )?;
-        let text = resp.text().map_err(|e| self.broken("list", prefix, e))?;
+        // A listing page is small (1000 keys); an endless or huge answer is refused, not held.
+        let mut text = String::new();
+        resp.take(MAX_LISTING + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| {
+                // The error's text may quote the signed URL: only its kind is shown.
+                Error::new(
+                    ErrorKind::RepositoryError,
+                    format!("cannot read the listing of {}: {}", self.url(prefix), e.kind()),
+                )
+            })?;
+        if text.len() as u64 > MAX_LISTING {
+            return Err(Error::new(
+                ErrorKind::RepositoryError,
+                format!(
+                    "the listing of {} is larger than {} MiB, which no S3 server sends: check the endpoint",
+                    self.url(prefix),
+                    MAX_LISTING >> 20
+                ),
+            ));
+        }
         rusty_s3::actions::ListObjectsV2::parse_response(&text).map_err(|e| {
             Error::new(
                 ErrorKind::RepositoryError,
@@ -344,14 +407,6 @@ impl Client {
                 None => return Ok(keys),
             }
         }
-    }
-
-    /// A transfer that broke off after the server answered.
-    fn broken(&self, what: &str, key: &str, e: reqwest::Error) -> Error {
-        Error::new(
-            ErrorKind::RepositoryError,
-            format!("cannot {what} {}: {}", self.url(key), e.without_url()),
-        )
     }
 
     /// PUTs a small object; `conditions` are `If-None-Match`/`If-Match` headers. Returns the
@@ -704,7 +759,7 @@ impl Client {
                     headers,
                     body: None,
                     accept: &[404],
-                    timeout: None,
+                    timeout: Some(DOWNLOAD_REQUEST_TIMEOUT),
                 },
             )
             .map_err(|e| io::Error::other(e.message))?;
@@ -879,11 +934,15 @@ impl Backend for S3 {
 
     fn delete(&self, id: &str) -> Result<()> {
         let c = &self.client;
+        c.check_lock("delete set")?;
         let dir = format!("{}{id}/", c.root);
-        // The manifest first: from then on the set is incomplete, never used, and whatever
-        // an interruption leaves is removed by the next clean.
+        // A marker names the set, then the manifest goes first: from then on the set is
+        // incomplete, never used, and what an interruption leaves the next clean removes.
+        let marker = format!("{}{STAGING}delete.{}/", c.root, unique_token());
+        c.put(&format!("{marker}{PUBLISHING}"), id.as_bytes(), &[], &[])?;
         c.delete(&format!("{dir}{}", super::manifest::FILE))?;
-        c.delete_all(&dir)
+        c.delete_all(&dir)?;
+        c.delete_all(&marker)
     }
 
     fn lock(&self, operation: Operation, wait: Duration) -> Result<Held> {
@@ -896,14 +955,36 @@ impl Backend for S3 {
 
     fn clean(&self) -> Result<()> {
         let c = &self.client;
-        c.delete_all(&format!("{}{STAGING}", c.root))?;
-        for id in self.list()? {
-            let manifest = format!("{}{id}/{}", c.root, super::manifest::FILE);
-            if c.size(&manifest)?.is_none() {
-                c.delete_all(&format!("{}{id}/", c.root))?;
+        c.check_lock("clean the repository")?;
+        // Only what cwbackup left: a set named by a marker of an interrupted publication or
+        // deletion (never any other folder under the prefix: it may be another repository),
+        // then the staging area itself.
+        let staging = format!("{}{STAGING}", c.root);
+        let mut token: Option<String> = None;
+        let mut named = Vec::new();
+        loop {
+            let page = c.list_page(&staging, None, token.as_deref(), None)?;
+            for o in &page.contents {
+                if o.key.ends_with(&format!("/{PUBLISHING}"))
+                    && let Some((body, _)) = c.get_small(&o.key)?
+                    && let Ok(id) = String::from_utf8(body)
+                    && super::manifest::safe_component_name(&id)
+                {
+                    named.push(id);
+                }
+            }
+            match page.next_continuation_token {
+                Some(t) => token = Some(t),
+                None => break,
             }
         }
-        Ok(())
+        for id in named {
+            let dir = format!("{}{id}/", c.root);
+            if c.size(&format!("{dir}{}", super::manifest::FILE))?.is_none() {
+                c.delete_all(&dir)?;
+            }
+        }
+        c.delete_all(&staging)
     }
 
     fn scratch(&self, name: &str) -> Result<PathBuf> {
@@ -929,6 +1010,16 @@ impl Backend for S3 {
     }
 }
 
+/// A name no other task or call of this process uses: pid, time, counter.
+fn unique_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}.{nanos}.{n}", std::process::id())
+}
+
 /// A streamed download that resumes from where it broke off (a `Range` request), as often as
 /// a request is retried.
 struct Download {
@@ -937,6 +1028,8 @@ struct Download {
     offset: u64,
     resp: Option<Response>,
     resumes_left: u32,
+    /// Bytes came since the last request: an error then resumes without using up an attempt.
+    progressed: bool,
 }
 
 impl Download {
@@ -948,6 +1041,7 @@ impl Download {
             offset: 0,
             resp: Some(resp),
             resumes_left: ATTEMPTS,
+            progressed: false,
         })
     }
 }
@@ -962,11 +1056,14 @@ impl Read for Download {
             match resp.read(buf) {
                 Ok(n) => {
                     self.offset += n as u64;
+                    self.progressed |= n > 0;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) if self.resumes_left > 0 => {
-                    self.resumes_left -= 1;
+                Err(_) if self.progressed || self.resumes_left > 0 => {
+                    if !std::mem::take(&mut self.progressed) {
+                        self.resumes_left -= 1;
+                    }
                     self.resp = None;
                     std::thread::sleep(FIRST_BACKOFF);
                 }
@@ -1069,6 +1166,8 @@ impl NewSet for S3NewSet {
                 format!("cannot publish set {id}: {} already exists", c.url(&dir)),
             ));
         }
+        // The marker first: a clean after an interruption from here on deletes `<id>/`.
+        c.put(&format!("{}{PUBLISHING}", self.staging), id.as_bytes(), &[], &[])?;
         for (file, size) in &last {
             let to = format!("{dir}{file}");
             c.copy(&format!("{}{file}", self.staging), &to, *size)?;
@@ -1087,8 +1186,10 @@ impl NewSet for S3NewSet {
             }
         }
         let key = format!("{dir}{}", super::manifest::FILE);
+        c.check_lock("publish the set")?;
         let (status, _) = c.put(&key, manifest, &[("if-none-match", "*")], &[412])?;
-        if status == 412 {
+        // A 412 after a retry may be this task's own PUT, whose answer was lost.
+        if status == 412 && c.get_small(&key)?.is_none_or(|(body, _)| body != manifest) {
             return Err(Error::new(
                 ErrorKind::RepositoryError,
                 format!("cannot publish set {id}: {} already exists", c.url(&key)),
@@ -1356,6 +1457,10 @@ impl S3Lock {
                 holder = found;
             }
             if held {
+                c.set_lock(Some(LockState {
+                    lost: false,
+                    until: Instant::now() + ttl * 3 / 4,
+                }));
                 return Ok(S3Lock::hold(
                     client.clone(),
                     key,
@@ -1404,9 +1509,19 @@ impl S3Lock {
                             "cwbackup: the repository lock {} was taken over by another task",
                             c.url(&key)
                         ));
+                        c.set_lock(Some(LockState {
+                            lost: true,
+                            until: Instant::now(),
+                        }));
                         return false;
                     }
-                    Ok((_, new_tag)) => tag = new_tag,
+                    Ok((_, new_tag)) => {
+                        tag = new_tag;
+                        c.set_lock(Some(LockState {
+                            lost: false,
+                            until: Instant::now() + ttl * 3 / 4,
+                        }));
+                    }
                     // Not renewed this time; the next attempt may be, before it expires.
                     Err(e) => crate::progress::log(&format!(
                         "cwbackup: cannot renew the repository lock: {}",
@@ -1426,13 +1541,19 @@ impl S3Lock {
 impl Drop for S3Lock {
     fn drop(&mut self) {
         drop(self.stop.take());
-        let still_ours = self
-            .renewer
-            .take()
-            .is_some_and(|h| h.join().unwrap_or(false));
-        if still_ours {
+        // A renewal stalled on the network must not hold the task's end: wait a little, then
+        // leave the lock to expire.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let still_ours = self.renewer.take().is_some_and(|h| {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            h.is_finished() && h.join().unwrap_or(false)
+        });
+        if still_ours && self.client.check_lock("release the lock").is_ok() {
             let _ = self.client.delete(&format!("{}{LOCK}", self.client.root));
         }
+        self.client.set_lock(None);
     }
 }
 
@@ -1452,11 +1573,18 @@ fn probe_conditional_writes(c: &Client) -> Result<()> {
         &[("if-none-match", "*")],
         &[412, 409],
     )?;
-    if (200..300).contains(&status) {
+    // And If-Match, which renewals and takeovers rely on: an ETag the object never had.
+    let (if_match, _) = c.put(
+        &key,
+        b"cwbackup checks conditional writes here\n",
+        &[("if-match", "\"cwbackup-never-an-etag\"")],
+        &[412, 409],
+    )?;
+    if (200..300).contains(&status) || (200..300).contains(&if_match) {
         return Err(Error::new(
             ErrorKind::RepositoryError,
             format!(
-                "the server at {} ignores conditional writes (If-None-Match), so its lock could not keep two tasks apart: use a server that supports them (AWS S3, MinIO, SeaweedFS, Ceph RGW)",
+                "the server at {} ignores conditional writes (If-None-Match, If-Match), so its lock could not keep two tasks apart: use a server that supports them (AWS S3, MinIO, SeaweedFS, Ceph RGW)",
                 c.url(&c.root)
             ),
         ));

@@ -495,7 +495,7 @@ fn the_install_directory_is_locked_by_every_installation_task_and_a_live_journal
     // A backup of postgresql alone, held with the containers stopped.
     let mut a = inst.task("backup");
     a["installation"]["volumes"] = json!(["postgresql"]);
-    let mut child = start(
+    let child = start(
         &a,
         &[("CWBACKUP_TEST_PAUSE_QUIESCED", pause.as_os_str())],
         std::process::Stdio::piped(),

@@ -189,12 +189,16 @@ fn a_set_without_manifest_is_never_used_and_the_next_backup_deletes_it() {
     let repo = w.repo("p");
     let f = Fixture::sample();
     let good = run_ok(&on(f.task("backup"), &repo)).backup.unwrap().id;
-    // An interrupted upload: files of a newer set, no manifest.
+    // An interrupted publication: the marker that names the set, files of it, no manifest.
     w.put(
         "p/29991231T000000.000Z-volume/volume.tar.gz",
         b"half an archive",
     );
     w.put("p/.staging/1.2.3/volume.tar.gz", b"left behind");
+    w.put("p/.staging/1.2.3/.publishing", b"29991231T000000.000Z-volume");
+    // Another repository below this prefix (or anything else that is not cwbackup's): no
+    // clean ever deletes it.
+    w.put("p/other/repo/20260101T000000.000Z-volume/volume.tar.gz", b"someone else's");
     let listed = run_ok(&json!({"operation": "list", "repository": repo}));
     assert_eq!(listed.sets.unwrap().len(), 1);
     assert!(
@@ -216,6 +220,13 @@ fn a_set_without_manifest_is_never_used_and_the_next_backup_deletes_it() {
     run_ok(&on(f.task("backup"), &repo));
     assert!(w.keys("p/29991231T000000.000Z-volume/").is_empty());
     assert!(w.keys("p/.staging/").is_empty());
+    assert_eq!(
+        w.keys("p/other/"),
+        ["p/other/repo/20260101T000000.000Z-volume/volume.tar.gz"],
+        "a folder no marker names is never deleted"
+    );
+    run_ok(&json!({"operation": "prune", "repository": repo, "keep_last": 1}));
+    assert_eq!(w.keys("p/other/").len(), 1);
 }
 
 #[test]
@@ -550,4 +561,35 @@ fn a_self_signed_server_is_trusted_through_ca_file_and_refused_without_it() {
         r.warnings
     );
     assert_eq!(ids(&repo).len(), 1);
+}
+
+#[test]
+fn a_holder_that_lost_its_lock_publishes_and_deletes_nothing() {
+    let Some(w) = Weed::start("a_holder_that_lost_its_lock_publishes_and_deletes_nothing") else {
+        return;
+    };
+    let repo = w.repo("lost");
+    let f = Fixture::sample();
+    big_file(&f.vol.join("data/big.bin"), 48);
+    let task = on(f.task("backup"), &repo);
+    let ttl = [("CWBACKUP_TEST_S3_LOCK_TTL_S", OsStr::new("2"))];
+    // The holder stalls (SIGSTOP: a network stall, a paused VM) past its lock's lifetime;
+    // another task takes the lock over and finishes.
+    let mut stalled = start(&task, &ttl, Stdio::piped());
+    wait_for_object(&w, "lost/lock.json");
+    signal(stalled.id(), libc::SIGSTOP);
+    // Another backup, of another volume, into the same repository.
+    let g = Fixture::sample();
+    let mut other = on(g.task("backup"), &repo);
+    other["wait_for_lock_s"] = json!(30);
+    let r = run_raw(other.to_string().as_bytes(), &[("CWBACKUP_TEST_S3_LOCK_TTL_S", "2")]);
+    assert!(r.result.ok, "{}", r.stdout);
+    let taken = r.result.backup.unwrap().id;
+    // The stalled task goes on: it must notice, and neither publish nor clean anything.
+    signal(stalled.id(), libc::SIGCONT);
+    let out = stalled.wait_with_output().unwrap();
+    let result: cwbackup::result::TaskResult = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!result.ok, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(result.error.unwrap().kind, ErrorKind::Busy);
+    assert_eq!(ids(&repo), [taken], "only the set of the task that held the lock");
 }
