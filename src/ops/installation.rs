@@ -458,7 +458,7 @@ fn watch_signals() {
                             let _ = remove_journal(&p.journal);
                         }
                         crate::progress::log(&format!(
-                            "cwbackup: interrupted (signal {signal}): started {started} of the {} container(s) it had stopped; nothing was written",
+                            "cwbackup: interrupted (signal {signal}): started {started} of the {} container(s) it had stopped; the next task cleans up what the interrupted one left",
                             p.containers.len()
                         ));
                     }
