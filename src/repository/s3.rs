@@ -1394,6 +1394,10 @@ struct LockRecord {
     operation: String,
     since: String,
     expires_at: String,
+    /// Unique to the task that wrote it: a write whose answer was lost and whose retry is
+    /// refused (412) is recognised as the task's own by it.
+    #[serde(default)]
+    nonce: String,
 }
 
 /// A held lock: renewed by a thread until dropped, then deleted.
@@ -1418,6 +1422,7 @@ impl S3Lock {
         let key = format!("{}{LOCK}", c.root);
         let ttl = lock_ttl();
         let since = crate::clock::now();
+        let nonce = unique_token();
         let record = |since: &str| {
             serde_json::to_vec(&LockRecord {
                 host: crate::lockfile::hostname(),
@@ -1425,6 +1430,7 @@ impl S3Lock {
                 operation: operation.to_string(),
                 since: since.to_string(),
                 expires_at: crate::clock::rfc3339(SystemTime::now() + ttl),
+                nonce: nonce.clone(),
             })
             .expect("a lock record is JSON")
         };
@@ -1441,10 +1447,15 @@ impl S3Lock {
             let mut holder = None;
             if !held && let Some((body, stale_tag)) = c.get_small(&key)? {
                 let found: Option<LockRecord> = serde_json::from_slice(&body).ok();
+                // Our own write, whose answer was lost: the lock is ours.
+                if found.as_ref().is_some_and(|r| r.nonce == nonce) {
+                    held = true;
+                    tag = stale_tag.clone();
+                }
                 let expired = found.as_ref().is_none_or(|r| {
                     humantime::parse_rfc3339(&r.expires_at).is_ok_and(|t| t < SystemTime::now())
                 });
-                if expired {
+                if expired && !held {
                     let (status, new_tag) = c.put(
                         &key,
                         &record(&since),
@@ -1468,6 +1479,7 @@ impl S3Lock {
                     since,
                     operation,
                     ttl,
+                    nonce,
                 ));
             }
             if Instant::now() >= deadline {
@@ -1485,6 +1497,7 @@ impl S3Lock {
         since: String,
         operation: Operation,
         ttl: Duration,
+        nonce: String,
     ) -> S3Lock {
         let (stop, stopped) = mpsc::channel::<()>();
         let c = client.clone();
@@ -1501,9 +1514,22 @@ impl S3Lock {
                     operation: operation.to_string(),
                     since: since.clone(),
                     expires_at: crate::clock::rfc3339(SystemTime::now() + ttl),
+                    nonce: nonce.clone(),
                 })
                 .expect("a lock record is JSON");
                 match c.put(&key, &record, &[("if-match", tag.as_str())], &[412]) {
+                    // A renewal whose answer was lost, refused on its retry: still ours.
+                    Ok((412, _))
+                        if let Ok(Some((body, now_tag))) = c.get_small(&key)
+                            && serde_json::from_slice::<LockRecord>(&body)
+                                .is_ok_and(|r| r.nonce == nonce) =>
+                    {
+                        tag = now_tag;
+                        c.set_lock(Some(LockState {
+                            lost: false,
+                            until: Instant::now() + ttl * 3 / 4,
+                        }));
+                    }
                     Ok((412, _)) => {
                         crate::progress::log(&format!(
                             "cwbackup: the repository lock {} was taken over by another task",
