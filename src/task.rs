@@ -1345,10 +1345,7 @@ fn installation(spec: InstallationSpec) -> Result<Installation> {
         .files
         .unwrap_or_else(|| DEFAULT_FILES.iter().map(|f| f.to_string()).collect());
     for (i, file) in files.iter().enumerate() {
-        if file.is_empty() || file == "." || file == ".." || file.contains('/') || file.contains('\0')
-            || file == crate::volume::WORK_DIR
-            || file.starts_with(".cwbackup-quiesce")
-        {
+        if !crate::repository::manifest::installation_file_name(file) {
             return Err(invalid(format!(
                 "/installation/files/{i}: `{file}` is not the name of a file directly in install_dir (no `/`), e.g. `.env`"
             )));

@@ -23,18 +23,9 @@ use crate::task::{CopyOptions, Operation, Task};
 
 pub fn run(task: &Task, opts: &CopyOptions) -> Result<TaskResult> {
     let from = Repository::open(&task.repository)?;
-    let to = if task.dry_run && !Repository::exists(&opts.to) {
-        None
-    } else {
-        Some(Repository::create(&opts.to)?)
-    };
-    let _lock = to
-        .as_ref()
-        .map(|r| r.lock(Operation::Copy, task.wait_for_lock))
-        .transpose()?;
-    if let (Some(r), false) = (&to, task.dry_run) {
-        r.clean_staging()?;
-    }
+    let writing = super::Writing::open_at(&opts.to, task, Operation::Copy)?;
+    let present = writing.sets()?;
+    let to = writing.repo.as_ref();
     let sources = from.sets()?;
     let chosen: Vec<&Set> = match &opts.backup_id {
         Some(id) => vec![sources.iter().find(|s| &s.id == id).ok_or_else(|| {
@@ -49,13 +40,7 @@ pub fn run(task: &Task, opts: &CopyOptions) -> Result<TaskResult> {
         // Oldest first, so that the sets arrive in the order they were taken.
         None => sources.iter().rev().collect(),
     };
-    let present = match &to {
-        Some(r) => r.sets()?,
-        None => Vec::new(),
-    };
-    let to_location = to
-        .as_ref()
-        .map_or_else(|| opts.to.describe(), Repository::location);
+    let to_location = to.map_or_else(|| opts.to.describe(), Repository::location);
 
     let mut missing = Vec::new();
     for set in chosen {
@@ -81,7 +66,7 @@ pub fn run(task: &Task, opts: &CopyOptions) -> Result<TaskResult> {
     // A set id that `to` holds but not as a complete set (an incomplete leftover a dry run
     // did not clean) is still copied: the real run cleans it first.
     let copied: Vec<String> = missing.iter().map(|s| s.id.clone()).collect();
-    if let Some(to) = to.as_ref().filter(|_| !task.dry_run) {
+    if let Some(to) = to.filter(|_| !task.dry_run) {
         for set in &missing {
             copy_set(&from, to, set)?;
         }

@@ -28,7 +28,7 @@ use super::LiveVolume;
 use crate::docker::{self, ContainerInfo, Engine};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repository::manifest::{self, Manifest, Source};
-use crate::task::{Installation, Operation, Quiesce, Task};
+use crate::task::{Installation, Operation, Quiesce, Task, VolumeSource};
 
 /// The journal of a quiesce, in the install directory.
 pub const JOURNAL: &str = ".cwbackup-quiesce.json";
@@ -72,13 +72,7 @@ pub fn for_backup(
     let mut volumes = Vec::with_capacity(chosen.len() + 1);
     for (short, v) in chosen {
         crate::volume::check_dir(&v.mountpoint)?;
-        if let Some(repository) = task.repository.dir() {
-            super::check_apart(
-                repository,
-                &v.mountpoint,
-                &crate::task::VolumeSource::Docker(v.name.clone()),
-            )?;
-        }
+        super::check_repository_apart(task, &v.mountpoint, &VolumeSource::Docker(v.name.clone()))?;
         volumes.push(LiveVolume {
             name: short.clone(),
             dir: v.mountpoint.clone(),
@@ -110,7 +104,7 @@ pub fn files_for_backup(
     warnings: &mut Vec<String>,
 ) -> Result<Option<LiveVolume>> {
     for name in &inst.files {
-        check_repository_apart(task, &inst.install_dir.join(name))?;
+        check_file_apart(task, &inst.install_dir.join(name))?;
     }
     let mut present = Vec::new();
     for name in &inst.files {
@@ -152,15 +146,8 @@ pub fn files_for_backup(
 
 /// Refuses a directory repository at or below one of the installation's files (a restore
 /// would replace it with the set's entry).
-fn check_repository_apart(task: &Task, path: &Path) -> Result<()> {
-    match task.repository.dir() {
-        Some(repository) => super::check_apart(
-            repository,
-            path,
-            &crate::task::VolumeSource::Path(path.to_path_buf()),
-        ),
-        None => Ok(()),
-    }
+fn check_file_apart(task: &Task, path: &Path) -> Result<()> {
+    super::check_repository_apart(task, path, &VolumeSource::Path(path.to_path_buf()))
 }
 
 /// The files component: the install directory, limited to `names`.
@@ -303,9 +290,7 @@ pub fn for_restore(
             }
         };
         crate::volume::check_dir(&dir)?;
-        if let Some(repository) = task.repository.dir() {
-            super::check_apart(repository, &dir, &crate::task::VolumeSource::Docker(full.clone()))?;
-        }
+        super::check_repository_apart(task, &dir, &VolumeSource::Docker(full.clone()))?;
         out.volumes.push(LiveVolume {
             name: name.to_string(),
             dir,
@@ -342,7 +327,7 @@ pub fn for_restore(
         in_set
     };
     for f in &files {
-        check_repository_apart(task, &inst.install_dir.join(f))?;
+        check_file_apart(task, &inst.install_dir.join(f))?;
     }
     if set.component(manifest::FILES).is_some() && !files.is_empty() {
         let dir = if inst.install_dir.is_dir() {

@@ -55,20 +55,31 @@ pub fn run(task: &Task) -> Result<TaskResult> {
     Ok(result)
 }
 
-/// The repository a writing task (backup, import) works on: created (mode 0700) unless this
-/// is a dry run — a dry run must not create it, and without one every set is new — locked for
-/// `operation`, and cleaned of what interrupted tasks left. Dropping it releases the lock.
+/// The repository a writing task (backup, import; copy's `to`) works on: created (mode 0700)
+/// unless this is a dry run — a dry run must not create it, and without one every set is new —
+/// locked for `operation`, and cleaned of what interrupted tasks left. Dropping it releases the
+/// lock.
 pub struct Writing {
     pub repo: Option<Repository>,
     _lock: Option<crate::repository::backend::Held>,
 }
 
 impl Writing {
+    /// The task's repository.
     pub fn open(task: &Task, operation: crate::task::Operation) -> Result<Writing> {
-        let repo = if task.dry_run && !Repository::exists(&task.repository) {
+        Writing::open_at(&task.repository, task, operation)
+    }
+
+    /// Another repository the task writes to (copy's `to`).
+    pub fn open_at(
+        config: &RepositoryConfig,
+        task: &Task,
+        operation: crate::task::Operation,
+    ) -> Result<Writing> {
+        let repo = if task.dry_run && !Repository::exists(config) {
             None
         } else {
-            Some(Repository::create(&task.repository)?)
+            Some(Repository::create(config)?)
         };
         let lock = repo
             .as_ref()
@@ -365,9 +376,7 @@ pub fn resolve_volumes(task: &Task) -> Result<Vec<LiveVolume>> {
             }
         };
         volume::check_dir(&dir)?;
-        if let Some(repository) = task.repository.dir() {
-            check_apart(repository, &dir, source)?;
-        }
+        check_repository_apart(task, &dir, source)?;
         let (source, docker_name) = match source {
             VolumeSource::Path(p) => (Source::Path(p.display().to_string()), None),
             VolumeSource::Docker(n) => (Source::DockerVolume(n.clone()), Some(n.clone())),
@@ -439,9 +448,18 @@ fn canonical(p: &Path) -> PathBuf {
     }
 }
 
+/// [`check_apart`] for the task's repository, if it is a directory (a bucket is never inside a
+/// volume).
+pub(crate) fn check_repository_apart(task: &Task, dir: &Path, source: &VolumeSource) -> Result<()> {
+    match task.repository.dir() {
+        Some(repository) => check_apart(repository, dir, source),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a repository inside the volume, or a volume inside the repository, comparing
 /// canonical paths (the repository may not exist yet).
-pub(crate) fn check_apart(repository: &Path, volume_dir: &Path, source: &VolumeSource) -> Result<()> {
+fn check_apart(repository: &Path, volume_dir: &Path, source: &VolumeSource) -> Result<()> {
     let repo = canonical(repository);
     let vol = canonical(volume_dir);
     let shown_vol = match source {

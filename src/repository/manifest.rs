@@ -233,14 +233,7 @@ impl Manifest {
             }
         }
         for f in self.installation.iter().flat_map(|i| &i.files) {
-            if f.is_empty()
-                || f == "."
-                || f == ".."
-                || f.contains('/')
-                || f.contains('\0')
-                || f == ".cwbackup-work"
-                || f.starts_with(".cwbackup-quiesce")
-            {
+            if !installation_file_name(f) {
                 return Err(format!("the manifest names an installation file {f:?} that is not a plain name"));
             }
         }
@@ -301,6 +294,19 @@ pub fn safe_component_name(name: &str) -> bool {
 pub fn safe_file_name(file: &str) -> bool {
     let name = file.strip_prefix("volumes/").unwrap_or(file);
     !name.is_empty() && !name.contains('/') && !name.starts_with('.') && !name.contains('\0')
+}
+
+/// A name an installation's file may have: a plain name directly in the install directory
+/// (no `/`, not `.` or `..`), and none of the tool's own entries there (the swap's work
+/// directory, the quiesce journal and lock).
+pub fn installation_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name != crate::volume::WORK_DIR
+        && !name.starts_with(".cwbackup-quiesce")
 }
 
 /// The first release's manifest, read and converted.

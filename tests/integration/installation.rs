@@ -106,6 +106,11 @@ impl Installation {
                                 "install_dir": self.install_dir, "stop_timeout_s": 10}})
     }
 
+    /// When each of its containers last started.
+    fn started_at(&self) -> Vec<String> {
+        self.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect()
+    }
+
     fn mountpoint(&self, short: &str) -> PathBuf {
         cli_mountpoint(&format!("{}_{short}", self.project.name))
     }
@@ -208,19 +213,19 @@ fn an_unchanged_installation_is_not_stopped_and_check_mode_changes_nothing() {
     let r = run_ok(&dry);
     assert!(r.changed && r.dry_run);
     assert!(!inst.fixture.repo.exists(), "a dry run creates no repository");
-    let started: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    let started: Vec<String> = inst.started_at();
     assert_eq!(r.containers.as_ref().map(Vec::len), Some(2), "the containers it would stop");
     assert!(r.msg.contains("would stop 2 running container(s)"), "{}", r.msg);
 
     let first = run_ok(&inst.task("backup"));
     assert!(first.changed);
-    let after_first: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    let after_first: Vec<String> = inst.started_at();
     assert_ne!(started, after_first, "the first backup stopped and started them");
 
     let second = run_ok(&inst.task("backup"));
     assert!(!second.changed, "{}", second.msg);
     assert!(second.containers.is_none(), "nothing changed: no stop");
-    let after_second: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    let after_second: Vec<String> = inst.started_at();
     assert_eq!(after_first, after_second);
     assert_eq!(inst.fixture.set_ids().len(), 1);
 
@@ -363,7 +368,7 @@ fn a_restore_on_the_same_host_puts_back_volumes_and_files_with_the_containers_st
     assert!(r.components.as_ref().unwrap().iter().all(|c| c.changed), "{:?}", r.components);
     assert_ne!(spec_digest(&sm), sm_digest, "a dry run changes nothing");
 
-    let started: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    let started: Vec<String> = inst.started_at();
     let r = run_ok(&inst.task("restore"));
     assert!(r.changed, "{}", r.msg);
     assert_eq!(r.backup.as_ref().unwrap().id, set);
@@ -387,11 +392,11 @@ fn a_restore_on_the_same_host_puts_back_volumes_and_files_with_the_containers_st
     assert_eq!(m.installation.as_ref().unwrap().files, [".env", "docker-compose.yml"]);
     assert!(m.component("postgresql").is_some() && m.component("files").is_some());
 
-    let started: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    let started: Vec<String> = inst.started_at();
     let again = run_ok(&inst.task("restore"));
     assert!(!again.changed, "{}", again.msg);
     assert!(again.containers.is_none(), "nothing to restore: nothing stopped");
-    let after: Vec<String> = inst.ids.iter().map(|id| inspect(id, "{{.State.StartedAt}}")).collect();
+    let after: Vec<String> = inst.started_at();
     assert_eq!(started, after);
 }
 
