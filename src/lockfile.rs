@@ -274,9 +274,16 @@ fn read_small(path: &Path) -> std::io::Result<String> {
 
 fn busy(text: &str, path: &Path, what: &str, wait: Duration) -> Error {
     let holder: Option<Holder> = serde_json::from_str(text.trim()).ok();
+    in_use(what, holder, "", wait).detail("lock_file", path.display().to_string())
+}
+
+/// The `busy` error of any lock (a lock file here, the lock object of an S3 repository): `what`
+/// is in use by `holder` (unknown: another task), `more` added to its description, after
+/// waiting `wait`; the holder's fields go into `details`.
+pub fn in_use(what: &str, holder: Option<Holder>, more: &str, wait: Duration) -> Error {
     let who = match &holder {
         Some(h) => format!(
-            "{} (pid {} on {}, since {})",
+            "{} (pid {} on {}, since {}{more})",
             h.operation, h.pid, h.host, h.since
         ),
         None => "another cwbackup task".to_string(),
@@ -289,8 +296,7 @@ fn busy(text: &str, path: &Path, what: &str, wait: Duration) -> Error {
     let mut error = Error::new(
         ErrorKind::Busy,
         format!("{what} is in use by {who}{waited}: run again when it has finished, or set wait_for_lock_s"),
-    )
-    .detail("lock_file", path.display().to_string());
+    );
     if let Some(h) = holder {
         error = error
             .detail("host", h.host)

@@ -24,6 +24,22 @@ use x509_cert::der::Decode;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// The blocking HTTP client of the API and of an S3 repository: `tls` (from
+/// [`client_config`]), no redirects (a redirect would send the credentials elsewhere), no
+/// overall timeout (each request sets its own), cwbackup's user agent.
+pub fn http_client(
+    tls: rustls::ClientConfig,
+    connect_timeout: std::time::Duration,
+) -> reqwest::Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(connect_timeout)
+        .timeout(None)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("cwbackup/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// The rustls configuration for an HTTPS client (the API's, the S3 repository's). Its
 /// errors are `api_tls_error`; the S3 repository reports them as `repository_error`.
 pub fn client_config(validate_certs: bool, ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {

@@ -166,13 +166,7 @@ pub fn client_for(api: Option<&ApiConfig>, warnings: &mut Vec<String>) -> Result
 impl Client {
     pub fn new(config: &ApiConfig) -> Result<Client> {
         let tls = crate::tls::client_config(config.validate_certs, config.ca_file.as_deref())?;
-        let http = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(CONNECT_TIMEOUT.min(config.connect_timeout))
-            .timeout(None)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cwbackup/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let http = crate::tls::http_client(tls, CONNECT_TIMEOUT.min(config.connect_timeout))
             .map_err(|e| {
                 Error::new(
                     ErrorKind::ApiTlsError,

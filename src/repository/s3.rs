@@ -189,14 +189,7 @@ impl S3 {
     pub fn open(config: &S3Config) -> Result<S3> {
         let tls = crate::tls::client_config(config.validate_certs, config.ca_file.as_deref())
             .map_err(|e| Error::new(ErrorKind::RepositoryError, e.message))?;
-        let http = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(None)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cwbackup/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
+        let http = crate::tls::http_client(tls, CONNECT_TIMEOUT).map_err(|e| {
                 Error::new(
                     ErrorKind::RepositoryError,
                     format!("cannot set up the HTTP client: {e}"),
@@ -918,12 +911,7 @@ impl Backend for S3 {
     }
 
     fn create(&self) -> Result<Box<dyn NewSet>> {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let token = format!("{}.{nanos}.{n}", std::process::id());
+        let token = unique_token();
         Ok(Box::new(S3NewSet {
             client: self.client.clone(),
             staging: format!("{}{STAGING}{token}/", self.client.root),
@@ -1620,30 +1608,20 @@ fn probe_conditional_writes(c: &Client) -> Result<()> {
 
 fn busy(c: &Client, holder: Option<LockRecord>, wait: Duration) -> Error {
     let what = format!("repository {}", c.url(&c.root));
-    let who = match &holder {
-        Some(h) => format!(
-            "{} (pid {} on {}, since {}, lock expires at {})",
-            h.operation, h.pid, h.host, h.since, h.expires_at
-        ),
-        None => "another cwbackup task".to_string(),
-    };
-    let waited = if wait.is_zero() {
-        String::new()
-    } else {
-        format!(" after waiting {}s", wait.as_secs())
-    };
-    let mut e = Error::new(
-        ErrorKind::Busy,
-        format!("{what} is in use by {who}{waited}: run again when it has finished, or set wait_for_lock_s"),
-    )
-    .detail("lock", c.url(&format!("{}{LOCK}", c.root)));
-    if let Some(h) = holder {
-        e = e
-            .detail("host", h.host)
-            .detail("pid", h.pid)
-            .detail("operation", h.operation)
-            .detail("since", h.since)
-            .detail("expires_at", h.expires_at);
+    let expires = holder.as_ref().map(|h| h.expires_at.clone());
+    let more = expires
+        .as_ref()
+        .map_or(String::new(), |t| format!(", lock expires at {t}"));
+    let holder = holder.map(|h| crate::lockfile::Holder {
+        host: h.host,
+        pid: h.pid,
+        operation: h.operation,
+        since: h.since,
+    });
+    let mut e = crate::lockfile::in_use(&what, holder, &more, wait)
+        .detail("lock", c.url(&format!("{}{LOCK}", c.root)));
+    if let Some(t) = expires {
+        e = e.detail("expires_at", t);
     }
     e
 }

@@ -575,7 +575,7 @@ fn a_holder_that_lost_its_lock_publishes_and_deletes_nothing() {
     let ttl = [("CWBACKUP_TEST_S3_LOCK_TTL_S", OsStr::new("2"))];
     // The holder stalls (SIGSTOP: a network stall, a paused VM) past its lock's lifetime;
     // another task takes the lock over and finishes.
-    let mut stalled = start(&task, &ttl, Stdio::piped());
+    let stalled = start(&task, &ttl, Stdio::piped());
     wait_for_object(&w, "lost/lock.json");
     signal(stalled.id(), libc::SIGSTOP);
     // Another backup, of another volume, into the same repository.
